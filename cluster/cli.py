@@ -1,0 +1,93 @@
+"""`fleet`: the command line of carla-fleet.
+
+Commands live one per module in `cluster/commands/`; each module defines
+`register(cli: Commands) -> None` and is discovered here, so adding a command
+never edits this file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+from collections.abc import Callable, Sequence
+
+import cluster.commands
+from cluster.config import ConfigError
+
+Handler = Callable[[argparse.Namespace], int | None]
+
+
+class Commands:
+    """Where command modules add `fleet NAME` and `fleet bench NAME` sub-commands."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self._top = parser.add_subparsers(dest="command", metavar="COMMAND")
+        bench = self._top.add_parser("bench", help="measure speed and memory (benchmarks, not tests)")
+        self._bench = bench.add_subparsers(dest="bench", metavar="BENCH")
+        bench.set_defaults(func=lambda _args: _usage(bench))
+        self._groups: dict[str, argparse._SubParsersAction] = {}
+
+    def command(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        parser = self._top.add_parser(name, help=help, description=help)
+        parser.set_defaults(func=handler)
+        return parser
+
+    def bench(self, name: str, help: str, handler: Handler) -> argparse.ArgumentParser:
+        parser = self._bench.add_parser(name, help=help, description=help)
+        parser.set_defaults(func=handler)
+        return parser
+
+    def group(self, name: str, help: str) -> argparse._SubParsersAction:
+        """A command with its own sub-commands (e.g. `fleet snapshots list`)."""
+        if name not in self._groups:
+            parser = self._top.add_parser(name, help=help, description=help)
+            parser.set_defaults(func=lambda _args: _usage(parser))
+            self._groups[name] = parser.add_subparsers(dest=f"{name}_command", metavar="ACTION")
+        return self._groups[name]
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fleet",
+        description="Distributed TD3 training of driving agents on Ray (CARLA or the embedded simulator).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    cli = Commands(parser)
+    for mod in sorted(pkgutil.iter_modules(cluster.commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"cluster.commands.{mod.name}").register(cli)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (UserError, ConfigError) as exc:
+        print(f"fleet: error: {exc}", file=sys.stderr)
+        return 2
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

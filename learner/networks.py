@@ -1,0 +1,184 @@
+"""The seed agent's networks, with the key names and shapes of its checkpoints.
+
+Shapes (defaults: 4 stacked 84x84 frames, 23-value vector, 2 actions):
+  NatureCNN   features.{0,3,6}.{weight,bias}, fc.{weight,bias}: 4x84x84 uint8 -> 512
+  Actor       fc1 (512+V -> 256), fc2 (256 -> 256), fc3 (256 -> 2), tanh
+  Critic      Q1.l1 (512+V+2 -> 256), Q1.l2, Q1.l3 (-> 1), and Q2 the same
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    frames: int = 4
+    """Stacked grayscale frames per observation."""
+    image_size: int = 84
+    """Side of the square grayscale frame in pixels."""
+    waypoints: int = 10
+    """Route waypoints in the state vector; vector size is 3 + 2 * waypoints."""
+    feature_dim: int = 512
+    """Output size of each Nature CNN."""
+    hidden_dim: int = 256
+    """Width of the actor and critic MLP layers."""
+    action_dim: int = 2
+    """Steer and throttle/brake."""
+
+    @property
+    def vector_dim(self) -> int:
+        return 3 + 2 * self.waypoints
+
+    def __post_init__(self) -> None:
+        if self.image_size != 84:
+            raise ValueError("image_size must be 84: the Nature CNN's fc layer expects 64x7x7 features")
+        if self.waypoints < 0 or self.frames < 1:
+            raise ValueError("waypoints must be >= 0 and frames >= 1")
+
+
+class NatureCNN(nn.Module):
+    """Mnih et al. (2015) encoder. Takes uint8 frames and scales them to [0, 1] inside.
+
+    The parameter-free slots after each ReLU keep the seed's state-dict indices
+    (features.0, features.3, features.6) so its checkpoints load unchanged.
+    """
+
+    def __init__(self, in_channels: int = 4, feature_dim: int = 512) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
+            nn.ReLU(),
+            nn.Identity(),
+            nn.Conv2d(32, 64, kernel_size=4, stride=2),
+            nn.ReLU(),
+            nn.Identity(),
+            nn.Conv2d(64, 64, kernel_size=3, stride=1),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.fc = nn.Linear(64 * 7 * 7, feature_dim)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        return torch.relu(self.fc(self.features(x)))
+
+
+class Actor(nn.Module):
+    def __init__(self, feature_dim: int, vector_dim: int, action_dim: int = 2, hidden: int = 256) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(feature_dim + vector_dim, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.fc3 = nn.Linear(hidden, action_dim)
+
+    def forward(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([features, vector], dim=-1)
+        x = torch.relu(self.fc1(x))
+        x = torch.relu(self.fc2(x))
+        return torch.tanh(self.fc3(x))
+
+
+class QHead(nn.Module):
+    def __init__(self, in_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(in_dim, hidden)
+        self.l2 = nn.Linear(hidden, hidden)
+        self.l3 = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.l3(torch.relu(self.l2(torch.relu(self.l1(x))))).squeeze(-1)
+
+
+class Critic(nn.Module):
+    """Twin Q networks over (image features, vector, action)."""
+
+    def __init__(self, feature_dim: int, vector_dim: int, action_dim: int = 2, hidden: int = 256) -> None:
+        super().__init__()
+        in_dim = feature_dim + vector_dim + action_dim
+        self.Q1 = QHead(in_dim, hidden)
+        self.Q2 = QHead(in_dim, hidden)
+
+    def forward(
+        self, features: torch.Tensor, vector: torch.Tensor, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.cat([features, vector, action], dim=-1)
+        return self.Q1(x), self.Q2(x)
+
+    def q1(self, features: torch.Tensor, vector: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return self.Q1(torch.cat([features, vector, action], dim=-1))
+
+
+def build_networks(cfg: NetworkConfig) -> dict[str, nn.Module]:
+    """The four online networks, by their checkpoint names."""
+    return {
+        "actor_cnn": NatureCNN(cfg.frames, cfg.feature_dim),
+        "critic_cnn": NatureCNN(cfg.frames, cfg.feature_dim),
+        "actor": Actor(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
+        "critic": Critic(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
+    }
+
+
+POLICY_COMPONENTS = ("actor_cnn", "actor")
+"""What a worker or evaluator needs to act: the actor and its own encoder."""
+
+
+class Policy(nn.Module):
+    """The acting half of the agent (actor_cnn + actor), for rollout and evaluation workers."""
+
+    def __init__(self, cfg: NetworkConfig) -> None:
+        super().__init__()
+        nets = build_networks(cfg)
+        self.cfg = cfg
+        self.actor_cnn = nets["actor_cnn"]
+        self.actor = nets["actor"]
+
+    def forward(self, image: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return self.actor(self.actor_cnn(image), vector)
+
+    def load_components(self, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Load {"actor_cnn": state_dict, "actor": state_dict}; strict."""
+        missing = [c for c in POLICY_COMPONENTS if c not in weights]
+        if missing:
+            raise KeyError(f"policy weights lack component(s) {missing}")
+        self.actor_cnn.load_state_dict(weights["actor_cnn"], strict=True)
+        self.actor.load_state_dict(weights["actor"], strict=True)
+
+    @torch.no_grad()
+    def act(
+        self,
+        image: np.ndarray,
+        vector: np.ndarray,
+        noise_std: float = 0.0,
+        rng: np.random.Generator | None = None,
+    ) -> np.ndarray:
+        """Actions in [-1, 1] for one observation (returns (2,)) or a batch (returns (N, 2))."""
+        return act_with(self.actor_cnn, self.actor, image, vector, noise_std, rng)
+
+
+def act_with(
+    cnn: nn.Module,
+    actor: nn.Module,
+    image: np.ndarray,
+    vector: np.ndarray,
+    noise_std: float,
+    rng: np.random.Generator | None,
+) -> np.ndarray:
+    single = np.ndim(image) == 3
+    device = next(actor.parameters()).device
+    img = torch.as_tensor(np.asarray(image)[None] if single else np.asarray(image), device=device)
+    vec = torch.as_tensor(
+        np.asarray(vector, dtype=np.float32)[None] if single else np.asarray(vector, dtype=np.float32),
+        device=device,
+    )
+    with torch.no_grad():
+        action = actor(cnn(img), vec).float().cpu().numpy()
+    if noise_std > 0.0:
+        if rng is None:
+            raise ValueError("exploration noise needs an explicit numpy Generator (rng=...)")
+        action = action + rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)
+    action = np.clip(action, -1.0, 1.0).astype(np.float32)
+    return action[0] if single else action

@@ -1,0 +1,193 @@
+"""TD3 (Fujimoto et al., 2018) on images + state vector, with separate actor and critic encoders.
+
+`update(batch)` is a pure function of the agent's networks, optimizers and the
+batch it is given: it never samples. It returns a dict of tensor metrics; the
+caller calls `.item()` only when it logs.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from learner.networks import NetworkConfig, act_with, build_networks
+from learner.state import Counter, Registry, State
+
+NETWORKS = ("actor_cnn", "actor", "critic_cnn", "critic")
+
+
+@dataclass(frozen=True)
+class TD3Config:
+    gamma: float = 0.99
+    """Discount per environment step."""
+    tau: float = 0.005
+    """Polyak rate: each target moves this fraction toward its online network."""
+    policy_freq: int = 2
+    """Actor and target updates happen every policy_freq critic updates."""
+    policy_noise: float = 0.2
+    """Std of the target-policy smoothing noise."""
+    noise_clip: float = 0.5
+    """Clip of the target-policy smoothing noise."""
+    actor_lr: float = 3e-4
+    """Adam learning rate of the actor and its CNN."""
+    critic_lr: float = 3e-4
+    """Adam learning rate of the critic and its CNN."""
+    batch_size: int = 256
+    """Transitions per update."""
+    actor_grad_clip: float | None = 1.0
+    """Max global grad norm of actor + actor CNN (null disables)."""
+    critic_grad_clip: float | None = 10.0
+    """Max global grad norm of critic + critic CNN (null disables)."""
+    seed: int = 0
+    """Seed of network initialisation and of the agent's noise generators."""
+    device: str = "auto"
+    """'auto' (cuda when available), 'cpu' or 'cuda[:N]'."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError("tau must be in (0, 1]")
+        if not 0.0 <= self.gamma <= 1.0:
+            raise ValueError("gamma must be in [0, 1]")
+        if self.policy_freq < 1 or self.batch_size < 1:
+            raise ValueError("policy_freq and batch_size must be >= 1")
+
+
+class Batch(NamedTuple):
+    """Transitions for one update. `discount` is gamma^n * (1 - terminated): truncation bootstraps."""
+
+    image: torch.Tensor  # uint8 (B, 4, 84, 84)
+    vector: torch.Tensor  # float32 (B, V)
+    action: torch.Tensor  # float32 (B, 2)
+    reward: torch.Tensor  # float32 (B,), n-step discounted sum when n > 1
+    discount: torch.Tensor  # float32 (B,)
+    next_image: torch.Tensor  # uint8 (B, 4, 84, 84)
+    next_vector: torch.Tensor  # float32 (B, V)
+    weight: torch.Tensor | None = None  # importance weights (prioritized replay), else None
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    with torch.no_grad():
+        for t, o in zip(target.parameters(), online.parameters()):
+            t.lerp_(o, tau)
+
+
+def grad_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
+    if clip is not None:
+        return torch.nn.utils.clip_grad_norm_(params, clip)
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+class TD3Agent:
+    def __init__(self, cfg: TD3Config | None = None, net_cfg: NetworkConfig | None = None) -> None:
+        self.cfg = cfg or TD3Config()
+        self.net_cfg = net_cfg or NetworkConfig()
+        self.device = resolve_device(self.cfg.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.cfg.seed)
+            nets = build_networks(self.net_cfg)
+        self.parts = Registry()
+        reg = self.parts.add
+        for name in NETWORKS:
+            setattr(self, name, reg(name, nets[name].to(self.device)))
+        for name in NETWORKS:
+            target = copy.deepcopy(getattr(self, name)).requires_grad_(False)
+            setattr(self, f"{name}_target", reg(f"{name}_target", target))
+        lr = {"actor_cnn": self.cfg.actor_lr, "actor": self.cfg.actor_lr,
+              "critic_cnn": self.cfg.critic_lr, "critic": self.cfg.critic_lr}
+        # One Adam per network keeps the seed's optimizer key names; Adam is per-parameter,
+        # so this is the same math as one optimizer over actor + actor_cnn.
+        for name in NETWORKS:
+            opt = torch.optim.Adam(getattr(self, name).parameters(), lr=lr[name])
+            setattr(self, f"{name}_optimizer", reg(f"{name}_optimizer", opt))
+        self.total_it: Counter = reg("total_it", Counter(0))
+        self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
+        self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
+
+    # Critic: clipped double-Q target with target-policy smoothing.
+    def update_critic(self, b: Batch) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        with torch.no_grad():
+            noise = torch.randn(b.action.shape, generator=self.noise_gen, device=self.device)
+            noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+            next_action = (self.actor_target(self.actor_cnn_target(b.next_image), b.next_vector) + noise)
+            next_action = next_action.clamp(-1.0, 1.0)
+            tq1, tq2 = self.critic_target(self.critic_cnn_target(b.next_image), b.next_vector, next_action)
+            target_q = b.reward + b.discount * torch.min(tq1, tq2)
+        q1, q2 = self.critic(self.critic_cnn(b.image), b.vector, b.action)
+        w = b.weight if b.weight is not None else torch.ones_like(q1)
+        loss = (w * ((q1 - target_q) ** 2 + (q2 - target_q) ** 2)).mean()
+        params = [*self.critic_cnn.parameters(), *self.critic.parameters()]
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        self.critic_cnn_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = grad_norm(params, cfg.critic_grad_clip)
+        self.critic_optimizer.step()
+        self.critic_cnn_optimizer.step()
+        return {"critic_loss": loss.detach(), "q1": q1.detach().mean(), "q2": q2.detach().mean(),
+                "target_q": target_q.mean(), "critic_grad_norm": norm.detach(),
+                "td_abs": (q1.detach() - target_q).abs()}
+
+    # Actor: deterministic policy gradient through Q1; the critic's encoder is not trained here.
+    def update_actor(self, b: Batch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            critic_features = self.critic_cnn(b.image)
+        action = self.actor(self.actor_cnn(b.image), b.vector)
+        loss = -self.critic.q1(critic_features, b.vector, action).mean()
+        params = [*self.actor_cnn.parameters(), *self.actor.parameters()]
+        self.actor_optimizer.zero_grad(set_to_none=True)
+        self.actor_cnn_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = grad_norm(params, self.cfg.actor_grad_clip)
+        self.actor_optimizer.step()
+        self.actor_cnn_optimizer.step()
+        # The actor loss also left gradients on the critic; they must not leak into its next step.
+        self.critic.zero_grad(set_to_none=True)
+        return {"actor_loss": loss.detach(), "actor_grad_norm": norm.detach()}
+
+    # Targets: Polyak average of all four networks, the CNNs included.
+    def update_targets(self) -> None:
+        for name in NETWORKS:
+            soft_update(getattr(self, f"{name}_target"), getattr(self, name), self.cfg.tau)
+
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """One TD3 step on `batch`. Metrics are tensors; `td_abs` is per-sample |Q1 - target|."""
+        batch = batch.to(self.device)
+        self.total_it.value += 1
+        metrics = self.update_critic(batch)
+        if self.total_it.value % self.cfg.policy_freq == 0:
+            metrics.update(self.update_actor(batch))
+            self.update_targets()
+        return metrics
+
+    def act(self, image: np.ndarray, vector: np.ndarray, noise_std: float = 0.0,
+            rng: np.random.Generator | None = None) -> np.ndarray:
+        """Actions for one observation (2,) or a batch (N, 2), with optional Gaussian noise."""
+        return act_with(self.actor_cnn, self.actor, image, vector, noise_std, rng or self.act_rng)
+
+    def policy_weights(self) -> dict[str, dict[str, torch.Tensor]]:
+        """CPU copies of what a worker needs to act (see learner.networks.Policy)."""
+        return {name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()}
+                for name in ("actor_cnn", "actor")}
+
+    def state(self) -> State:
+        """Everything needed to continue bit-for-bit, from the registry of parts."""
+        return self.parts.state()
+
+    def load_state(self, state: State) -> None:
+        """Strict: raises StateError naming every missing, extra or mis-shaped key."""
+        self.parts.load_state(state)

@@ -1,0 +1,71 @@
+"""The one reward design shared by the embedded simulator and the CARLA adapter.
+
+Per step: progress along the route (metres), plus speed tracking, minus
+lane-centre and heading penalties; a fixed penalty and termination on collision
+or leaving the road. Both adapters compute the same `RoadState` and call
+`reward()`, so an agent sees the same objective on either simulator.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    target_speed: float = 8.0
+    """Speed the agent is rewarded for holding, m/s."""
+    progress_weight: float = 1.0
+    """Reward per metre of progress along the route."""
+    speed_weight: float = 0.1
+    """Weight of the speed-tracking term (1 at target speed, 0 at rest or double)."""
+    lateral_weight: float = 0.2
+    """Penalty per metre of distance from the lane centre."""
+    heading_weight: float = 0.2
+    """Penalty per radian of heading error."""
+    collision_penalty: float = 10.0
+    """Penalty on a collision (the episode terminates)."""
+    off_road_penalty: float = 10.0
+    """Penalty on leaving the road (the episode terminates)."""
+    lane_half_width: float = 2.0
+    """Lateral offset (m) beyond which the vehicle counts as off-road."""
+
+
+@dataclass(frozen=True)
+class RoadState:
+    """What the reward needs from one simulator step."""
+
+    progress_m: float
+    """Metres advanced along the route during this step (negative when going back)."""
+    speed: float
+    """Forward speed, m/s."""
+    lateral_m: float
+    """Signed distance from the lane centre, m."""
+    heading_rad: float
+    """Signed angle between vehicle heading and lane direction, rad."""
+    collision: bool
+    off_road: bool
+
+
+def reward(s: RoadState, cfg: RewardConfig) -> float:
+    speed_term = max(0.0, 1.0 - abs(s.speed - cfg.target_speed) / cfg.target_speed)
+    r = (
+        cfg.progress_weight * s.progress_m
+        + cfg.speed_weight * speed_term
+        - cfg.lateral_weight * abs(s.lateral_m)
+        - cfg.heading_weight * abs(_wrap(s.heading_rad))
+    )
+    if s.collision:
+        r -= cfg.collision_penalty
+    if s.off_road:
+        r -= cfg.off_road_penalty
+    return float(r)
+
+
+def terminated(s: RoadState, route_completion: float) -> bool:
+    return bool(s.collision or s.off_road or route_completion >= 1.0)
+
+
+def _wrap(angle: float) -> float:
+    return (angle + math.pi) % (2 * math.pi) - math.pi
