@@ -118,16 +118,21 @@ class TD3Agent:
         self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
 
-    # Critic: clipped double-Q target with target-policy smoothing.
+    # Target: clipped double-Q over a smoothed target-policy action.
+    @torch.no_grad()
+    def td_target(self, b: Batch) -> torch.Tensor:
+        cfg = self.cfg
+        noise = torch.randn(b.action.shape, generator=self.noise_gen, device=self.device)
+        noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+        next_action = self.actor_target(self.actor_cnn_target(b.next_image), b.next_vector) + noise
+        next_action = next_action.clamp(-1.0, 1.0)
+        tq1, tq2 = self.critic_target(self.critic_cnn_target(b.next_image), b.next_vector, next_action)
+        return b.reward + b.discount * torch.min(tq1, tq2)
+
+    # Critic: regress both heads onto the shared target.
     def update_critic(self, b: Batch) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        with torch.no_grad():
-            noise = torch.randn(b.action.shape, generator=self.noise_gen, device=self.device)
-            noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-            next_action = (self.actor_target(self.actor_cnn_target(b.next_image), b.next_vector) + noise)
-            next_action = next_action.clamp(-1.0, 1.0)
-            tq1, tq2 = self.critic_target(self.critic_cnn_target(b.next_image), b.next_vector, next_action)
-            target_q = b.reward + b.discount * torch.min(tq1, tq2)
+        target_q = self.td_target(b)
         q1, q2 = self.critic(self.critic_cnn(b.image), b.vector, b.action)
         w = b.weight if b.weight is not None else torch.ones_like(q1)
         loss = (w * ((q1 - target_q) ** 2 + (q2 - target_q) ** 2)).mean()

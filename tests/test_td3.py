@@ -1,0 +1,248 @@
+"""TD3 math on tiny batches: targets, delays, Polyak rates, the CNNs, exact resume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from learner.networks import NetworkConfig, Policy
+from learner.state import StateError
+from learner.td3 import NETWORKS, Batch, TD3Agent, TD3Config
+
+V = NetworkConfig().vector_dim
+
+
+def make_batch(seed: int, n: int = 4, v: int = V) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    img = lambda: torch.randint(0, 256, (n, 4, 84, 84), generator=g, dtype=torch.uint8)  # noqa: E731
+    return Batch(
+        image=img(),
+        vector=torch.rand(n, v, generator=g) * 2 - 1,
+        action=torch.rand(n, 2, generator=g) * 2 - 1,
+        reward=torch.rand(n, generator=g),
+        discount=torch.full((n,), 0.99),
+        next_image=img(),
+        next_vector=torch.rand(n, v, generator=g) * 2 - 1,
+    )
+
+
+def agent(**kw) -> TD3Agent:
+    return TD3Agent(TD3Config(device="cpu", **kw))
+
+
+def params(m: nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in m.parameters()]
+
+
+def changed(before: list[torch.Tensor], m: nn.Module) -> bool:
+    return any(not torch.equal(b, p) for b, p in zip(before, m.parameters()))
+
+
+def test_td_target_matches_hand_computed_value():
+    a = agent(policy_noise=0.0)
+    # Make both target Q heads constant (2.0 and 3.0) so min(Q1', Q2') = 2.0 for any input.
+    with torch.no_grad():
+        for head, c in ((a.critic_target.Q1, 2.0), (a.critic_target.Q2, 3.0)):
+            head.l3.weight.zero_()
+            head.l3.bias.fill_(c)
+    b = make_batch(0)._replace(
+        reward=torch.tensor([1.0, 0.5, -1.0, 0.0]),
+        discount=torch.tensor([0.99, 0.0, 0.99 ** 3, 0.99]),
+    )
+    expected = torch.tensor([1.0 + 0.99 * 2.0, 0.5, -1.0 + 0.99 ** 3 * 2.0, 0.99 * 2.0])
+    torch.testing.assert_close(a.td_target(b), expected, rtol=0, atol=1e-6)
+
+
+def test_target_policy_noise_is_clipped_by_noise_clip():
+    b = make_batch(1)
+    clean = agent(policy_noise=0.0).td_target(b)
+    # Noise with a huge std but a zero clip must leave the target exactly as without noise.
+    torch.testing.assert_close(agent(policy_noise=100.0, noise_clip=0.0).td_target(b), clean, rtol=0, atol=0)
+    assert not torch.equal(agent(policy_noise=100.0, noise_clip=0.5).td_target(b), clean)
+
+
+def test_actor_and_its_cnn_change_only_every_policy_freq_updates():
+    a = agent(policy_freq=3)
+    for it in range(1, 7):
+        actor, actor_cnn, critic = params(a.actor), params(a.actor_cnn), params(a.critic)
+        critic_cnn = params(a.critic_cnn)
+        metrics = a.update(make_batch(it))
+        delayed = it % 3 == 0
+        assert changed(actor, a.actor) is delayed, it
+        assert changed(actor_cnn, a.actor_cnn) is delayed, it
+        assert ("actor_loss" in metrics) is delayed
+        assert changed(critic, a.critic) and changed(critic_cnn, a.critic_cnn)
+
+
+def test_every_target_moves_by_exactly_tau_toward_its_online_network():
+    tau = 0.05
+    a = agent(policy_freq=2, tau=tau)
+    a.update(make_batch(1))  # critic-only step: targets must not move
+    before = {n: params(getattr(a, f"{n}_target")) for n in NETWORKS}
+    a.update(make_batch(2))  # delayed step: actor update, then Polyak on all four
+    for name in NETWORKS:
+        target, online = getattr(a, f"{name}_target"), getattr(a, name)
+        for t0, t1, o in zip(before[name], target.parameters(), online.parameters()):
+            torch.testing.assert_close(t1, t0 + tau * (o.detach() - t0), rtol=0, atol=1e-7)
+        assert changed(before[name], target), name
+
+
+def test_targets_do_not_move_on_critic_only_steps():
+    a = agent(policy_freq=2)
+    before = {n: params(getattr(a, f"{n}_target")) for n in NETWORKS}
+    a.update(make_batch(1))
+    assert not any(changed(before[n], getattr(a, f"{n}_target")) for n in NETWORKS)
+
+
+def test_both_cnns_learn_after_one_update():
+    """The replaced system's bug: CNN learning silently not kept."""
+    a = agent(policy_freq=1)
+    actor_cnn, critic_cnn = params(a.actor_cnn), params(a.critic_cnn)
+    a.update(make_batch(0))
+    assert changed(actor_cnn, a.actor_cnn)
+    assert changed(critic_cnn, a.critic_cnn)
+    # And the change reaches the saved state.
+    saved = a.state()
+    assert not torch.equal(saved["actor_cnn"]["features.0.weight"], actor_cnn[0])
+    assert not torch.equal(saved["critic_cnn"]["fc.weight"], critic_cnn[-2])
+
+
+def assert_states_equal(s1, s2, path=""):
+    assert type(s1) is type(s2), path
+    if isinstance(s1, dict):
+        assert s1.keys() == s2.keys(), path
+        for k in s1:
+            assert_states_equal(s1[k], s2[k], f"{path}.{k}")
+    elif isinstance(s1, list):
+        assert len(s1) == len(s2), path
+        for i, (x, y) in enumerate(zip(s1, s2)):
+            assert_states_equal(x, y, f"{path}[{i}]")
+    elif isinstance(s1, torch.Tensor):
+        assert s1.dtype == s2.dtype and torch.equal(s1, s2), path
+    else:
+        assert s1 == s2, path
+
+
+def test_exact_resume_is_bitwise():
+    k, n = 3, 4
+    batches = [make_batch(i) for i in range(k + n)]
+    straight = agent(seed=7)
+    for b in batches:
+        straight.update(b)
+
+    first = agent(seed=7)
+    for b in batches[:k]:
+        first.update(b)
+    saved = first.state()
+    resumed = agent(seed=123)  # different init: everything must come from the state
+    resumed.load_state(saved)
+    for b in batches[k:]:
+        resumed.update(b)
+
+    assert resumed.total_it.value == k + n
+    assert_states_equal(straight.state(), resumed.state())
+    obs = (batches[0].image[0].numpy(), batches[0].vector[0].numpy())
+    np.testing.assert_array_equal(straight.act(*obs, 0.1), resumed.act(*obs, 0.1))
+
+
+SHAPES = {
+    "actor_cnn": {
+        "features.0.weight": [32, 4, 8, 8], "features.0.bias": [32],
+        "features.3.weight": [64, 32, 4, 4], "features.3.bias": [64],
+        "features.6.weight": [64, 64, 3, 3], "features.6.bias": [64],
+        "fc.weight": [512, 3136], "fc.bias": [512],
+    },
+    "actor": {
+        "fc1.weight": [256, 535], "fc1.bias": [256], "fc2.weight": [256, 256], "fc2.bias": [256],
+        "fc3.weight": [2, 256], "fc3.bias": [2],
+    },
+    "critic": {
+        f"{q}.{k}": s
+        for q in ("Q1", "Q2")
+        for k, s in {"l1.weight": [256, 537], "l1.bias": [256], "l2.weight": [256, 256],
+                     "l2.bias": [256], "l3.weight": [1, 256], "l3.bias": [1]}.items()
+    },
+}
+SHAPES["critic_cnn"] = SHAPES["actor_cnn"]
+
+
+@pytest.mark.parametrize("name", ["actor_cnn", "critic_cnn", "actor", "critic"])
+def test_keys_and_shapes_match_the_seed_table(name):
+    a = agent()
+    for net in (getattr(a, name), getattr(a, f"{name}_target")):
+        assert {k: list(v.shape) for k, v in net.state_dict().items()} == SHAPES[name]
+
+
+def test_vector_size_is_configurable_and_shapes_follow():
+    a = TD3Agent(TD3Config(device="cpu"), NetworkConfig(waypoints=4))
+    assert a.actor.fc1.weight.shape == (256, 512 + 11)
+    assert a.critic.Q2.l1.weight.shape == (256, 512 + 11 + 2)
+    a.update(make_batch(0, v=11))
+
+
+def test_load_state_names_missing_extra_and_misshaped_keys():
+    a = agent()
+    s = a.state()
+    del s["actor_cnn"]["fc.bias"]
+    s["critic"]["Q3.l1.weight"] = torch.zeros(1)
+    s["actor"]["fc1.weight"] = torch.zeros(256, 530)
+    del s["critic_cnn_optimizer"]
+    s["bogus_part"] = {}
+    with pytest.raises(StateError) as err:
+        agent().load_state(s)
+    msg = str(err.value)
+    for needle in ("missing key actor_cnn.fc.bias", "unexpected key critic.Q3.l1.weight",
+                   "shape mismatch at actor.fc1.weight: snapshot [256, 530], agent [256, 535]",
+                   "missing part critic_cnn_optimizer", "unexpected part bogus_part"):
+        assert needle in msg
+
+
+def test_load_state_rejects_optimizer_state_of_another_shape():
+    a = agent()
+    a.update(make_batch(0))
+    s = a.state()
+    s["critic_optimizer"]["state"]["0"]["exp_avg"] = torch.zeros(3, 3)
+    with pytest.raises(StateError, match=r"critic_optimizer\.state\.0\.exp_avg"):
+        agent().load_state(s)
+
+
+def test_registry_covers_every_module_optimizer_and_generator():
+    a = agent()
+    registered = {id(o) for o in a.parts.objects()}
+    kinds = (nn.Module, torch.optim.Optimizer, torch.Generator, np.random.Generator)
+    stateful = {k for k, v in vars(a).items() if isinstance(v, kinds)}
+    unregistered = sorted(k for k in stateful if id(getattr(a, k)) not in registered)
+    assert unregistered == []
+    assert len(a.parts.names()) == 15
+
+
+def test_policy_loads_only_actor_components_and_matches_agent():
+    a = agent()
+    a.update(make_batch(0))
+    a.update(make_batch(1))
+    p = Policy(NetworkConfig())
+    p.load_components(a.policy_weights())
+    b = make_batch(5)
+    np.testing.assert_array_equal(
+        p.act(b.image.numpy(), b.vector.numpy()), a.act(b.image.numpy(), b.vector.numpy())
+    )
+    single = p.act(b.image[0].numpy(), b.vector[0].numpy())
+    assert single.shape == (2,) and single.dtype == np.float32 and np.abs(single).max() <= 1
+    with pytest.raises(KeyError, match="actor_cnn"):
+        p.load_components({"actor": a.policy_weights()["actor"]})
+
+
+def test_critic_gradients_are_clipped_to_the_configured_norm():
+    a = agent(critic_grad_clip=1e-3, policy_freq=2)
+    before = params(a.critic)
+    m = a.update(make_batch(0))
+    # The metric reports the pre-clip norm; the gradients left on the parameters are the clipped ones.
+    total = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in [*a.critic_cnn.parameters(), *a.critic.parameters()]
+                     if p.grad is not None])
+    )
+    assert m["critic_grad_norm"] > 1e-3
+    assert total <= 1e-3 * 1.001 or total == 0
+    assert changed(before, a.critic)
