@@ -1,0 +1,157 @@
+"""Thin Ray-facing wrappers: each holds one plain component and only adds transport.
+
+They are decorated with `ray.remote` in `cluster/runtime.py`, never here, so this
+module imports without starting Ray and the wrappers can be tested in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import ray
+
+from cluster.config import to_dict
+from cluster.envs import make_factory
+from learner.learner import Learner
+from learner.replay import BoundedSender
+from rollout_workers.evaluation import EvaluationWorker
+from rollout_workers.worker import RolloutWorker, WorkerReport
+
+log = logging.getLogger(__name__)
+
+
+class WeightsPoller:
+    """Asks the learner for newer weights without ever blocking the env loop."""
+
+    def __init__(self, learner: Any) -> None:
+        self.learner = learner
+        self._pending: Any = None
+
+    def __call__(self, version: int) -> tuple[int, dict[str, Any]] | None:
+        if self._pending is None:
+            self._pending = self.learner.weights_if_newer.remote(version)
+            return None
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return None
+        ref, self._pending = self._pending, None
+        return ray.get(ref)
+
+
+class WorkerActor:
+    def __init__(self, worker_id: int, cfg: Any, replay: Any, learner: Any) -> None:
+        self.cfg = cfg
+        self.learner = learner
+        self.worker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network, cfg.exploration,
+                                    cfg.worker, seed=cfg.run.seed)
+        self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), cfg.worker.max_in_flight)
+        self.poll = WeightsPoller(learner)
+        self._stop = threading.Event()
+        self._reports: list[WorkerReport] = []
+        self._lock = threading.Lock()
+
+    def run(self) -> dict[str, Any]:
+        """Collect until stopped, pacing to the learner's replay ratio."""
+        self._stop.clear()
+        try:
+            while not self._stop.is_set():
+                if ray.get(self.learner.ahead_steps.remote()) > self.cfg.run.max_ahead_steps:
+                    self._stop.wait(0.05)
+                    continue
+                report = self.worker.collect(self.cfg.run.collect_steps, self.sender.send, self.poll)
+                with self._lock:
+                    self._reports.append(report)
+            self.worker.flush(self.sender.send)
+            self.sender.drain()
+        finally:
+            self.worker.close()
+        return self.worker.stats()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def drain_reports(self) -> list[WorkerReport]:
+        with self._lock:
+            out, self._reports = self._reports, []
+        return out
+
+
+class LearnerActor:
+    """Runs the learner loop in a thread of the actor so stats and weights stay answerable."""
+
+    def __init__(self, cfg: Any, replay: Any, writer: Any, restore: dict[str, Any] | None = None) -> None:
+        self.cfg = cfg
+        self.replay = replay
+        self.writer = writer
+        self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
+        if restore is not None:
+            self.learner.restore(restore)
+        self._cursor = 0
+        self._pending: Any = None
+        self._stop = threading.Event()
+        self.snapshots = 0
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def _pull(self) -> list[Any]:
+        # One pull of new chunks in flight at a time; taken only when ready.
+        if self._pending is None:
+            self._pending = self.replay.pull_new.remote(self._cursor)
+            return []
+        wait = 0 if self.learner.updates_allowed() else 0.05
+        ready, _ = ray.wait([self._pending], timeout=wait)
+        if not ready:
+            return []
+        chunks, self._cursor = ray.get(self._pending)
+        self._pending = None
+        return chunks
+
+    def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        files = self.replay.export.remote() if self.cfg.learner.save_replay else None
+        meta = dict(meta, config=to_dict(self.cfg))
+        self.writer.submit.remote([ray.put(state)], meta, files and [files])
+        self.snapshots += 1
+
+    def run(self) -> dict[str, Any]:
+        while not self._stop.is_set():
+            self.learner.step(self._pull, self._sink)
+        return self.learner.stats()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def catch_up(self, timeout_s: float) -> dict[str, Any]:
+        """After the workers stop: finish the updates the ratio still owes, then a final snapshot."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            done = self.learner.step(self._pull, self._sink)
+            if not done and self._pending is None and not self.learner.updates_allowed():
+                break
+        self.learner.snapshot(self._sink)
+        return self.learner.stats()
+
+    def ahead_steps(self) -> int:
+        lrn = self.learner
+        if lrn.env_steps < lrn.cfg.learning_starts:
+            return 0
+        consumed = (lrn.updates - lrn._updates_at_start) / lrn.cfg.replay_ratio
+        return int(lrn.env_steps - lrn.cfg.learning_starts - consumed)
+
+    def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
+        return self.learner.weights_if_newer(version)
+
+    def stats(self) -> dict[str, Any]:
+        return self.learner.stats()
+
+
+class EvaluatorActor:
+    def __init__(self, cfg: Any, worker_index: int) -> None:
+        self.worker = EvaluationWorker(make_factory(cfg, worker_index), cfg.network)
+
+    def run(self, weights: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+        self.worker.load(weights)
+        return self.worker.run(seeds)

@@ -1,0 +1,57 @@
+"""`fleet train`: the main job."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from cluster.cli import Commands, UserError
+
+
+def register(cli: Commands) -> None:
+    p = cli.command("train", "train a TD3 driving agent (embedded simulator by default)", run)
+    p.add_argument("--config", help="experiment YAML (default: the packaged cluster/configs/embedded.yaml)")
+    p.add_argument("--env", choices=["embedded", "carla"], help="simulator (overrides run.env)")
+    p.add_argument("--workers", type=int, help="rollout workers (overrides run.workers)")
+    p.add_argument("--steps", type=int, help="environment steps to collect (overrides run.total_env_steps)")
+    p.add_argument("--store", help="snapshot store URI (local path, s3://bucket/prefix?endpoint_override=...)")
+    p.add_argument("--name", help="run name (results under runs/<name>/)")
+    p.add_argument("--local", action="store_true", help="run every component in this process, without Ray")
+    p.add_argument("--resume", metavar="URI[@VERSION]",
+                   help="continue from a snapshot (default version: latest); counters continue")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set agent.batch_size=128 (YAML value syntax)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. agent.batch_size=128")
+        out[key] = yaml.safe_load(value)
+    for flag, key in (("env", "run.env"), ("workers", "run.workers"), ("steps", "run.total_env_steps"),
+                      ("store", "run.store"), ("name", "run.name")):
+        if getattr(args, flag, None) is not None:
+            out[key] = getattr(args, flag)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster import experiment
+    from cluster.runtime import Resume, train
+
+    cfg = experiment.load(args.config, overrides(args))
+    resume = Resume.parse(args.resume) if args.resume else None
+    if resume and not args.store and not cfg.run.store:
+        # New snapshots go on in the store the run came from.
+        from dataclasses import replace
+
+        cfg = replace(cfg, run=replace(cfg.run, store=resume.uri))
+    print(f"run {cfg.run.name}: env={cfg.run.env} workers={cfg.run.workers} steps={cfg.run.total_env_steps:,} "
+          f"store={cfg.store_uri()}" + (" (local, no Ray)" if args.local else ""), flush=True)
+    summary = train(cfg, resume=resume, local=args.local, quiet=args.quiet)
+    return 130 if summary["interrupted"] else 0

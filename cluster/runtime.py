@@ -1,0 +1,296 @@
+"""Wiring: the same components on a Ray cluster or in one process (`--local`).
+
+Placement: the learner takes a GPU when the cluster has one; the replay actor is
+pinned to the learner's node so only new data crosses the network; rollout
+workers need one CPU each, plus one `carla` resource on CARLA runs; the
+checkpoint writer is the only writer of the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from checkpoint_store import CheckpointWriter, SnapshotStore
+from cluster.config import to_dict
+from cluster.experiment import ExperimentConfig
+from cluster.progress import MetricsLog, Progress, Status
+from learner.replay import ReplayActor, ReplayMemory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Resume:
+    """Where a resumed run comes from."""
+
+    uri: str
+    version: str = "latest"
+
+    @classmethod
+    def parse(cls, text: str) -> Resume:
+        uri, sep, version = text.rpartition("@")
+        return cls(uri, version) if sep and "/" not in version else cls(text)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (`ray job stop`, a scheduler) gets the same clean shutdown as Ctrl-C."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_resume(resume: Resume) -> tuple[dict[str, Any], dict[str, bytes], Any]:
+    store = SnapshotStore(resume.uri)
+    snap = store.get(resume.version)
+    files = {name: store.read_file(snap.manifest.version, name) for name in snap.manifest.files}
+    return snap.state, files, snap.manifest
+
+
+def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = False,
+          quiet: bool = False) -> dict[str, Any]:
+    """Run one training job; returns the summary also written to runs/<name>/summary.json."""
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    restored = load_resume(resume) if resume else None
+    metrics = MetricsLog(run_dir)
+    status = Status(total_env_steps=cfg.run.total_env_steps)
+    progress = Progress(cfg.run.progress_every_s, quiet=quiet)
+    runner = LocalRun(cfg, restored) if local else RayRun(cfg, restored)
+    started = time.monotonic()
+    interrupted = False
+    with sigterm_as_interrupt():
+        try:
+            runner.start()
+            while status.env_steps < cfg.run.total_env_steps:
+                runner.poll(status, metrics)
+                progress.maybe_print(status)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\ninterrupted: stopping workers, writing a final snapshot ...", flush=True)
+        finally:
+            final = runner.finish(status, metrics)
+            metrics.close()
+    progress.maybe_print(status, force=True)
+    summary = {
+        "run": cfg.run.name, "interrupted": interrupted, "env_steps": status.env_steps,
+        "learner_updates": status.updates, "episodes": status.episodes,
+        "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
+        "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
+        "store": cfg.store_uri(), "wall_s": round(time.monotonic() - started, 1),
+        "resumed_from": f"{resume.uri}@{resume.version}" if resume else None,
+    }
+    progress.summary(summary, run_dir)
+    return summary
+
+
+def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, returns: list[float]) -> None:
+    for report in reports:
+        status.env_failures += report.env_failures
+        for ep in report.episodes:
+            status.episodes += 1
+            returns.append(ep["return"])
+            metrics.record("episode", status.env_steps, ep)
+    if returns:
+        status.mean_return = statistics.fmean(returns[-20:])
+
+
+class LocalRun:
+    """Everything in this process: workers step in turn, the learner updates between them."""
+
+    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+        from cluster.envs import make_factory
+        from learner.learner import Learner
+        from rollout_workers.worker import RolloutWorker
+
+        self.cfg = cfg
+        self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
+        if restored:
+            state, files, _ = restored
+            self.learner.restore(state)
+            if files:
+                self.learner.memory = ReplayMemory.restore(cfg.replay, cfg.network.vector_dim,
+                                                           cfg.agent.gamma, files)
+        self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
+                                      seed=cfg.run.seed) for i in range(cfg.run.workers)]
+        self.writer = CheckpointWriter(cfg.store_uri())
+        self._chunks: list[Any] = []
+        self._returns: list[float] = []
+        self._replay_refs: dict[str, str] | None = None
+
+    def start(self) -> None:
+        pass
+
+    def _source(self) -> list[Any]:
+        out, self._chunks = self._chunks, []
+        return out
+
+    def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        files = self.learner.memory.export() if self.cfg.learner.save_replay else None
+        meta = dict(meta, config=to_dict(self.cfg))
+        self.writer.submit(state, meta, files)
+
+    def poll(self, status: Status, metrics: MetricsLog) -> None:
+        for w in self.workers:
+            report = w.collect(self.cfg.run.collect_steps, self._chunks.append, self.learner.weights_if_newer)
+            _absorb_reports([report], status, metrics, self._returns)
+            while self.learner.step(self._source, self._sink):
+                pass
+        self._update(status, metrics)
+
+    def _update(self, status: Status, metrics: MetricsLog) -> None:
+        stats = self.learner.stats()
+        status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
+        status.replay_size = stats["replay_size"]
+        status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
+        if stats["metrics"]:
+            metrics.record("learner", status.updates, stats["metrics"])
+        last = self.writer.status().get("last_version")
+        status.last_snapshot = last or "-"
+
+    def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
+        for w in self.workers:
+            w.flush(self._chunks.append)
+            w.close()
+        while self.learner.step(self._source, self._sink):
+            pass
+        self.learner.snapshot(self._sink)
+        manifest = self.writer.wait(timeout=600)
+        self._update(status, metrics)
+        return {"version": manifest.version if manifest else "-"}
+
+
+class RayRun:
+    """Actors on a Ray cluster; this process only orchestrates and reports."""
+
+    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+        self.cfg = cfg
+        self.restored = restored
+        self._started_ray = False
+        self._returns: list[float] = []
+        self.workers: list[Any] = []
+        self._runs: dict[Any, int] = {}
+
+    def start(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from cluster.actors import LearnerActor, WorkerActor
+
+        cfg = self.cfg
+        if not ray.is_initialized():
+            if cfg.run.ray_address:
+                ray.init(address=cfg.run.ray_address, log_to_driver=True)
+            else:
+                ray.init(include_dashboard=False, log_to_driver=True)
+                self._started_ray = True
+        gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
+        state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)
+        name = cfg.run.name
+        # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
+        self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
+            name=f"{name}-checkpoint").remote(cfg.store_uri())
+        # The learner first: the replay is then pinned to whatever node it landed on.
+        learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_concurrency=8)(LearnerActor)
+        probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0)(_node_id).remote()
+        node = ray.get(probe)
+        affinity = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
+        replay_cls = ray.remote(num_cpus=0, max_concurrency=4)(ReplayActor)
+        self.replay = replay_cls.options(scheduling_strategy=affinity).remote(
+            cfg.replay, cfg.network.vector_dim, cfg.agent.gamma, files=files or None, seed=cfg.run.seed)
+        self.learner = learner_cls.options(scheduling_strategy=affinity).remote(
+            cfg, self.replay, self.writer, state)
+        self.learner_run = self.learner.run.remote()
+        resources = {"carla": 1} if cfg.run.env == "carla" else {}
+        worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_concurrency=2)(WorkerActor)
+        self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(i, cfg, self.replay, self.learner)
+                        for i in range(cfg.run.workers)]
+        self._runs = {w.run.remote(): i for i, w in enumerate(self.workers)}
+
+    def poll(self, status: Status, metrics: MetricsLog) -> None:
+        import ray
+        from ray.exceptions import RayActorError
+
+        done, _ = ray.wait(list(self._runs), timeout=0.5, num_returns=1)
+        for ref in done:
+            i = self._runs.pop(ref)
+            try:
+                ray.get(ref)
+                log.warning("worker %d stopped by itself; starting it again", i)
+            except RayActorError as exc:
+                # Ray restarts the actor (max_restarts=-1); the driver only re-issues its loop.
+                status.worker_restarts += 1
+                log.warning("worker %d died (%s); Ray restarts it", i, type(exc).__name__)
+            self._runs[self.workers[i].run.remote()] = i
+        ready, _ = ray.wait([self.learner_run], timeout=0)
+        if ready:
+            ray.get(self.learner_run)  # raises the learner's error, if any
+            raise RuntimeError("the learner loop stopped unexpectedly")
+        reports = []
+        for w in self.workers:
+            try:
+                reports.extend(ray.get(w.drain_reports.remote(), timeout=30))
+            except RayActorError:
+                continue
+        _absorb_reports(reports, status, metrics, self._returns)
+        self._update(status, metrics)
+
+    def _update(self, status: Status, metrics: MetricsLog) -> None:
+        import ray
+
+        stats = ray.get(self.learner.stats.remote())
+        status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
+        status.replay_size = stats["replay_size"]
+        status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
+        if stats["metrics"]:
+            metrics.record("learner", status.updates, stats["metrics"])
+        writer = ray.get(self.writer.status.remote())
+        status.last_snapshot = writer.get("last_version") or "-"
+
+    def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
+        import ray
+
+        result: dict[str, Any] = {}
+        try:
+            if not self.workers:
+                return result
+            for w in self.workers:
+                w.stop.remote()
+            ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
+            self.learner.stop.remote()
+            ray.get(self.learner_run, timeout=120)
+            ray.get(self.learner.catch_up.remote(timeout_s=600))
+            manifest = ray.get(self.writer.wait.remote(600))
+            result["version"] = manifest.version if manifest else "-"
+            self._update(status, metrics)
+        finally:
+            for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None),
+                          getattr(self, "writer", None)]:
+                if actor is not None:
+                    ray.kill(actor)
+            if self._started_ray:
+                ray.shutdown()
+        return result
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()

@@ -1,0 +1,186 @@
+"""The learner loop: holds the replay ratio, publishes weights, hands snapshots to the writer.
+
+Plain Python: the same class runs inside a Ray actor (`ray.remote(num_gpus=1)(Learner)`)
+or in one process (`fleet train --local`). What differs is the `DataSource` it pulls
+new transitions from and the `SnapshotSink` it hands state to; both are small
+callables wired in `cluster/runtime.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.networks import NetworkConfig
+from learner.replay import ReplayConfig, ReplayMemory
+from learner.td3 import TD3Agent, TD3Config
+
+log = logging.getLogger(__name__)
+
+DataSource = Callable[[], list[Any]]
+"""Returns the chunks added to the shared replay since the last call (possibly none)."""
+SnapshotSink = Callable[[dict[str, Any], dict[str, Any]], None]
+"""Takes (cpu state, meta) and returns at once; the writer does the I/O."""
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    replay_ratio: float = 1.0
+    """TD3 updates per environment step collected (after learning_starts)."""
+    learning_starts: int = 25_000
+    """Environment steps of random warm-up before the first update."""
+    publish_every: int = 20
+    """Updates between weight publications to the workers."""
+    snapshot_every: int = 1_000
+    """Updates between snapshots (0 disables periodic snapshots)."""
+    log_every: int = 20
+    """Updates between metric reports (the only place metrics are turned into floats)."""
+    updates_per_call: int = 8
+    """Updates done per `step()` call before new data is pulled again."""
+    save_replay: bool = True
+    """Store the replay (incrementally, as Arrow segments) with each snapshot so a resume keeps it."""
+
+    def __post_init__(self) -> None:
+        if self.replay_ratio <= 0:
+            raise ValueError("replay_ratio must be > 0")
+        if self.learning_starts < 0 or self.publish_every < 1 or self.log_every < 1:
+            raise ValueError("learning_starts must be >= 0; publish_every and log_every >= 1")
+
+
+class Learner:
+    def __init__(
+        self,
+        agent_cfg: TD3Config,
+        net_cfg: NetworkConfig,
+        replay_cfg: ReplayConfig,
+        cfg: LearnerConfig,
+        seed: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.agent = TD3Agent(agent_cfg, net_cfg)
+        self.memory = ReplayMemory(replay_cfg, net_cfg.vector_dim, agent_cfg.gamma, seed=seed)
+        self.rng = np.random.default_rng(seed)
+        self.env_steps = 0
+        self.policy_version = 0
+        self._weights: tuple[int, dict[str, Any]] | None = None
+        self._metrics: dict[str, float] = {}
+        self._lags: list[float] = []
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._updates_at_start = 0
+        self.last_snapshot_update = -1
+
+    @property
+    def updates(self) -> int:
+        return self.agent.total_it.value
+
+    def ingest(self, chunks: list[Any]) -> int:
+        added = 0
+        for chunk in chunks:
+            added += self.memory.add(chunk)
+            versions = np.asarray(chunk.policy_version)
+            if versions.size:
+                self._lags.append(float(self.policy_version - versions.mean()))
+        self.env_steps += added
+        return added
+
+    def updates_allowed(self) -> int:
+        """How many updates the replay ratio allows now (0 during warm-up)."""
+        if self.env_steps < self.cfg.learning_starts or len(self.memory) < self.agent.cfg.batch_size:
+            return 0
+        due = int(self.cfg.replay_ratio * (self.env_steps - self.cfg.learning_starts + 1))
+        return max(0, due - (self.updates - self._updates_at_start))
+
+    def step(self, source: DataSource, sink: SnapshotSink | None = None) -> int:
+        """Pull new data, run the updates the ratio allows (at most updates_per_call). Returns updates done."""
+        self.ingest(source())
+        n = min(self.updates_allowed(), self.cfg.updates_per_call)
+        for _ in range(n):
+            batch, idx = self.memory.sample(self.agent.cfg.batch_size, self.rng)
+            metrics = self.agent.update(batch)
+            td_abs = metrics.pop("td_abs")
+            if self.memory.cfg.prioritized:
+                self.memory.update_priorities(idx, td_abs.detach().cpu().numpy())
+            if self.updates % self.cfg.log_every == 0:
+                self._record(metrics)
+            if self.updates % self.cfg.publish_every == 0 or self.policy_version == 0:
+                self.publish()
+            if sink and self.cfg.snapshot_every and self.updates % self.cfg.snapshot_every == 0:
+                self.snapshot(sink)
+        return n
+
+    def _record(self, metrics: dict[str, torch.Tensor]) -> None:
+        values = {k: float(v.item()) for k, v in metrics.items()}
+        elapsed = max(time.monotonic() - self._started, 1e-9)
+        values["updates_per_s"] = (self.updates - self._updates_at_start) / elapsed
+        if self._lags:
+            values["policy_lag"] = float(np.mean(self._lags))
+            self._lags.clear()
+        with self._lock:
+            self._metrics.update(values)
+
+    def publish(self) -> None:
+        weights = self.agent.policy_weights()
+        with self._lock:
+            self.policy_version += 1
+            self._weights = (self.policy_version, weights)
+
+    def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
+        """Newest published weights when newer than `version`, else None (cheap for polling workers)."""
+        with self._lock:
+            if self._weights is None or self._weights[0] <= version:
+                return None
+            return self._weights
+
+    def meta(self) -> dict[str, Any]:
+        with self._lock:
+            metrics = dict(self._metrics)
+        return {"learner_updates": self.updates, "env_steps": self.env_steps,
+                "policy_version": self.policy_version, "metrics": metrics}
+
+    def snapshot(self, sink: SnapshotSink) -> None:
+        """Hand a CPU copy of the full state to the writer; returns once the copy is made."""
+        state = _to_cpu(self.agent.state())
+        state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version}
+        sink(state, self.meta())
+        self.last_snapshot_update = self.updates
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a snapshot: agent parts strictly, then the learner's own counters."""
+        state = dict(state)
+        own = state.pop("learner", {"env_steps": 0, "policy_version": 0})
+        self.agent.load_state(state)
+        self.env_steps = int(own["env_steps"])
+        self.policy_version = int(own["policy_version"])
+        self._updates_at_start = self.updates
+        # Updates already done stand for the data already seen: the ratio counts from here.
+        self.cfg = _replace_learning_starts(self.cfg, self.env_steps)
+        self.publish()
+
+    def stats(self) -> dict[str, Any]:
+        out = self.meta()
+        out["replay_size"] = len(self.memory)
+        return out
+
+
+def _replace_learning_starts(cfg: LearnerConfig, env_steps: int) -> LearnerConfig:
+    from dataclasses import replace
+
+    return replace(cfg, learning_starts=min(cfg.learning_starts, env_steps))
+
+
+def _to_cpu(tree: Any) -> Any:
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True)
+    if isinstance(tree, dict):
+        return {k: _to_cpu(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_to_cpu(v) for v in tree]
+    return tree

@@ -1,0 +1,145 @@
+"""Evaluation workers: deterministic episodes from a snapshot's policy, and driving metrics.
+
+The driving score follows the CARLA leaderboard: per route, route completion
+times an infraction penalty (a product of per-infraction coefficients; we
+count vehicle collisions at 0.60 each, the leaderboard's coefficient). Leaving
+the road ends our episodes, so it already lowers route completion. Collisions
+per km and the off-road rate are reported beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from learner.networks import NetworkConfig, Policy
+from rollout_workers.worker import EnvFactory
+
+log = logging.getLogger(__name__)
+
+COLLISION_PENALTY = 0.60
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    episodes: int = 10
+    """Episodes per evaluation."""
+    workers: int = 2
+    """Parallel evaluation workers (Ray actors)."""
+    seed: int = 1_000_000
+    """First evaluation seed; held out from training seeds, which are drawn below 2**31 - 1 by rng."""
+    every_updates: int = 0
+    """Evaluate the latest snapshot every this many learner updates during training (0: only at the end)."""
+
+
+@dataclass
+class EvalReport:
+    episodes: list[dict[str, float]]
+    mean_return: float
+    mean_route_completion: float
+    collisions_per_km: float
+    off_road_rate: float
+    mean_speed: float
+    driving_score: float
+    snapshot: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def driving_score(ep: dict[str, float]) -> float:
+    return float(ep["route_completion"]) * COLLISION_PENALTY ** float(ep.get("collision", 0.0))
+
+
+def summarize(episodes: Sequence[dict[str, float]], snapshot: str = "") -> EvalReport:
+    if not episodes:
+        raise ValueError("no evaluation episodes to summarize")
+    km = sum(ep["distance_m"] for ep in episodes) / 1000.0
+    collisions = sum(ep["collision"] for ep in episodes)
+    return EvalReport(
+        episodes=[dict(ep, driving_score=driving_score(ep)) for ep in episodes],
+        mean_return=float(np.mean([ep["return"] for ep in episodes])),
+        mean_route_completion=float(np.mean([ep["route_completion"] for ep in episodes])),
+        collisions_per_km=float(collisions / km) if km > 0 else float(collisions > 0) * float("inf"),
+        off_road_rate=float(np.mean([ep["off_road"] for ep in episodes])),
+        mean_speed=float(np.mean([ep["mean_speed"] for ep in episodes])),
+        driving_score=float(np.mean([driving_score(ep) for ep in episodes])),
+        snapshot=snapshot,
+    )
+
+
+class EvaluationWorker:
+    """Runs deterministic (noise-free) episodes of a policy on given seeds."""
+
+    def __init__(self, env_factory: EnvFactory, net_cfg: NetworkConfig) -> None:
+        torch.set_num_threads(1)
+        self.env_factory = env_factory
+        self.policy = Policy(net_cfg)
+
+    def load(self, weights: dict[str, Any]) -> None:
+        self.policy.load_components(weights)
+
+    def run(self, seeds: Sequence[int]) -> list[dict[str, float]]:
+        episodes = []
+        for seed in seeds:
+            env = self.env_factory(int(seed))
+            try:
+                episodes.append(run_episode(env, self.policy, int(seed)))
+            finally:
+                env.close()
+        return episodes
+
+
+def run_episode(env: Any, policy: Policy, seed: int) -> dict[str, float]:
+    obs, info = env.reset(seed=seed)
+    total, steps, speeds = 0.0, 0, []
+    done = False
+    while not done:
+        action = policy.act(obs["image"], obs["vector"])
+        obs, reward, terminated, truncated, info = env.step(action)
+        total += float(reward)
+        steps += 1
+        speeds.append(float(info.get("speed", 0.0)))
+        done = bool(terminated or truncated)
+    return {
+        "seed": float(seed), "return": total, "steps": float(steps),
+        "route_completion": float(info["route_completion"]), "collision": float(info["collision"]),
+        "off_road": float(info["off_road"]), "distance_m": float(info["distance_m"]),
+        "mean_speed": float(np.mean(speeds)) if speeds else 0.0,
+    }
+
+
+def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
+    """Write report.json and report.png (per-episode return and route completion)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, png_path = out_dir / "report.json", out_dir / "report.png"
+    json_path.write_text(report.to_json())
+    eps = report.episodes
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    xs = np.arange(len(eps))
+    ax1.bar(xs, [e["return"] for e in eps], color="tab:blue")
+    ax1.axhline(report.mean_return, color="k", ls="--", label=f"mean {report.mean_return:.1f}")
+    ax1.set(title="Return per episode", xlabel="episode")
+    ax1.legend()
+    ax2.bar(xs, [e["route_completion"] for e in eps], color="tab:green", label="route completion")
+    ax2.plot(xs, [e["driving_score"] for e in eps], "ko", label="driving score")
+    ax2.set(title=f"Driving score {report.driving_score:.2f}", xlabel="episode", ylim=(0, 1.05))
+    ax2.legend(loc="lower right")
+    fig.suptitle(report.snapshot or "evaluation")
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=80)
+    plt.close(fig)
+    return json_path, png_path
