@@ -1,0 +1,350 @@
+"""Versioned, content-addressed snapshots of an agent's state on any pyarrow filesystem.
+
+Layout under the root URI:
+
+    blobs/sha256/ab/abcdef...     immutable blobs, named by the sha256 of their bytes
+    versions/v00000042.json       one manifest per version, written after all its blobs
+    refs/latest, refs/tags/NAME   pointer files holding a version id, moved after the manifest
+
+A version exists iff its manifest exists and verifies, so a writer killed at
+any point leaves the previous versions intact and `latest` pointing at one of
+them. One writer at a time (the checkpoint actor); any number of readers.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from checkpoint_store import codec
+from checkpoint_store.fs import TMP_MARK, Root
+from checkpoint_store.manifest import (
+    VERSION_RE,
+    BlobRef,
+    ComponentRef,
+    Manifest,
+    ManifestError,
+    blob_path,
+    sha256_hex,
+    version_id,
+)
+from checkpoint_store.retention import RetentionPolicy, RetentionReport, select
+
+log = logging.getLogger(__name__)
+
+META_KEYS = {"learner_updates", "env_steps", "config", "metrics", "notes", "created"}
+TAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
+FileValue = bytes | str
+"""Bytes to store, or 'sha256:<hex>' naming a blob already in the store."""
+
+
+class SnapshotNotFound(LookupError):
+    """No version matches the reference; the message lists what the store has."""
+
+
+class IntegrityError(ValueError):
+    """A blob is missing or its size or sha256 differs from the manifest; names blob and version."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: dict[str, Any]
+    manifest: Manifest
+
+
+class SnapshotStore:
+    """Snapshots under one URI: a local path, file://, s3://bucket/prefix?endpoint_override=..., gs://."""
+
+    def __init__(self, uri: str, create: bool = True) -> None:
+        """Open the store; `create=False` refuses a location that does not exist (readers, the CLI)."""
+        self.root = Root(uri, create=create)
+        self._manifests: dict[str, Manifest] = {}  # manifests are immutable, so caching is safe
+        self.last_put_bytes = 0
+        """Bytes actually written by the last put (blobs that already existed are skipped)."""
+        self._after_write: Callable[[str], None] | None = None  # test hook: crash-point injection
+
+    @property
+    def uri(self) -> str:
+        """The URI with credentials redacted."""
+        return self.root.display
+
+    def put(self, state: Mapping[str, Any], meta: Mapping[str, Any] | None = None,
+            files: Mapping[str, FileValue] | None = None, tags: Sequence[str] = ()) -> Manifest:
+        """Store `state` ({component: value}) as a new version; move `latest` and `tags` to it."""
+        meta = dict(meta or {})
+        unknown = sorted(set(meta) - META_KEYS)
+        if unknown:
+            raise ValueError(f"unknown snapshot meta key(s) {unknown}; allowed: {sorted(META_KEYS)}")
+        for name in tags:
+            _check_tag(name)
+        self.last_put_bytes = 0
+        components = {}
+        for name, value in state.items():
+            skel, tensors = codec.encode(value)
+            components[name] = ComponentRef(self._put_blob(skel), self._put_blob(tensors) if tensors else None)
+        stored_files = {name: self._put_file(name, v) for name, v in (files or {}).items()}
+        notes = meta.get("notes", [])
+        manifest = Manifest(
+            version=version_id(self._next_seq()), created=float(meta.get("created", time.time())),
+            learner_updates=int(meta.get("learner_updates", 0)), env_steps=int(meta.get("env_steps", 0)),
+            components=components, files=stored_files, config=dict(meta.get("config", {})),
+            metrics=dict(meta.get("metrics", {})), notes=[notes] if isinstance(notes, str) else list(notes),
+        )
+        data = manifest.to_bytes()
+        self.root.write_atomic(_manifest_path(manifest.version), data)  # the commit point
+        self._hook(_manifest_path(manifest.version))
+        self.last_put_bytes += len(data)
+        self._manifests[manifest.version] = manifest
+        self.root.write_atomic("refs/latest", manifest.version.encode())
+        self._hook("refs/latest")
+        for name in tags:
+            self.root.write_atomic(f"refs/tags/{name}", manifest.version.encode())
+            self._hook(f"refs/tags/{name}")
+        log.info("stored %s (%d updates, %.1f MB new) in %s", manifest.version, manifest.learner_updates,
+                 self.last_put_bytes / 1e6, self.uri)
+        return manifest
+
+    def _put_blob(self, data: bytes) -> BlobRef:
+        ref = BlobRef(sha256_hex(data), len(data))
+        existing = self.root.info(ref.path)
+        if existing is None or existing.size != ref.size:
+            self.root.write_atomic(ref.path, data)
+            self.last_put_bytes += len(data)
+            self._hook(ref.path)
+        return ref
+
+    def _hook(self, path: str) -> None:
+        if self._after_write is not None:
+            self._after_write(path)
+
+    def _put_file(self, name: str, value: FileValue) -> BlobRef:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return self._put_blob(bytes(value))
+        m = re.fullmatch(r"sha256:([0-9a-f]{64})", value) if isinstance(value, str) else None
+        if m is None:
+            raise ValueError(f"file {name!r}: expected bytes or 'sha256:<64 hex digits>', got {value!r:.80}")
+        entry = self.root.info(blob_path(m.group(1)))
+        if entry is None:
+            raise IntegrityError(f"file {name!r} references blob sha256:{m.group(1)}, which is not in {self.uri}")
+        return BlobRef(m.group(1), entry.size)
+
+    def _next_seq(self) -> int:
+        seqs = [int(e.path[len("versions/v"):][:8]) for e in self.root.list("versions")
+                if re.fullmatch(r"versions/v\d{8}\.json", e.path)]
+        return max(seqs, default=0) + 1
+
+    def get(self, ref: str = "latest", components: Iterable[str] | None = None) -> Snapshot:
+        """Load a version, or only `components` of it; every blob read is verified."""
+        try:
+            return self._get(ref, components)
+        except IntegrityError:
+            if VERSION_RE.match(ref):
+                raise
+            # `latest` or a tag may have moved and retention removed the old target mid-read.
+            log.warning("reading %s failed; resolving it again once", ref)
+            return self._get(ref, components)
+
+    def _get(self, ref: str, components: Iterable[str] | None) -> Snapshot:
+        manifest = self.manifest(ref)
+        names = list(manifest.components) if components is None else list(components)
+        missing = [n for n in names if n not in manifest.components]
+        if missing:
+            raise KeyError(f"version {manifest.version} has no component(s) {missing}; "
+                           f"it has {sorted(manifest.components)}")
+        state = {}
+        for name in names:
+            c = manifest.components[name]
+            skel = self._read_blob(c.skeleton, f"{name}.skeleton", manifest.version)
+            tensors = self._read_blob(c.tensors, f"{name}.tensors", manifest.version) if c.tensors else None
+            state[name] = codec.decode(skel, tensors)
+        return Snapshot(state, manifest)
+
+    def read_file(self, ref: str, name: str) -> bytes:
+        """The verified bytes of extra file `name` stored with version `ref`."""
+        manifest = self.manifest(ref)
+        if name not in manifest.files:
+            raise KeyError(f"version {manifest.version} has no file {name!r}; it has {sorted(manifest.files)}")
+        return self._read_blob(manifest.files[name], f"file {name}", manifest.version)
+
+    def _read_blob(self, ref: BlobRef, label: str, version: str) -> bytes:
+        where = f"blob {label} ({ref.path}) of version {version}"
+        try:
+            data = self.root.read(ref.path)
+        except FileNotFoundError as exc:
+            raise IntegrityError(f"{where} is missing") from exc
+        if len(data) != ref.size:
+            raise IntegrityError(f"{where} has {len(data)} bytes, the manifest says {ref.size}")
+        if sha256_hex(data) != ref.sha256:
+            raise IntegrityError(f"{where} does not match its sha256 {ref.sha256}: it is corrupt")
+        return data
+
+    def manifest(self, ref: str = "latest") -> Manifest:
+        """The verified manifest of `ref` (a version id, 'latest', or a tag)."""
+        return self._load_manifest(self.resolve(ref))
+
+    def _load_manifest(self, version: str, cached: bool = True) -> Manifest:
+        if cached and version in self._manifests:
+            return self._manifests[version]
+        try:
+            data = self.root.read(_manifest_path(version))
+        except FileNotFoundError as exc:
+            raise SnapshotNotFound(f"version {version} does not exist in {self.uri}") from exc
+        m = Manifest.from_bytes(data, expect_version=version)
+        self._manifests[version] = m
+        return m
+
+    def resolve(self, ref: str = "latest") -> str:
+        """The version id that `ref` ('latest', a version id such as v00000042, or a tag) names now."""
+        if VERSION_RE.match(ref):
+            if not self.root.exists(_manifest_path(ref)):
+                raise SnapshotNotFound(f"version {ref} does not exist in {self.uri}")
+            return ref
+        if ref == "latest":
+            target = self._pointer("refs/latest")
+            if target is not None:
+                try:
+                    self._load_manifest(target)
+                    return target
+                except (SnapshotNotFound, ManifestError) as exc:
+                    log.warning("latest points to %s, which is unusable (%s); using the newest valid version",
+                                target, exc)
+            versions = self.list()
+            if not versions:
+                raise SnapshotNotFound(f"{self.uri} holds no versions yet")
+            return versions[-1].version
+        _check_tag(ref)
+        target = self._pointer(f"refs/tags/{ref}")
+        if target is None:
+            raise SnapshotNotFound(f"no tag {ref!r} in {self.uri}; tags: {sorted(self.tags()) or 'none'}")
+        return target
+
+    def _pointer(self, rel: str) -> str | None:
+        try:
+            value = self.root.read(rel).decode().strip()
+        except FileNotFoundError:
+            return None
+        return value if VERSION_RE.match(value) else None
+
+    def tags(self) -> dict[str, str]:
+        """{tag: version}, `latest` excluded."""
+        out = {}
+        for e in self.root.list("refs/tags"):
+            name = e.path[len("refs/tags/"):]
+            target = None if TMP_MARK in name else self._pointer(e.path)
+            if target is not None:
+                out[name] = target
+        return out
+
+    def tag(self, ref: str, name: str) -> str:
+        """Point tag `name` at the version `ref` names; returns that version id."""
+        _check_tag(name)
+        version = self.manifest(ref).version
+        self.root.write_atomic(f"refs/tags/{name}", version.encode())
+        return version
+
+    def list(self) -> list[Manifest]:
+        """Every version whose manifest verifies, oldest first. Unverifiable manifests are skipped."""
+        out = []
+        for e in self.root.list("versions"):
+            m = re.fullmatch(r"versions/(v\d{8})\.json", e.path)
+            if m is None:
+                continue
+            try:
+                out.append(self._load_manifest(m.group(1)))
+            except (SnapshotNotFound, ManifestError) as exc:
+                log.warning("skipping %s: %s", e.path, exc)
+        return out
+
+    def verify(self, ref: str | None = None) -> list[str]:
+        """Problems found in one version (`ref`) or, when None, in every version and pointer."""
+        problems: list[str] = []
+        if ref is not None:
+            versions = [self.resolve(ref)]
+        else:
+            versions = []
+            for e in self.root.list("versions"):
+                m = re.fullmatch(r"versions/(v\d{8})\.json", e.path)
+                if m is not None:
+                    versions.append(m.group(1))
+                elif TMP_MARK not in e.path:
+                    problems.append(f"unexpected file {e.path}")
+            pointers = {"latest": self._pointer("refs/latest"), **self.tags()}
+            for name, target in pointers.items():
+                if target is not None and target not in versions:
+                    problems.append(f"pointer {name} names {target}, which does not exist")
+        checked: dict[str, str | None] = {}  # sha256 -> problem; blobs shared by versions are read once
+        for version in versions:
+            try:
+                manifest = self._load_manifest(version, cached=False)
+            except (SnapshotNotFound, ManifestError) as exc:
+                problems.append(f"version {version}: manifest {_manifest_path(version)}: {exc}")
+                continue
+            for label, blob in manifest.blobs():
+                if blob.sha256 not in checked:
+                    try:
+                        self._read_blob(blob, label, version)
+                        checked[blob.sha256] = None
+                    except IntegrityError as exc:
+                        checked[blob.sha256] = str(exc)
+                if checked[blob.sha256] is not None:
+                    problems.append(f"version {version}: blob {label} ({blob.path}) failed: "
+                                    f"{checked[blob.sha256]}")
+        return problems
+
+    def apply_retention(self, policy: RetentionPolicy, gc: bool = True, dry_run: bool = False) -> RetentionReport:
+        """Delete the versions `policy` does not keep (never the newest or a tagged one), then their blobs."""
+        manifests = self.list()
+        if not manifests:
+            return RetentionReport([], [])
+        # Delete only once the newest manifest is durable: read it back from storage, not the cache.
+        self._load_manifest(manifests[-1].version, cached=False)
+        pinned = [v for v in [self._pointer("refs/latest"), *self.tags().values()] if v]
+        reasons = select(manifests, policy, pinned)
+        doomed = [m.version for m in manifests if m.version not in reasons]
+        report = RetentionReport(sorted(reasons), doomed, reasons)
+        if dry_run:
+            return report
+        for version in doomed:
+            self.root.delete(_manifest_path(version))
+            self._manifests.pop(version, None)
+        if doomed:
+            log.info("retention deleted %d version(s): %s", len(doomed), ", ".join(doomed))
+        if gc:
+            n, freed = self.gc()
+            report = RetentionReport(report.kept, doomed, reasons, n, freed)
+        return report
+
+    def gc(self, min_age_s: float = 0.0) -> tuple[int, int]:
+        """Delete blobs no version references, and stray temp files; returns (files, bytes) deleted.
+
+        `min_age_s` spares files younger than that, so a gc run beside a live writer does not
+        remove the blobs of a version whose manifest is not written yet.
+        """
+        referenced = {b.sha256 for m in self.list() for _, b in m.blobs()}
+        now, n, freed = time.time(), 0, 0
+        for e in self.root.list(""):
+            is_tmp = TMP_MARK in e.path
+            if not is_tmp and not (e.path.startswith("blobs/") and e.path.rsplit("/", 1)[-1] not in referenced):
+                continue
+            min_age = max(min_age_s, 60.0) if is_tmp else min_age_s  # a temp file may be a write in progress
+            if min_age > 0 and e.mtime is not None and now - e.mtime < min_age:
+                continue
+            self.root.delete(e.path)
+            n, freed = n + 1, freed + e.size
+        if n:
+            log.info("gc deleted %d file(s), %.1f MB", n, freed / 1e6)
+        return n, freed
+
+
+def _manifest_path(version: str) -> str:
+    return f"versions/{version}.json"
+
+
+def _check_tag(name: str) -> None:
+    if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name):
+        raise ValueError(f"bad tag name {name!r}: use letters, digits, '_', '.', '-', starting with a letter; "
+                         "not 'latest' and not a version id")
