@@ -13,6 +13,7 @@ from typing import Any
 
 import ray
 
+from checkpoint_store.writer import submit_snapshot
 from cluster.config import to_dict
 from cluster.envs import make_factory
 from learner.learner import Learner
@@ -87,6 +88,7 @@ class LearnerActor:
         self.replay = replay
         self.writer = writer
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
+        self.learner.snapshot_copies = False  # submit_snapshot's ray.put is the one copy
         if restore is not None:
             self.learner.restore(restore)
         self._cursor = 0
@@ -111,9 +113,9 @@ class LearnerActor:
         return chunks
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
+        # The replay's export ref is a top-level argument: the writer's call waits for it, not the learner.
         files = self.replay.export.remote() if self.cfg.learner.save_replay else None
-        meta = dict(meta, config=to_dict(self.cfg))
-        self.writer.submit.remote([ray.put(state)], meta, files and [files])
+        submit_snapshot(self.writer, state, dict(meta, config=to_dict(self.cfg)), files)
         self.snapshots += 1
 
     def run(self) -> dict[str, Any]:

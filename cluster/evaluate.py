@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from checkpoint_store import SnapshotStore
+from checkpoint_store.store import SnapshotStore
 from cluster.envs import make_factory
 from cluster.experiment import from_manifest
 from cluster.runtime import Resume

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from checkpoint_store import RetentionPolicy
+from checkpoint_store.retention import RetentionPolicy
 from cluster.config import ConfigError, from_dict, load_yaml
 from learner.learner import LearnerConfig
 from learner.networks import NetworkConfig

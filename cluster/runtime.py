@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from checkpoint_store import CheckpointWriter, SnapshotStore
+from checkpoint_store.store import SnapshotStore
+from checkpoint_store.writer import CheckpointWriter
 from cluster.config import to_dict
 from cluster.experiment import ExperimentConfig
 from cluster.progress import MetricsLog, Progress, Status
@@ -130,7 +131,7 @@ class LocalRun:
                                                            cfg.agent.gamma, files)
         self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
                                       seed=cfg.run.seed) for i in range(cfg.run.workers)]
-        self.writer = CheckpointWriter(cfg.store_uri())
+        self.writer = CheckpointWriter(cfg.store_uri(), cfg.retention)
         self._chunks: list[Any] = []
         self._returns: list[float] = []
         self._replay_refs: dict[str, str] | None = None
@@ -206,7 +207,7 @@ class RayRun:
         name = cfg.run.name
         # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
-            name=f"{name}-checkpoint").remote(cfg.store_uri())
+            name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention)
         # The learner first: the replay is then pinned to whatever node it landed on.
         learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_concurrency=8)(LearnerActor)
         probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0)(_node_id).remote()

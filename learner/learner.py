@@ -76,6 +76,8 @@ class Learner:
         self._started = time.monotonic()
         self._updates_at_start = 0
         self.last_snapshot_update = -1
+        self.snapshot_copies = True
+        """False when the sink copies at once (ray.put): the learner then blocks only for that copy."""
 
     @property
     def updates(self) -> int:
@@ -146,8 +148,8 @@ class Learner:
                 "policy_version": self.policy_version, "metrics": metrics}
 
     def snapshot(self, sink: SnapshotSink) -> None:
-        """Hand a CPU copy of the full state to the writer; returns once the copy is made."""
-        state = _to_cpu(self.agent.state())
+        """Hand the full state to the sink; on return the learner may update again."""
+        state = _to_cpu(self.agent.state(copy=self.snapshot_copies))
         state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version}
         sink(state, self.meta())
         self.last_snapshot_update = self.updates
@@ -177,8 +179,9 @@ def _replace_learning_starts(cfg: LearnerConfig, env_steps: int) -> LearnerConfi
 
 
 def _to_cpu(tree: Any) -> Any:
+    """Device tensors to the CPU; CPU tensors stay as they are (copied or not by `state()`)."""
     if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
+        return tree.detach().cpu()
     if isinstance(tree, dict):
         return {k: _to_cpu(v) for k, v in tree.items()}
     if isinstance(tree, list):

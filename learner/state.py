@@ -28,7 +28,7 @@ class StateError(KeyError):
 
 
 class Part(Protocol):
-    def state(self) -> Any: ...
+    def state(self, copy: bool = True) -> Any: ...
     def load(self, state: Any) -> None: ...
     def problems(self, state: Any, name: str) -> list[str]: ...
 
@@ -37,8 +37,8 @@ class ModulePart:
     def __init__(self, module: nn.Module) -> None:
         self.obj = module
 
-    def state(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.obj.state_dict().items()}
+    def state(self, copy: bool = True) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() if copy else v.detach() for k, v in self.obj.state_dict().items()}
 
     def load(self, state: dict[str, torch.Tensor]) -> None:
         self.obj.load_state_dict(state, strict=True)
@@ -60,11 +60,12 @@ class OptimizerPart:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.obj = optimizer
 
-    def state(self) -> dict[str, Any]:
+    def state(self, copy: bool = True) -> dict[str, Any]:
         sd = self.obj.state_dict()
+        keep = _clone if copy else _detach
         # Integer parameter ids become strings so the state is JSON-shaped; load restores them.
         return {
-            "state": {str(i): {k: _clone(v) for k, v in s.items()} for i, s in sd["state"].items()},
+            "state": {str(i): {k: keep(v) for k, v in s.items()} for i, s in sd["state"].items()},
             "param_groups": [dict(g) for g in sd["param_groups"]],
         }
 
@@ -100,7 +101,7 @@ class TorchGeneratorPart:
     def __init__(self, generator: torch.Generator) -> None:
         self.obj = generator
 
-    def state(self) -> torch.Tensor:
+    def state(self, copy: bool = True) -> torch.Tensor:
         return self.obj.get_state().clone()
 
     def load(self, state: torch.Tensor) -> None:
@@ -115,7 +116,7 @@ class NumpyGeneratorPart:
     def __init__(self, generator: np.random.Generator) -> None:
         self.obj = generator
 
-    def state(self) -> dict[str, Any]:
+    def state(self, copy: bool = True) -> dict[str, Any]:
         return _jsonable(self.obj.bit_generator.state)
 
     def load(self, state: dict[str, Any]) -> None:
@@ -133,7 +134,7 @@ class Counter:
     def __init__(self, value: int = 0) -> None:
         self.value = value
 
-    def state(self) -> int:
+    def state(self, copy: bool = True) -> int:
         return self.value
 
     def load(self, state: int) -> None:
@@ -146,6 +147,10 @@ class Counter:
 
 def _clone(v: Any) -> Any:
     return v.detach().clone() if isinstance(v, torch.Tensor) else v
+
+
+def _detach(v: Any) -> Any:
+    return v.detach() if isinstance(v, torch.Tensor) else v
 
 
 def _jsonable(v: Any) -> Any:
@@ -189,8 +194,10 @@ class Registry:
         for part in self._parts.values():
             yield getattr(part, "obj", part)
 
-    def state(self) -> State:
-        return {name: part.state() for name, part in self._parts.items()}
+    def state(self, copy: bool = True) -> State:
+        """Every part's state. copy=False gives views of live tensors, valid until the next update
+        (for a caller that copies at once, such as `ray.put`)."""
+        return {name: part.state(copy) for name, part in self._parts.items()}
 
     def problems(self, state: State) -> list[str]:
         out = [f"missing part {n}" for n in self._parts if n not in state]

@@ -189,9 +189,9 @@ class TD3Agent:
         return {name: {k: v.detach().cpu().clone() for k, v in getattr(self, name).state_dict().items()}
                 for name in ("actor_cnn", "actor")}
 
-    def state(self) -> State:
-        """Everything needed to continue bit-for-bit, from the registry of parts."""
-        return self.parts.state()
+    def state(self, copy: bool = True) -> State:
+        """Everything needed to continue bit-for-bit, from the registry of parts (see Registry.state)."""
+        return self.parts.state(copy)
 
     def load_state(self, state: State) -> None:
         """Strict: raises StateError naming every missing, extra or mis-shaped key."""
