@@ -42,13 +42,38 @@ def import_factory(spec: str) -> Any:
         raise ValueError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
 
 
+_claimed: dict[str, tuple[Any, tuple[str, int]]] = {}
+
+
 def carla_host(worker_index: int) -> tuple[str, int] | None:
-    """The server a worker drives: entry worker_index (mod len) of CARLA_HOSTS, else the config's."""
+    """A CARLA server from CARLA_HOSTS that no other worker on this node drives; None if unset.
+
+    Workers land on nodes in an order Ray chooses, so a global index could send two workers
+    to one server. Each worker process instead claims a free server with a non-blocking file
+    lock (released when the process ends, however it ends), starting from its own index.
+    """
+    import fcntl
+    import tempfile
+
     hosts = [h.strip() for h in os.environ.get("CARLA_HOSTS", "").split(",") if h.strip()]
     if not hosts:
         return None
-    host, _, port = hosts[worker_index % len(hosts)].rpartition(":")
-    return host, int(port)
+    spec = ",".join(hosts)
+    if spec in _claimed:
+        return _claimed[spec][1]
+    for k in range(len(hosts)):
+        entry = hosts[(worker_index + k) % len(hosts)]
+        host, _, port = entry.rpartition(":")
+        lock = open(os.path.join(tempfile.gettempdir(), f"carla-fleet-{host}-{port}.lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _claimed[spec] = (lock, (host, int(port)))
+        return host, int(port)
+    raise RuntimeError(f"all CARLA servers in CARLA_HOSTS ({spec}) are driven by other workers on this node; "
+                       "start more servers or fewer workers (the node's `carla` resource should equal its servers)")
 
 
 def make_factory(cfg: Any, worker_index: int = 0) -> EnvFactory:
