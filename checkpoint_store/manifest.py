@@ -110,7 +110,7 @@ class Manifest:
     def to_bytes(self) -> bytes:
         body = self.body()
         body["checksum"] = _checksum(body)
-        return json.dumps(body, indent=1, sort_keys=True).encode()
+        return json.dumps(body, indent=1).encode()  # unsorted: components keep the order they were given
 
     @classmethod
     def from_bytes(cls, data: bytes, expect_version: str | None = None) -> Manifest:

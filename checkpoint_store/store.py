@@ -84,7 +84,10 @@ class SnapshotStore:
         self.last_put_bytes = 0
         components = {}
         for name, value in state.items():
-            skel, tensors = codec.encode(value)
+            try:
+                skel, tensors = codec.encode(value)
+            except codec.CodecError as exc:
+                raise codec.CodecError(f"component {name!r}: {exc}") from exc
             components[name] = ComponentRef(self._put_blob(skel), self._put_blob(tensors) if tensors else None)
         stored_files = {name: self._put_file(name, v) for name, v in (files or {}).items()}
         notes = meta.get("notes", [])
