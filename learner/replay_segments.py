@@ -1,0 +1,174 @@
+"""Persistence of a ReplayMemory as Arrow IPC segments plus a JSON header, saved incrementally.
+
+Files (names as the snapshot store keeps them):
+    replay/header.json          counters, worker streams, rng state, layout (always rewritten)
+    replay/steps-NNNNN.arrow    step ring slots [N*S, (N+1)*S): every per-step array
+    replay/frames-NNNNN.arrow   frame ring slots [N*S, (N+1)*S), one 84*84 binary per frame
+    replay/prio-NNNNN.arrow     sum-tree leaves of those step slots (prioritized only)
+
+A segment not written since the last export is given as its "sha256:<hex>" ref
+instead of bytes, which the snapshot store resolves to the blob it already has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+if TYPE_CHECKING:
+    from learner.replay_memory import ReplayMemory
+
+PREFIX = "replay/"
+HEADER = PREFIX + "header.json"
+FORMAT = 1
+COUNTERS = ("steps_written", "frames_written", "tail", "episodes", "chunks_added", "steps_added",
+            "rejected_nonfinite", "orphaned", "max_priority", "samples")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _encode(columns: Mapping[str, np.ndarray]) -> bytes:
+    arrays = []
+    for a in columns.values():
+        a = np.ascontiguousarray(a)
+        if a.ndim == 1:
+            arrays.append(pa.array(a))
+        elif a.dtype == np.uint8:  # frames: zero-copy fixed-size binary
+            width = int(np.prod(a.shape[1:]))
+            arrays.append(pa.Array.from_buffers(pa.binary(width), len(a), [None, pa.py_buffer(a.reshape(-1))]))
+        else:
+            arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), int(np.prod(a.shape[1:]))))
+    batch = pa.record_batch(arrays, names=list(columns))
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return sink.getvalue().to_pybytes()
+
+
+def _decode(data: bytes) -> dict[str, np.ndarray]:
+    batch = pa.ipc.open_stream(pa.py_buffer(data)).read_next_batch()
+    out = {}
+    for name, col in zip(batch.schema.names, batch.columns):
+        if pa.types.is_fixed_size_binary(col.type):
+            width = col.type.byte_width
+            raw = np.frombuffer(col.buffers()[1], np.uint8, count=len(col) * width, offset=col.offset * width)
+            out[name] = raw.reshape(len(col), width)
+        elif pa.types.is_fixed_size_list(col.type):
+            out[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _layout(mem: ReplayMemory, prio: bool) -> dict[str, int]:
+    """Filled slots of each ring: how many of each kind's segments exist."""
+    steps = min(mem.steps_written, mem.cfg.capacity)
+    return {"steps": steps, "frames": min(mem.frames_written, mem.frame_capacity), "prio": steps if prio else 0}
+
+
+def _columns(mem: ReplayMemory, kind: str, lo: int, hi: int) -> dict[str, np.ndarray]:
+    if kind == "frames":
+        return {"frame": mem.frames[lo:hi]}
+    if kind == "prio":
+        return {"priority": mem.tree.leaves[lo:hi]}  # type: ignore[union-attr]
+    return {name: getattr(mem, name)[lo:hi] for name in mem.STEP_ARRAYS}
+
+
+def _names(mem: ReplayMemory, prio: bool | None = None) -> list[tuple[str, str, int, int, int]]:
+    seg = mem.cfg.segment_steps
+    out = []
+    for kind, filled in _layout(mem, mem.tree is not None if prio is None else prio).items():
+        for i in range(math.ceil(filled / seg)):
+            out.append((f"{PREFIX}{kind}-{i:05d}.arrow", kind, i, i * seg, min((i + 1) * seg, filled)))
+    return out
+
+
+def header(mem: ReplayMemory) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "layout": {"capacity": mem.cfg.capacity, "frame_capacity": mem.frame_capacity, "frames": mem.k,
+                   "vector_dim": mem.vector_dim, "gamma": mem.gamma, "n_step": mem.cfg.n_step,
+                   "segment_steps": mem.cfg.segment_steps},
+        "prioritized": mem.tree is not None,
+        "counters": {name: getattr(mem, name) for name in COUNTERS},
+        "streams": [{"stream": sid, "seq": st.seq, "carry": st.carry, "in_episode": st.in_episode,
+                     "episode": st.episode, "last": st.last, "pending": st.pending}
+                    for sid, st in mem.streams.items()],
+        "rng": mem.rng.bit_generator.state,
+        "segments": [name for name, *_ in _names(mem)],
+    }
+
+
+def export(mem: ReplayMemory, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
+    """Files of the memory: bytes for segments changed since the last export, "sha256:<hex>" refs otherwise.
+
+    `previous` maps names to the refs of the last version known to be stored. With None,
+    this memory trusts that its own last export was stored; pass the last durable
+    manifest's refs when a save may have been dropped, or {} to write everything.
+    """
+    out: dict[str, bytes | str] = {}
+    for name, kind, i, lo, hi in _names(mem):
+        known = mem._exported.get(name)
+        stored = previous is None or previous.get(name) == f"sha256:{known}"
+        if known is not None and i not in mem._dirty[kind] and stored:
+            out[name] = f"sha256:{known}"
+            continue
+        data = _encode(_columns(mem, kind, lo, hi))
+        mem._exported[name] = _sha(data)
+        out[name] = data
+    for dirty in mem._dirty.values():
+        dirty.clear()
+    out[HEADER] = json.dumps(header(mem)).encode()
+    return out
+
+
+def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
+    """Load `files` (from `export`, refs resolved to bytes) into the freshly built, empty `mem`."""
+    from learner.replay_memory import _Stream
+
+    if HEADER not in files:
+        raise ValueError(f"no {HEADER} among the snapshot's files ({sorted(files)[:5]}...): not a saved replay")
+    head = json.loads(files[HEADER])
+    if head.get("format") != FORMAT:
+        raise ValueError(f"{HEADER}: format {head.get('format')!r}, this code reads format {FORMAT}")
+    want = header(mem)["layout"]
+    for key, value in head["layout"].items():
+        if want.get(key) != value:
+            raise ValueError(f"saved replay has {key}={value!r} but the config gives {want.get(key)!r}; "
+                             f"restore with the replay config (and gamma) it was saved with")
+    for name, value in head["counters"].items():
+        setattr(mem, name, value)
+    mem.streams = {int(s["stream"]): _Stream(seq=s["seq"], carry=list(s["carry"]), in_episode=s["in_episode"],
+                                             episode=s["episode"], last=s["last"],
+                                             pending=[list(p) for p in s["pending"]])
+                   for s in head["streams"]}
+    mem.rng.bit_generator.state = head["rng"]
+    expected = {name: (kind, lo, hi) for name, kind, _, lo, hi in _names(mem, prio=head["prioritized"])}
+    if sorted(expected) != sorted(head["segments"]):
+        raise ValueError(f"{HEADER} lists segments {head['segments'][:4]}... that do not match its counters")
+    for name, (kind, lo, hi) in expected.items():
+        if name not in files:
+            raise ValueError(f"replay segment {name} is missing from the snapshot's files")
+        if kind == "prio" and mem.tree is None:
+            continue  # saved prioritized, resumed uniform
+        cols = _decode(files[name])
+        for col, target in _columns(mem, kind, lo, hi).items():
+            if col not in cols or len(cols[col]) != hi - lo:
+                raise ValueError(f"replay segment {name}: column {col!r} missing or not {hi - lo} rows")
+            target[...] = cols[col].reshape(target.shape)
+        mem._exported[name] = _sha(files[name])
+    if mem.tree is not None:
+        if not head["prioritized"]:  # saved uniform, resumed prioritized: every sampleable step starts equal
+            ids = np.arange(mem.tail, mem.steps_written)
+            ok = ids[mem.valid(ids)]
+            mem.tree.leaves[ok % mem.cfg.capacity] = mem.max_priority ** mem.cfg.alpha
+        mem.tree.rebuild()
+    return mem
