@@ -1,0 +1,214 @@
+"""The CARLA server supervisor against a fake server executable (tests/fake_carla_server.py)."""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from rollout_workers.carla_server import (
+    CarlaServer,
+    Endpoint,
+    ServerConfig,
+    parse_carla_hosts,
+    reserve_block,
+    server_command,
+    server_for_worker,
+)
+from rollout_workers.contract import SimulatorError
+from tests.fake_carla_server import probe
+
+FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> ServerConfig:
+    return ServerConfig(
+        command=(sys.executable, FAKE, "--port", "{rpc}", "--pid-file", str(tmp_path / "pids")),
+        port_base=random.randrange(20000, 40000, 10), lock_dir=str(tmp_path / "locks"),
+        log_dir=str(tmp_path / "logs"), startup_timeout_s=10.0, probe_timeout_s=0.3, probe_interval_s=0.05,
+        kill_grace_s=1.0,
+    )
+
+
+def _pids(tmp_path: Path) -> list[int]:
+    return [int(p) for p in (tmp_path / "pids").read_text().split()]
+
+
+def _with_args(cfg: ServerConfig, *args: str) -> ServerConfig:
+    return replace(cfg, command=cfg.command + args)
+
+
+def test_start_probe_and_stop_kills_the_whole_group(cfg: ServerConfig, tmp_path: Path) -> None:
+    server = CarlaServer(_with_args(cfg, "--child"), probe=probe)
+    ep = server.start()
+    try:
+        assert ep == Endpoint("127.0.0.1", cfg.port_base, cfg.port_base + 3)
+        assert server.healthy() and probe(ep.host, ep.port, 1.0)
+        assert os.getpgid(server.pid) == server.pid != os.getpgid(0)  # its own process group
+        pids = _pids(tmp_path)
+        assert len(pids) == 2 and all(_alive(p) for p in pids)
+    finally:
+        server.stop()
+    assert _wait_gone(pids) == []
+    assert not probe(ep.host, ep.port, 0.3)
+
+
+def test_restart_after_crash(cfg: ServerConfig, tmp_path: Path) -> None:
+    with CarlaServer(_with_args(cfg, "--die-after", "0.5"), probe=probe) as server:
+        first = server.pid
+        deadline = time.monotonic() + 5
+        while server.alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not server.alive()
+        ep = server.ensure_healthy()
+        assert server.pid != first and server.restarts == 1
+        assert ep.port == cfg.port_base  # same block, kept while the server restarts
+    assert _wait_gone(_pids(tmp_path)) == []
+
+
+def test_restart_after_hang(cfg: ServerConfig, tmp_path: Path) -> None:
+    control = tmp_path / "control"
+    with CarlaServer(_with_args(cfg, "--control-file", str(control)), probe=probe) as server:
+        first = server.pid
+        assert server.ensure_healthy() and server.pid == first and server.restarts == 0
+        control.write_text("hang")
+        time.sleep(0.2)
+        assert server.alive() and not server.healthy()  # alive, connects, but does not answer
+        control.write_text("")
+        server.ensure_healthy()
+        assert server.pid != first and server.restarts == 1 and server.healthy()
+        assert not _alive(first)
+    assert _wait_gone(_pids(tmp_path)) == []
+
+
+def test_sigterm_ignored_escalates_to_sigkill(cfg: ServerConfig, tmp_path: Path) -> None:
+    server = CarlaServer(_with_args(cfg, "--ignore-sigterm", "--child"), probe=probe)
+    server.start()
+    pids = _pids(tmp_path)
+    t0 = time.monotonic()
+    server.stop()
+    assert time.monotonic() - t0 >= cfg.kill_grace_s * 0.9  # waited the grace period first
+    assert _wait_gone(pids) == []
+
+
+def test_port_blocks_never_shared_while_busy(cfg: ServerConfig, tmp_path: Path) -> None:
+    squatter = socket.socket()
+    squatter.bind(("0.0.0.0", cfg.port_base + 2 * cfg.port_stride + 1))  # someone else on block 2's ports
+    squatter.listen(1)
+    a, b = CarlaServer(cfg, probe=probe), CarlaServer(cfg, probe=probe)
+    try:
+        ea, eb = a.start(), b.start()
+        assert {ea.port, eb.port} == {cfg.port_base, cfg.port_base + cfg.port_stride}
+        held = reserve_block(cfg)  # a third reservation skips both busy blocks and the squatted one
+        assert held.rpc == cfg.port_base + 3 * cfg.port_stride
+        a.stop()
+        again = reserve_block(cfg)  # a's block is free once a stopped
+        assert again.rpc == cfg.port_base
+        again.release()
+        held.release()
+    finally:
+        a.stop()
+        b.stop()
+        squatter.close()
+    assert _wait_gone(_pids(tmp_path)) == []
+
+
+def test_recycle_after_episodes_and_memory(cfg: ServerConfig, tmp_path: Path) -> None:
+    with CarlaServer(replace(cfg, recycle_after_episodes=2), probe=probe) as server:
+        assert server.episode_done() is False
+        assert server.episode_done() is True
+        first = server.pid
+        server.restart("recycle")
+        assert server.pid != first and server.episodes == 0
+    with CarlaServer(replace(_with_args(cfg, "--alloc-mb", "64"), max_rss_mb=32), probe=probe) as server:
+        assert server.rss_mb() > 60
+        assert server.episode_done() is True
+    assert _wait_gone(_pids(tmp_path)) == []
+
+
+def test_server_that_exits_at_startup_reports_its_log(cfg: ServerConfig) -> None:
+    bad = replace(cfg, command=(sys.executable, "-c", "import sys; print('boom: no GPU'); sys.exit(7)"),
+                  start_attempts=2)
+    server = CarlaServer(bad, probe=probe)
+    with pytest.raises(SimulatorError, match="code 7.*boom: no GPU"):
+        server.start()
+    assert server.pid is None
+
+
+def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path) -> None:
+    import subprocess
+
+    port = cfg.port_base + 5
+    theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "20"])
+    try:
+        deadline = time.monotonic() + 5
+        while not probe("127.0.0.1", port, 0.2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server = server_for_worker(1, cfg, probe=probe,
+                                   environ={"CARLA_HOSTS": f"10.9.9.9:2000, 127.0.0.1:{port}"})
+        assert server.attached and server.endpoint == Endpoint("127.0.0.1", port, port + 6000)
+        assert server.start() == server.endpoint
+        server.stop()
+        server.restart("should do nothing to it")
+        assert server.episode_done() is False
+        assert theirs.poll() is None and probe("127.0.0.1", port, 0.5)
+    finally:
+        theirs.terminate()
+        theirs.wait(5)
+    t0 = time.monotonic()
+    with pytest.raises(SimulatorError, match=rf"127.0.0.1:{port}.*not ours to restart.*CARLA_HOSTS"):
+        server.ensure_healthy()
+    assert time.monotonic() - t0 < cfg.probe_timeout_s + 1.0
+
+
+def test_carla_hosts_parsing_and_worker_assignment() -> None:
+    assert parse_carla_hosts(" a:2000, b:2010 ,") == [Endpoint("a", 2000, 8000), Endpoint("b", 2010, 8010)]
+    with pytest.raises(ValueError, match="'b:x'"):
+        parse_carla_hosts("a:2000,b:x")
+    with pytest.raises(ValueError, match="worker 2 has no CARLA server"):
+        server_for_worker(2, environ={"CARLA_HOSTS": "a:2000,b:2000"})
+    launched = server_for_worker(3, ServerConfig(gpus=(0, 1)), environ={})
+    assert not launched.attached and launched.gpu == 1
+
+
+def test_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rollout_workers.carla_server import PortBlock
+
+    block = PortBlock(2010, -1)
+    exe = tmp_path / "CarlaUE4.sh"
+    exe.write_text("#!/bin/sh\n")
+    monkeypatch.setenv("CARLA_ROOT", str(tmp_path))
+    argv = server_command(ServerConfig(), block, gpu=2, name="n")
+    assert argv[0] == str(exe)
+    for flag in ("-RenderOffScreen", "-carla-rpc-port=2010", "-carla-streaming-port=2011",
+                 "-carla-secondary-port=2012", "-quality-level=Low",
+                 "-ini:[/Script/Engine.RendererSettings]:r.GraphicsAdapter=2"):
+        assert flag in argv
+    docker = server_command(ServerConfig(docker_image="carlasim/carla:0.9.16"), block, gpu=1, name="n")
+    assert docker[:8] == ["docker", "run", "--rm", "--name", "n", "--net=host", "--gpus", "device=1"]
+    assert "carlasim/carla:0.9.16" in docker and "-carla-rpc-port=2010" in docker
+    monkeypatch.delenv("CARLA_ROOT")
+    with pytest.raises(FileNotFoundError, match="CARLA_ROOT"):
+        server_command(ServerConfig(), block, gpu=0, name="n")
