@@ -143,7 +143,7 @@ class Map:
 
     def get_spawn_points(self) -> list[Transform]:
         out = []
-        for s in range(0, 130, 10):
+        for s in self.sim.spawn_s:
             x, y, yaw = MAIN_ROAD.pose(float(s))
             out.append(Transform(Location(x, y, 0.3), Rotation(yaw=yaw)))
         return out
@@ -250,6 +250,8 @@ class FakeSim:
     def __init__(self, host: str = "127.0.0.1", port: int = 2000, town: str = "Town01") -> None:
         self.host, self.port, self.town = host, port, town
         self.settings = WorldSettings()
+        self.spawn_s: list[float] = [float(s) for s in range(0, 130, 10)]
+        """Spawn points: arc lengths along the main road."""
         self.frame = 100
         self.ids = itertools.count(1)
         self.live: dict[int, Actor] = {}
