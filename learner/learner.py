@@ -144,8 +144,8 @@ class Learner:
     def meta(self) -> dict[str, Any]:
         with self._lock:
             metrics = dict(self._metrics)
-        return {"learner_updates": self.updates, "env_steps": self.env_steps,
-                "policy_version": self.policy_version, "metrics": metrics}
+        metrics["policy_version"] = self.policy_version
+        return {"learner_updates": self.updates, "env_steps": self.env_steps, "metrics": metrics}
 
     def snapshot(self, sink: SnapshotSink) -> None:
         """Hand the full state to the sink; on return the learner may update again."""
