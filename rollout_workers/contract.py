@@ -6,6 +6,12 @@
 - action: float32 (2,) in [-1, 1]: steer, throttle_brake (>0 throttle, <0 brake)
 - terminated (collision, off-road, route complete) is separate from truncated
   (time limit, simulator restart); info carries INFO_KEYS.
+
+Sign conventions (CARLA's, which highway-env's screen frame also follows): the
+ego frame is x forward, y to the right; steer > 0 turns right (toward +y); the
+lateral deviation is > 0 right of the lane centre; the heading error is > 0 when
+the vehicle points right of the lane direction. A controller written against the
+vector (`rollout_workers.scripted`) then drives every environment alike.
 """
 
 from __future__ import annotations
@@ -89,6 +95,30 @@ def check_step(result: tuple, waypoints: int = DEFAULT_WAYPOINTS) -> None:
     missing = [k for k in INFO_KEYS if k not in info]
     if missing:
         raise ContractError(f"info lacks {missing}")
+
+
+def validate_env(env: gym.Env, steps: int = 100, seed: int = 0, waypoints: int = DEFAULT_WAYPOINTS) -> int:
+    """Reset `env` and run `steps` random steps, checking every result; returns episodes finished.
+
+    Raises ContractError at the first broken observation, step result or space.
+    """
+    if env.observation_space != observation_space(waypoints):
+        raise ContractError(f"observation_space must be {observation_space(waypoints)}, got {env.observation_space}")
+    if env.action_space != action_space():
+        raise ContractError(f"action_space must be {action_space()}, got {env.action_space}")
+    rng = np.random.default_rng(seed)
+    obs, _info = env.reset(seed=seed)
+    check_observation(obs, waypoints)
+    episodes = 0
+    for _ in range(steps):
+        action = rng.uniform(-1.0, 1.0, ACTION_DIM).astype(np.float32)
+        result = env.step(action)
+        check_step(result, waypoints)
+        if result[2] or result[3]:
+            episodes += 1
+            obs, _info = env.reset()
+            check_observation(obs, waypoints)
+    return episodes
 
 
 def _describe(x: Any) -> str:
