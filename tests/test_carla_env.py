@@ -68,12 +68,15 @@ def test_hand_computed_vector_reward_and_termination(sim: FakeSim) -> None:
     assert r == pytest.approx(0.92759341, abs=1e-6)
     assert (term, trunc) == (False, False)
     v = obs["vector"]
-    np.testing.assert_allclose(v[:3], [5 / 10, 0.5 / 2, 10 / 180], atol=1e-6)
-    # first waypoint (2, 0): offset (1, -0.5) rotated by -10 deg = (0.89798366, -0.66605206) m, / 20
-    np.testing.assert_allclose(v[3:5], [0.89798366 / 20, -0.66605206 / 20], atol=1e-6)
-    # tenth waypoint (20, 0): offset (19, -0.5) -> (18.62452316, -3.79171930) m
-    np.testing.assert_allclose(v[21:23], [18.62452316 / 20, -3.79171930 / 20], atol=1e-6)
-    assert info == {**info, "route_completion": pytest.approx(1 / 40), "distance_m": pytest.approx(1.0),
+    # speed / 20 m/s, lateral / lane_half_width 2 m, heading / (pi / 2): as the embedded env
+    np.testing.assert_allclose(v[:3], [5 / 20, 0.5 / 2, 10 / 90], atol=1e-6)
+    # waypoints 2 m apart from the projection s = 1: first (3, 0), offset (2, -0.5) from the ego,
+    # rotated by -10 deg = (1.88279142, -0.83970023) m, / (2 m * 10)
+    np.testing.assert_allclose(v[3:5], [1.88279142 / 20, -0.83970023 / 20], atol=1e-6)
+    # tenth (21, 0): offset (20, -0.5) -> (19.60933097, -3.96536743) m
+    np.testing.assert_allclose(v[21:23], [19.60933097 / 20, -3.96536743 / 20], atol=1e-6)
+    # distance_m is the odometer: |(1, 0.5)| = 1.11803399 m
+    assert info == {**info, "route_completion": pytest.approx(1 / 40), "distance_m": pytest.approx(1.11803399),
                     "speed": pytest.approx(5.0), "collision": False, "off_road": False}
 
     obs, r, term, trunc, info = env.step(np.array(A, np.float32))
@@ -96,7 +99,7 @@ def test_off_road_route_complete_and_time_limit(sim: FakeSim) -> None:
     _scripted(sim, env, {1: (14.0, 0.0, 0.0, 8.0), 2: (28.0, 0.0, 0.0, 8.0), 3: (40.7, 0.0, 0.0, 8.0)})
     for _ in range(3):
         _, _, term, _, info = env.step(np.array(A, np.float32))
-    assert term and info["route_completion"] == 1.0 and info["distance_m"] == pytest.approx(40.0)
+    assert term and info["route_completion"] == 1.0 and info["distance_m"] == pytest.approx(40.7)
     env = _env(sim, CarlaEnvConfig(**{**vars(FAST), "max_episode_steps": 3}))
     env.reset()
     sim.on_tick, sim.dynamics = None, False
@@ -113,7 +116,7 @@ def test_drives_the_curved_road_under_the_contract(sim: FakeSim) -> None:
     for _ in range(600):
         x, y = obs["vector"][7:9] * 20  # third waypoint ahead, ego frame (+y right)
         steer = float(np.clip(math.atan2(y, x) / 0.6 * 2.0, -1, 1))
-        pedal = 0.6 if obs["vector"][0] < 0.8 else -0.1
+        pedal = 0.6 if obs["vector"][0] < 0.4 else -0.1  # hold about 8 m/s
         step = env.step(np.array([steer, pedal], np.float32))
         check_step(step)
         obs, _, term, trunc, info = step

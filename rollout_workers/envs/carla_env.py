@@ -177,7 +177,7 @@ class CarlaEnv(gym.Env):
                 frame = self._tick()
         first = to_gray84(*self._image(frame))
         self._frames = deque([first] * contract.FRAMES, maxlen=contract.FRAMES)
-        self._last_frame, self._t, self._s, self._index = frame, 0, 0.0, 0
+        self._last_frame, self._t, self._s, self._index, self._odometer = frame, 0, 0.0, 0, 0.0
         obs, road, completion = self._observe(start=True)
         return obs, self._info(road, completion)
 
@@ -212,16 +212,20 @@ class CarlaEnv(gym.Env):
         # Forward speed: the velocity's component along the vehicle heading.
         speed = vel.x * math.cos(math.radians(yaw)) + vel.y * math.sin(math.radians(yaw))
         progress = 0.0 if start else rs.s_m - self._s
-        self._s, self._index = rs.s_m, rs.index
+        if not start:
+            self._odometer += math.hypot(x - self._xy[0], y - self._xy[1])
+        self._s, self._index, self._xy = rs.s_m, rs.index, (x, y)
         road = RoadState(progress_m=progress, speed=speed, lateral_m=rs.lateral_m, heading_rad=rs.heading_rad,
                          collision=collision, off_road=bool(abs(rs.lateral_m) > self.config.reward.lane_half_width))
-        vec = state_vector(speed, rs, self._route, x, y, yaw, self.config.waypoints, self.config.scales)
+        cfg = self.config
+        vec = state_vector(speed, rs, self._route, (x, y, yaw), cfg.waypoints, cfg.waypoint_spacing_m,
+                           cfg.reward.lane_half_width, cfg.scales)
         obs = {"image": np.stack(self._frames), "vector": vec}
         return obs, road, min(rs.s_m / self._route.length, 1.0)
 
     def _info(self, road: RoadState, completion: float) -> dict[str, Any]:
         return {"route_completion": completion, "collision": road.collision, "off_road": road.off_road,
-                "distance_m": self._s, "speed": road.speed, "lane_invasions": self._invasion_count,
+                "distance_m": self._odometer, "speed": road.speed, "lane_invasions": self._invasion_count,
                 "frame": self._last_frame}
 
     def _spawn_ego(self) -> None:

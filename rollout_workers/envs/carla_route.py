@@ -18,19 +18,22 @@ from typing import Any
 
 import numpy as np
 
+from rollout_workers.contract import VECTOR_BOUND
+
 
 @dataclass(frozen=True)
 class VectorScales:
-    """Divisors that bring each vector entry to roughly [-1, 1] (the contract's normalisation)."""
+    """Divisors that bring vector entries to roughly [-1, 1], as the embedded env normalises them.
 
-    speed: float = 10.0
-    """m/s that maps to 1.0 (a little above the default 8 m/s target speed)."""
-    lateral: float = 2.0
-    """Metres of lateral deviation that map to 1.0 (the default off-road threshold)."""
-    heading: float = math.pi
+    Lateral deviation is divided by the reward's lane_half_width and waypoint
+    coordinates by waypoint_spacing_m * waypoints (the look-ahead), both from
+    the env config, again as in rollout_workers/envs/embedded.py.
+    """
+
+    speed: float = 20.0
+    """m/s that maps to 1.0 (the embedded env's max_speed)."""
+    heading: float = math.pi / 2
     """Radians of heading error that map to 1.0."""
-    waypoint: float = 20.0
-    """Metres (ego frame) that map to 1.0 for waypoint coordinates (10 waypoints x 2 m)."""
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,12 @@ class Route:
         heading = _wrap(math.radians(yaw_deg) - seg_yaw)
         return RouteState(float(self.s[i] + t * n), lateral, heading, i)
 
-    def ahead(self, s_m: float, count: int) -> np.ndarray:
-        """The next `count` route points strictly beyond arc length `s_m`, padded with the last point."""
-        first = int(np.searchsorted(self.s, s_m, side="right"))
-        idx = np.minimum(np.arange(first, first + count), len(self.xy) - 1)
-        return self.xy[idx]
+    def ahead(self, s_m: float, spacing_m: float, count: int) -> np.ndarray:
+        """Points at arc lengths s_m + spacing * (1..count), interpolated; clamped at the route's end."""
+        s = np.minimum(s_m + spacing_m * np.arange(1, count + 1), self.length)
+        i = np.clip(np.searchsorted(self.s, s, side="right") - 1, 0, len(self.seg_len) - 1)
+        t = np.where(self.seg_len[i] > 0, (s - self.s[i]) / np.maximum(self.seg_len[i], 1e-12), 0.0)
+        return self.xy[i] + (self.xy[i + 1] - self.xy[i]) * t[:, None]
 
 
 def ego_frame(points: np.ndarray, x: float, y: float, yaw_deg: float) -> np.ndarray:
@@ -101,13 +105,15 @@ def ego_frame(points: np.ndarray, x: float, y: float, yaw_deg: float) -> np.ndar
 
 
 def state_vector(
-    speed: float, rs: RouteState, route: Route, x: float, y: float, yaw_deg: float,
-    waypoints: int, scales: VectorScales,
+    speed: float, rs: RouteState, route: Route, pose: tuple[float, float, float],
+    waypoints: int, spacing_m: float, lane_half_width: float, scales: VectorScales,
 ) -> np.ndarray:
     """The contract's (3 + 2W,) float32 vector: speed, lateral, heading, W waypoints ahead (ego frame)."""
-    local = ego_frame(route.ahead(rs.s_m, waypoints), x, y, yaw_deg) / scales.waypoint
-    head = [speed / scales.speed, rs.lateral_m / scales.lateral, rs.heading_rad / scales.heading]
-    return np.concatenate([np.array(head), local.reshape(-1)]).astype(np.float32)
+    x, y, yaw_deg = pose
+    local = ego_frame(route.ahead(rs.s_m, spacing_m, waypoints), x, y, yaw_deg) / (spacing_m * waypoints)
+    head = [speed / scales.speed, rs.lateral_m / lane_half_width, rs.heading_rad / scales.heading]
+    vec = np.concatenate([np.array(head), local.reshape(-1)]).astype(np.float32)
+    return np.clip(vec, -VECTOR_BOUND, VECTOR_BOUND)
 
 
 def build_route(start_waypoint: Any, length_m: float, spacing_m: float) -> Route:
