@@ -1,0 +1,60 @@
+"""Exploration: the warm-up action distribution and the Gaussian noise schedule.
+
+The system this project replaces warmed up with uniform actions; uniform
+throttle_brake averages zero, so the car barely moved and the replay filled with
+a standing car. Warm-up here draws throttle_brake from U(low, high) with a positive
+mean (default U(-0.2, 1): mean 0.4, brakes 1 time in 6) and steers gently, so
+warm-up episodes drive forward and reach curves, traffic and the road's edge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ExplorationConfig:
+    warmup_steer_scale: float = 0.3
+    """Warm-up steer ~ U(-scale, scale); full-lock random steering leaves the lane within a second."""
+    warmup_throttle_low: float = -0.2
+    """Warm-up throttle_brake ~ U(low, high); keep the mean positive so the car moves."""
+    warmup_throttle_high: float = 1.0
+    """Upper end of the warm-up throttle_brake range."""
+    noise_std_initial: float = 0.3
+    """Std of the Gaussian noise added to the policy's actions when learning starts."""
+    noise_std_final: float = 0.1
+    """Std of the exploration noise after the decay."""
+    noise_decay_steps: int = 200_000
+    """Env steps (per worker) over which the std decays linearly from initial to final."""
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.warmup_throttle_low <= self.warmup_throttle_high <= 1.0:
+            raise ValueError(
+                "need -1 <= warmup_throttle_low <= warmup_throttle_high <= 1, got "
+                f"({self.warmup_throttle_low}, {self.warmup_throttle_high})"
+            )
+        if not 0.0 <= self.warmup_steer_scale <= 1.0:
+            raise ValueError(f"warmup_steer_scale must be in [0, 1], got {self.warmup_steer_scale}")
+        if self.noise_std_initial < 0 or self.noise_std_final < 0 or self.noise_decay_steps < 0:
+            raise ValueError("noise stds and noise_decay_steps must be >= 0")
+
+    @property
+    def warmup_throttle_mean(self) -> float:
+        return (self.warmup_throttle_low + self.warmup_throttle_high) / 2
+
+
+def warmup_action(rng: np.random.Generator, cfg: ExplorationConfig) -> np.ndarray:
+    """A random warm-up action (steer, throttle_brake), float32 (2,) in [-1, 1], biased to throttle."""
+    steer = rng.uniform(-cfg.warmup_steer_scale, cfg.warmup_steer_scale)
+    throttle = rng.uniform(cfg.warmup_throttle_low, cfg.warmup_throttle_high)
+    return np.array([steer, throttle], dtype=np.float32)
+
+
+def noise_std(cfg: ExplorationConfig, env_step: int) -> float:
+    """Exploration noise std at `env_step`: linear from initial to final over noise_decay_steps."""
+    if cfg.noise_decay_steps <= 0:
+        return float(cfg.noise_std_final)
+    frac = min(max(env_step, 0) / cfg.noise_decay_steps, 1.0)
+    return float(cfg.noise_std_initial + frac * (cfg.noise_std_final - cfg.noise_std_initial))
