@@ -269,3 +269,12 @@ def test_real_client_on_a_closed_port_fails_fast_and_clearly() -> None:
     for part in (f"127.0.0.1:{port}", "is running", "RPC port", "CARLA_HOSTS", "firewall"):
         assert part in msg
     env.close()
+
+
+def test_validate_env_with_random_actions(sim: FakeSim) -> None:
+    from rollout_workers.contract import validate_env
+
+    env = _env(sim, CarlaEnvConfig(**{**vars(FAST), "max_episode_steps": 30, "npc_vehicles": 2}))
+    assert validate_env(env, steps=100) >= 3
+    env.close()
+    assert sim.live == {}
