@@ -169,6 +169,25 @@ def test_leaving_the_lane_terminates_with_the_penalty(env):
     assert reward < -RewardConfig().off_road_penalty + 2.0
 
 
+def test_hitting_a_vehicle_terminates_with_the_collision_penalty(env):
+    from highway_env.vehicle.kinematics import Vehicle
+
+    env.reset(seed=6)
+    sim = env.unwrapped._sim
+    route = sim.assets.routes[sim.route_lane]
+    s = route.project(sim.vehicle.position).s
+    p, h = route.sample(np.array([s + 15.0]))
+    sim.road.vehicles.append(Vehicle(sim.road, p[0], float(h[0]), speed=0.0))  # a stopped car ahead
+    driver = ScriptedDriver.for_env()
+    obs = env.unwrapped._observation(route.project(sim.vehicle.position))
+    for _ in range(30):
+        obs, reward, terminated, truncated, info = env.step(driver.act(obs))
+        if terminated:
+            break
+    assert terminated and info["collision"] and not info["off_road"] and info["route_completion"] < 0.1
+    assert reward < -RewardConfig().collision_penalty + 2.0
+
+
 def test_time_limit_truncates():
     e = make_env(EmbeddedEnvConfig(max_episode_steps=5))
     obs, _ = e.reset(seed=0)
