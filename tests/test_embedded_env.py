@@ -235,3 +235,25 @@ def test_fewer_waypoints_change_the_vector_size():
     e.close()
     contract.check_observation(obs, waypoints=4)
     assert obs["vector"].shape == (11,)
+
+
+def test_route_projection_recovers_arc_length_and_offset():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    e = make_env(seed=0)
+    routes = e.unwrapped._sim.assets.routes
+    e.close()
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, len(routes) - 1), st.floats(0.0, 1.0, exclude_max=True), st.floats(-2.0, 2.0))
+    def check(k: int, frac: float, lateral: float) -> None:
+        route = routes[k]
+        s = frac * route.length
+        p, h = route.sample(np.array([s]))
+        right = np.array([-np.sin(h[0]), np.cos(h[0])])  # the contract's "right" in highway-env's frame
+        proj = route.project(p[0] + lateral * right)
+        assert abs(route.advance(s, proj.s)) < 0.6  # vertices are 0.5 m apart; a curve bends the offset
+        assert proj.lateral == pytest.approx(lateral, abs=0.05)
+
+    check()

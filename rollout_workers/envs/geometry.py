@@ -80,11 +80,15 @@ class RouteLine:
         self.length = float(self.cum[-1])
 
     @classmethod
-    def from_lanes(cls, lanes: list[AbstractLane], spacing: float = 0.5) -> RouteLine:
-        """Chain lanes into a loop, dropping samples that overlap the previous lane's end.
+    def from_lanes(cls, lanes: list[AbstractLane], spacing: float = 0.5, smooth_m: float = 2.0) -> RouteLine:
+        """Chain lanes into a loop, smoothed and resampled every `spacing` metres.
 
-        highway-env's racetrack arcs overlap or leave small gaps where they meet; a
-        sample behind the end of the path so far would make the route run backwards.
+        highway-env's racetrack arcs overlap or leave gaps of up to 0.8 m where they
+        meet, some sideways. Samples behind the path so far are dropped (they would
+        make the route run backwards), then a moving average over +-`smooth_m` spreads
+        each sideways step over a few metres, so the route heading (and the heading
+        error in the observation) has no spikes. On a 15 m radius arc the average
+        moves the line inward by about 0.05 m.
         """
         pts: list[np.ndarray] = []
         for lane in lanes:
@@ -95,7 +99,10 @@ class RouteLine:
                     if np.dot(p - pts[-1], direction) <= 1e-6:
                         continue
                 pts.append(p)
-        return cls(np.array(pts))
+        # The same at the seam: the last lane may run past the first point of the loop.
+        while len(pts) > 3 and np.dot(pts[0] - pts[-1], pts[-1] - pts[-2]) <= 1e-6:
+            pts.pop()
+        return cls(_resample_loop(_smooth_loop(np.array(pts), max(1, round(smooth_m / spacing))), spacing))
 
     def _segment(self, pos: np.ndarray, hint: int | None) -> int:
         n = len(self.points)
@@ -126,6 +133,19 @@ class RouteLine:
     def advance(self, s_from: float, s_to: float) -> float:
         """Signed progress from s_from to s_to, the short way round the loop."""
         return float((s_to - s_from + self.length / 2) % self.length - self.length / 2)
+
+
+def _smooth_loop(points: np.ndarray, half_window: int) -> np.ndarray:
+    """Circular moving average over 2 * half_window + 1 points."""
+    return np.mean([np.roll(points, k, axis=0) for k in range(-half_window, half_window + 1)], axis=0)
+
+
+def _resample_loop(points: np.ndarray, spacing: float) -> np.ndarray:
+    """Points every `spacing` metres of arc length around a closed polyline."""
+    closed = np.vstack([points, points[:1]])
+    cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(closed, axis=0).T))])
+    s = np.arange(0.0, cum[-1] - spacing / 2, spacing)
+    return np.stack([np.interp(s, cum, closed[:, 0]), np.interp(s, cum, closed[:, 1])], axis=1)
 
 
 def to_ego(points: np.ndarray, pos: np.ndarray, heading: float) -> np.ndarray:
