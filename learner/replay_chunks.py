@@ -64,11 +64,17 @@ class Chunk:
                         for f in fields(self)})
 
 
+PER_STEP = ("obs_frames", "next_frames", "vector", "next_vector", "action", "reward", "terminated", "truncated",
+            "episode_start", "policy_version")
+
+
 def validate_chunk(chunk: Chunk, vector_dim: int, frames: int) -> None:
     """Raise ValueError naming the first field whose type, dtype or shape is wrong."""
     if not isinstance(chunk, Chunk):
         raise ValueError(f"chunk: expected a Chunk, got {type(chunk).__name__}")
-    n = chunk.reward.shape[0] if isinstance(chunk.reward, np.ndarray) else -1
+    # T is the length most per-step fields agree on, so the odd field out is the one named.
+    lengths = [a.shape[0] for name in PER_STEP if isinstance(a := getattr(chunk, name), np.ndarray) and a.ndim]
+    n = max(set(lengths), key=lengths.count) if lengths else -1
     f = chunk.frames.shape[0] if isinstance(chunk.frames, np.ndarray) and chunk.frames.ndim == 3 else -1
     want = {
         "frames": (np.uint8, (f, *FRAME_SHAPE)),

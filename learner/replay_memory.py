@@ -141,14 +141,14 @@ class ReplayMemory:
 
     def _write_frames(self, frames: np.ndarray) -> int:
         start, n, fc = self.frames_written, len(frames), self.frame_capacity
-        if n > fc:
-            raise ValueError(f"chunk.frames: {n} frames exceed the frame ring ({fc}); send smaller chunks")
-        first = start % fc
-        split = min(n, fc - first)
-        self.frames[first:first + split] = frames[:split]
-        self.frames[: n - split] = frames[split:]
+        # Frames beyond one ring's worth would be overwritten within this very write.
+        skip = max(0, n - fc)
+        first = (start + skip) % fc
+        split = min(n - skip, fc - first)
+        self.frames[first:first + split] = frames[skip:skip + split]
+        self.frames[: n - skip - split] = frames[skip + split:]
         self._mark("frames", range(first, first + split))
-        self._mark("frames", range(0, n - split))
+        self._mark("frames", range(0, n - skip - split))
         self.frames_written += n
         return start
 
