@@ -46,6 +46,7 @@ class WorkerActor:
     def __init__(self, worker_id: int, cfg: Any, replay: Any, learner: Any) -> None:
         self.cfg = cfg
         self.learner = learner
+        learner.register_worker.remote(worker_id)  # every (re)start is counted: restarts = starts - workers
         self.worker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network, cfg.exploration,
                                     cfg.worker, seed=cfg.run.seed)
         self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), cfg.worker.max_in_flight)
@@ -83,18 +84,21 @@ class WorkerActor:
 class LearnerActor:
     """Runs the learner loop in a thread of the actor so stats and weights stay answerable."""
 
-    def __init__(self, cfg: Any, replay: Any, writer: Any, restore: dict[str, Any] | None = None) -> None:
+    def __init__(self, cfg: Any, replay: Any, writer: Any, restore: dict[str, Any] | None = None,
+                 files: dict[str, bytes] | None = None) -> None:
         self.cfg = cfg
         self.replay = replay
         self.writer = writer
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
         self.learner.snapshot_copies = False  # submit_snapshot's ray.put is the one copy
         if restore is not None:
-            self.learner.restore(restore)
-        self._cursor = 0
+            self.learner.restore(restore, files)
+        # The mirror and the replay actor restored from the same files agree on this cursor.
+        self._cursor = self.learner.memory.chunks_added
         self._pending: Any = None
         self._stop = threading.Event()
         self.snapshots = 0
+        self.worker_starts: dict[int, int] = {}
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -114,7 +118,9 @@ class LearnerActor:
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         # The replay's export ref is a top-level argument: the writer's call waits for it, not the learner.
-        files = self.replay.export.remote() if self.cfg.learner.save_replay else None
+        # previous={}: a superseded save may never have stored the last export's segments; the store
+        # still skips every blob whose sha256 it already holds, so bytes written stay incremental.
+        files = self.replay.export.remote({}) if self.cfg.learner.save_replay else None
         submit_snapshot(self.writer, state, dict(meta, config=to_dict(self.cfg)), files)
         self.snapshots += 1
 
@@ -146,8 +152,13 @@ class LearnerActor:
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)
 
+    def register_worker(self, worker_id: int) -> None:
+        self.worker_starts[worker_id] = self.worker_starts.get(worker_id, 0) + 1
+
     def stats(self) -> dict[str, Any]:
-        return self.learner.stats()
+        out = self.learner.stats()
+        out["worker_restarts"] = sum(n - 1 for n in self.worker_starts.values())
+        return out
 
 
 class EvaluatorActor:

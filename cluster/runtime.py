@@ -22,7 +22,7 @@ from checkpoint_store.writer import CheckpointWriter
 from cluster.config import to_dict
 from cluster.experiment import ExperimentConfig
 from cluster.progress import MetricsLog, Progress, Status
-from learner.replay import ReplayActor, ReplayMemory
+from learner.replay import ReplayActor
 
 log = logging.getLogger(__name__)
 
@@ -125,10 +125,7 @@ class LocalRun:
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
         if restored:
             state, files, _ = restored
-            self.learner.restore(state)
-            if files:
-                self.learner.memory = ReplayMemory.restore(cfg.replay, cfg.network.vector_dim,
-                                                           cfg.agent.gamma, files)
+            self.learner.restore(state, files)
         self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
                                       seed=cfg.run.seed) for i in range(cfg.run.workers)]
         self.writer = CheckpointWriter(cfg.store_uri(), cfg.retention)
@@ -144,7 +141,7 @@ class LocalRun:
         return out
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        files = self.learner.memory.export() if self.cfg.learner.save_replay else None
+        files = self.learner.memory.export({}) if self.cfg.learner.save_replay else None
         meta = dict(meta, config=to_dict(self.cfg))
         self.writer.submit(state, meta, files)
 
@@ -217,10 +214,12 @@ class RayRun:
         self.replay = replay_cls.options(scheduling_strategy=affinity).remote(
             cfg.replay, cfg.network.vector_dim, cfg.agent.gamma, files=files or None, seed=cfg.run.seed)
         self.learner = learner_cls.options(scheduling_strategy=affinity).remote(
-            cfg, self.replay, self.writer, state)
+            cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()
         resources = {"carla": 1} if cfg.run.env == "carla" else {}
-        worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_concurrency=2)(WorkerActor)
+        # A killed worker is restarted by Ray, and its interrupted loop call re-run on the new instance.
+        worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=-1,
+                                max_concurrency=2)(WorkerActor)
         self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(i, cfg, self.replay, self.learner)
                         for i in range(cfg.run.workers)]
         self._runs = {w.run.remote(): i for i, w in enumerate(self.workers)}
@@ -236,8 +235,7 @@ class RayRun:
                 ray.get(ref)
                 log.warning("worker %d stopped by itself; starting it again", i)
             except RayActorError as exc:
-                # Ray restarts the actor (max_restarts=-1); the driver only re-issues its loop.
-                status.worker_restarts += 1
+                # Retries ran out for this call; Ray still restarts the actor, the driver re-issues its loop.
                 log.warning("worker %d died (%s); Ray restarts it", i, type(exc).__name__)
             self._runs[self.workers[i].run.remote()] = i
         ready, _ = ray.wait([self.learner_run], timeout=0)
@@ -260,6 +258,7 @@ class RayRun:
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
         status.replay_size = stats["replay_size"]
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
+        status.worker_restarts = stats["worker_restarts"]
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
         writer = ray.get(self.writer.status.remote())

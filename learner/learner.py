@@ -154,8 +154,11 @@ class Learner:
         sink(state, self.meta())
         self.last_snapshot_update = self.updates
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """Continue from a snapshot: agent parts strictly, then the learner's own counters."""
+    def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:
+        """Continue from a snapshot: agent parts strictly, the learner's counters, and the replay if saved."""
+        if replay_files:
+            self.memory = ReplayMemory.restore(self.memory.cfg, self.agent.net_cfg.vector_dim,
+                                               self.agent.cfg.gamma, replay_files)
         state = dict(state)
         own = state.pop("learner", {"env_steps": 0, "policy_version": 0})
         self.agent.load_state(state)

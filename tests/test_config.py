@@ -1,0 +1,69 @@
+"""Strict configs: unknown keys and wrong types name the dotted key; YAML round trip; CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cluster import experiment
+from cluster.config import ConfigError, describe, field_docs, to_dict
+from learner.td3 import TD3Config
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+def test_unknown_key_is_named_with_its_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\) in agent: agent\.gama"):
+        experiment.load(write(tmp_path, {"agent": {"gama": 0.9}}))
+    with pytest.raises(ConfigError, match=r"unknown config key\(s\): learnr"):
+        experiment.load(write(tmp_path, {"learnr": {}}))
+
+
+def test_wrong_types_are_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"agent\.batch_size: expected an integer, got '256'"):
+        experiment.load(write(tmp_path, {"agent": {"batch_size": "256"}}))
+    with pytest.raises(ConfigError, match=r"learner\.replay_ratio: expected a number"):
+        experiment.load(write(tmp_path, {"learner": {"replay_ratio": True}}))
+    with pytest.raises(ConfigError, match=r"run\.env"):
+        experiment.load(write(tmp_path, {"run": {"env": "gta"}}))
+
+
+def test_invalid_values_and_mismatched_sections_are_errors(tmp_path):
+    with pytest.raises(ConfigError, match="tau"):
+        experiment.load(write(tmp_path, {"agent": {"tau": 2.0}}))
+    with pytest.raises(ConfigError, match="embedded.waypoints"):
+        experiment.load(write(tmp_path, {"network": {"waypoints": 5}}))
+
+
+def test_yaml_round_trip_and_overrides(tmp_path):
+    cfg = experiment.load(None, {"agent.gamma": 0.98, "run.name": "x"})
+    assert cfg.agent.gamma == 0.98 and cfg.run.name == "x"
+    again = experiment.load(write(tmp_path, to_dict(cfg)))
+    assert again == cfg
+    assert experiment.from_manifest(to_dict(cfg)) == cfg
+
+
+def test_every_field_is_documented():
+    assert field_docs(TD3Config)["tau"].startswith("Polyak rate")
+    undocumented = [key for key, _, _, doc in describe(experiment.ExperimentConfig) if not doc]
+    assert undocumented == []
+
+
+def test_fleet_config_show_and_help():
+    fleet = str(Path(sys.executable).parent / "fleet")
+    shown = subprocess.run([fleet, "config", "--show"], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout)["agent"]["gamma"] == 0.99
+    helped = subprocess.run([fleet, "--help"], capture_output=True, text=True, timeout=120)
+    for cmd in ("train", "evaluate", "snapshots", "config", "bench"):
+        assert cmd in helped.stdout
+    bad = subprocess.run([fleet, "train", "--set", "agent.gama=1"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "agent.gama" in bad.stderr

@@ -1,0 +1,98 @@
+"""The runtime: local topology, a real local Ray cluster, resume and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint_store.store import SnapshotStore
+from cluster import experiment
+from cluster.runtime import Resume, train
+from learner.learner import Learner
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_cfg(tmp_path: Path, **over):
+    base = {
+        "run.name": "t", "run.runs_dir": str(tmp_path / "runs"), "run.workers": 2,
+        "run.total_env_steps": 1200, "run.collect_steps": 50, "run.progress_every_s": 1.0,
+        "run.env": "tests.env_double:make", "run.store": str(tmp_path / "store"),
+        "agent.batch_size": 16, "learner.learning_starts": 400, "learner.replay_ratio": 0.25,
+        "learner.snapshot_every": 40, "learner.publish_every": 10, "replay.capacity": 5000,
+    }
+    return experiment.load(None, {**base, **over})
+
+
+def owed_updates(cfg, env_steps: int) -> int:
+    return int(cfg.learner.replay_ratio * (env_steps - cfg.learner.learning_starts + 1))
+
+
+def test_local_run_holds_the_ratio_and_its_final_snapshot_restores_exactly(tmp_path):
+    cfg = make_cfg(tmp_path)
+    summary = train(cfg, local=True, quiet=True)
+    assert summary["env_steps"] >= 1200
+    assert summary["learner_updates"] == owed_updates(cfg, summary["env_steps"])
+    store = SnapshotStore(cfg.store_uri())
+    versions = store.list()
+    assert len(versions) >= 3
+    snap = store.get("latest")
+    assert snap.manifest.learner_updates == summary["learner_updates"]
+    assert snap.manifest.env_steps == summary["env_steps"]
+    fresh = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    fresh.restore(snap.state)
+    restored = fresh.agent.state()
+    for part in ("actor_cnn", "critic_cnn", "actor", "critic_target"):
+        for key, value in snap.state[part].items():
+            assert torch.equal(restored[part][key], value), (part, key)
+    assert fresh.updates == summary["learner_updates"]
+    assert (tmp_path / "runs" / "t" / "summary.json").exists()
+    assert list((tmp_path / "runs" / "t" / "metrics").glob("part-*.parquet"))
+
+
+def test_local_resume_continues_counters_and_keeps_the_replay(tmp_path):
+    cfg = make_cfg(tmp_path)
+    first = train(cfg, local=True, quiet=True)
+    cfg2 = make_cfg(tmp_path, **{"run.name": "t2", "run.total_env_steps": 1800})
+    second = train(cfg2, resume=Resume.parse(cfg.store_uri()), local=True, quiet=True)
+    assert second["env_steps"] >= 1800 > first["env_steps"]
+    assert second["learner_updates"] > first["learner_updates"]
+    latest = SnapshotStore(cfg.store_uri()).get("latest")
+    assert latest.manifest.env_steps == second["env_steps"]
+    assert latest.manifest.learner_updates == second["learner_updates"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.integration
+def test_ray_run_on_the_embedded_env_then_evaluate(tmp_path, ray_cluster):
+    from cluster.evaluate import evaluate_snapshot
+
+    cfg = make_cfg(tmp_path, **{"run.env": "embedded", "run.total_env_steps": 2000,
+                                "learner.learning_starts": 1000, "learner.snapshot_every": 50})
+    summary = train(cfg, quiet=True)
+    assert summary["env_steps"] >= 2000 and summary["episodes"] >= 1
+    assert summary["learner_updates"] == owed_updates(cfg, summary["env_steps"])
+    store = SnapshotStore(cfg.store_uri())
+    assert len(store.list()) >= 2
+    report = evaluate_snapshot(f"{cfg.store_uri()}@latest", workers=2, episodes=2)
+    assert len(report.episodes) == 2
+    assert 0.0 <= report.mean_route_completion <= 1.0
+    assert report.driving_score <= report.mean_route_completion + 1e-9
+
+
+@pytest.mark.integration
+def test_env_that_raises_is_recreated_and_counted(tmp_path, ray_cluster):
+    cfg = make_cfg(tmp_path, **{"run.name": "flaky", "run.env": "tests.env_double:make_flaky"})
+    summary = train(cfg, quiet=True)
+    assert summary["env_failures"] >= 5  # 2% of ~1200 steps
+    assert summary["env_steps"] >= 1200
