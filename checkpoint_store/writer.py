@@ -35,7 +35,6 @@ import torch
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
-from learner.state import wrap
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +49,10 @@ class CheckpointError(RuntimeError):
 def live_state(agent: Any) -> dict[str, Any]:
     """The agent's state in exactly the form of `agent.state()`, but as views of its live tensors.
 
-    Built from the same registry of parts (`agent.parts`); only networks and optimizers skip the
-    clone, every other part reports its own state. Valid until the next update: pass it straight to
-    `ray.put`, which copies synchronously, and the copy into shared memory is the only one made.
+    Valid until the next update: pass it straight to `ray.put`, which copies synchronously, and
+    that copy into shared memory is the only one made.
     """
-    out: dict[str, Any] = {}
-    for name, obj in zip(agent.parts.names(), agent.parts.objects()):
-        if isinstance(obj, torch.nn.Module):
-            out[name] = {k: v.detach() for k, v in obj.state_dict().items()}
-        elif isinstance(obj, torch.optim.Optimizer):
-            sd = obj.state_dict()
-            # Same shape as learner.state.OptimizerPart.state(): string parameter ids.
-            out[name] = {"state": {str(i): dict(st) for i, st in sd["state"].items()},
-                         "param_groups": [dict(g) for g in sd["param_groups"]]}
-        else:
-            out[name] = wrap(obj).state()
-    return out
+    return agent.state(copy=False)
 
 
 def snapshot_state(state: Any) -> Any:
