@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpoint_store.store import SnapshotStore
-from checkpoint_store.writer import CheckpointWriter
+from checkpoint_store.writer import CheckpointWriter, snapshot_state
 from cluster.config import to_dict
 from cluster.experiment import ExperimentConfig
 from cluster.progress import MetricsLog, Progress, Status
@@ -143,7 +143,7 @@ class LocalRun:
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         files = self.learner.memory.export({}) if self.cfg.learner.save_replay else None
         meta = dict(meta, config=to_dict(self.cfg))
-        self.writer.submit(state, meta, files)
+        self.writer.submit(snapshot_state(state), meta, files)
 
     def poll(self, status: Status, metrics: MetricsLog) -> None:
         for w in self.workers:

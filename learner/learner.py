@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -148,8 +148,9 @@ class Learner:
         return {"learner_updates": self.updates, "env_steps": self.env_steps, "metrics": metrics}
 
     def snapshot(self, sink: SnapshotSink) -> None:
-        """Hand the full state to the sink; on return the learner may update again."""
-        state = _to_cpu(self.agent.state(copy=self.snapshot_copies))
+        """Hand the full state to the sink, which moves it to the CPU (`snapshot_state`); on return
+        the learner may update again."""
+        state = self.agent.state(copy=self.snapshot_copies)
         state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version}
         sink(state, self.meta())
         self.last_snapshot_update = self.updates
@@ -166,27 +167,10 @@ class Learner:
         self.policy_version = int(own["policy_version"])
         self._updates_at_start = self.updates
         # Updates already done stand for the data already seen: the ratio counts from here.
-        self.cfg = _replace_learning_starts(self.cfg, self.env_steps)
+        self.cfg = replace(self.cfg, learning_starts=min(self.cfg.learning_starts, self.env_steps))
         self.publish()
 
     def stats(self) -> dict[str, Any]:
         out = self.meta()
         out["replay_size"] = len(self.memory)
         return out
-
-
-def _replace_learning_starts(cfg: LearnerConfig, env_steps: int) -> LearnerConfig:
-    from dataclasses import replace
-
-    return replace(cfg, learning_starts=min(cfg.learning_starts, env_steps))
-
-
-def _to_cpu(tree: Any) -> Any:
-    """Device tensors to the CPU; CPU tensors stay as they are (copied or not by `state()`)."""
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().cpu()
-    if isinstance(tree, dict):
-        return {k: _to_cpu(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_to_cpu(v) for v in tree]
-    return tree

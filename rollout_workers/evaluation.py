@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from learner.networks import NetworkConfig, Policy
+from rollout_workers.scripted import run_episodes
 from rollout_workers.worker import EnvFactory
 
 log = logging.getLogger(__name__)
@@ -88,33 +89,7 @@ class EvaluationWorker:
         self.policy.load_components(weights)
 
     def run(self, seeds: Sequence[int]) -> list[dict[str, float]]:
-        episodes = []
-        for seed in seeds:
-            env = self.env_factory(int(seed))
-            try:
-                episodes.append(run_episode(env, self.policy, int(seed)))
-            finally:
-                env.close()
-        return episodes
-
-
-def run_episode(env: Any, policy: Policy, seed: int) -> dict[str, float]:
-    obs, info = env.reset(seed=seed)
-    total, steps, speeds = 0.0, 0, []
-    done = False
-    while not done:
-        action = policy.act(obs["image"], obs["vector"])
-        obs, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        steps += 1
-        speeds.append(float(info.get("speed", 0.0)))
-        done = bool(terminated or truncated)
-    return {
-        "seed": float(seed), "return": total, "steps": float(steps),
-        "route_completion": float(info["route_completion"]), "collision": float(info["collision"]),
-        "off_road": float(info["off_road"]), "distance_m": float(info["distance_m"]),
-        "mean_speed": float(np.mean(speeds)) if speeds else 0.0,
-    }
+        return run_episodes(self.env_factory, lambda obs: self.policy.act(obs["image"], obs["vector"]), seeds)
 
 
 def write_report(report: EvalReport, out_dir: Path) -> tuple[Path, Path]:
