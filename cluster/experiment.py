@@ -41,6 +41,9 @@ class RunConfig:
     """Seed of the learner, the workers and their environments."""
     ray_address: str = ""
     """Ray cluster to join ('auto' inside `ray job submit`); empty starts a local Ray instance."""
+    worker_resource: str = "auto"
+    """Custom Ray resource each rollout worker takes one unit of: 'auto' is `carla` on CARLA runs and none
+    otherwise; '' never; any other name (e.g. `carla`) always, so workers land only on nodes advertising it."""
     collect_steps: int = 100
     """Env steps per worker call between control checks (stop, pacing)."""
     max_ahead_steps: int = 2_000
@@ -82,6 +85,13 @@ class ExperimentConfig:
                 f"embedded.waypoints ({self.embedded.waypoints}) must equal network.waypoints "
                 f"({self.network.waypoints}): the vector size follows from it"
             )
+
+    def worker_resources(self) -> dict[str, float]:
+        """The custom resources of one rollout worker actor."""
+        name = self.run.worker_resource
+        if name == "auto":
+            name = "carla" if self.run.env == "carla" else ""
+        return {name: 1} if name else {}
 
     def run_dir(self) -> Path:
         return Path(self.run.runs_dir) / self.run.name

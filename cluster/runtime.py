@@ -98,6 +98,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
         "store": cfg.store_uri(), "wall_s": round(time.monotonic() - started, 1),
         "resumed_from": f"{resume.uri}@{resume.version}" if resume else None,
     }
+    if final.get("placement"):
+        summary["placement"] = final["placement"]
     progress.summary(summary, run_dir)
     return summary
 
@@ -185,6 +187,7 @@ class RayRun:
         self._returns: list[float] = []
         self.workers: list[Any] = []
         self._runs: dict[Any, int] = {}
+        self.placement: dict[str, Any] = {}
 
     def start(self) -> None:
         import ray
@@ -216,13 +219,26 @@ class RayRun:
         self.learner = learner_cls.options(scheduling_strategy=affinity).remote(
             cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()
-        resources = {"carla": 1} if cfg.run.env == "carla" else {}
+        resources = cfg.worker_resources()
         # A killed worker is restarted by Ray, and its interrupted loop call re-run on the new instance.
         worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=-1,
                                 max_concurrency=2)(WorkerActor)
         self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(i, cfg, self.replay, self.learner)
                         for i in range(cfg.run.workers)]
         self._runs = {w.run.remote(): i for i, w in enumerate(self.workers)}
+        self.placement = self._placement()
+
+    def _placement(self) -> dict[str, Any]:
+        """The node id each actor runs on (also in the run summary)."""
+        import ray
+
+        def where(actor: Any) -> Any:
+            return actor.__ray_call__.remote(lambda _self: _node_id())
+
+        refs = {"learner": where(self.learner), "replay": where(self.replay), "checkpoint": where(self.writer)}
+        out: dict[str, Any] = {k: ray.get(v, timeout=300) for k, v in refs.items()}
+        out["workers"] = ray.get([where(w) for w in self.workers], timeout=300)
+        return out
 
     def poll(self, status: Status, metrics: MetricsLog) -> None:
         import ray
@@ -281,6 +297,7 @@ class RayRun:
             result["version"] = manifest.version if manifest else "-"
             self._update(status, metrics)
         finally:
+            result["placement"] = self.placement
             for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None),
                           getattr(self, "writer", None)]:
                 if actor is not None:
