@@ -96,6 +96,7 @@ class LearnerActor:
         # The mirror and the replay actor restored from the same files agree on this cursor.
         self._cursor = self.learner.memory.chunks_added
         self._pending: Any = None
+        self._last_submit: Any = None
         self._stop = threading.Event()
         self.snapshots = 0
         self.worker_starts: dict[int, int] = {}
@@ -121,7 +122,7 @@ class LearnerActor:
         # previous={}: a superseded save may never have stored the last export's segments; the store
         # still skips every blob whose sha256 it already holds, so bytes written stay incremental.
         files = self.replay.export.remote({}) if self.cfg.learner.save_replay else None
-        submit_snapshot(self.writer, state, dict(meta, config=to_dict(self.cfg)), files)
+        self._last_submit = submit_snapshot(self.writer, state, dict(meta, config=to_dict(self.cfg)), files)
         self.snapshots += 1
 
     def run(self) -> dict[str, Any]:
@@ -139,7 +140,15 @@ class LearnerActor:
             done = self.learner.step(self._pull, self._sink)
             if not done and self._pending is None and not self.learner.updates_allowed():
                 break
-        self.learner.snapshot(self._sink)
+        # The final snapshot must reach the writer before the driver asks it to drain: calls from two
+        # callers are not ordered. A writer restarted meanwhile (killed, node lost) loses the call: resend.
+        for attempt in range(3):
+            self.learner.snapshot(self._sink)
+            try:
+                ray.get(self._last_submit, timeout=max(deadline - time.monotonic(), 60))
+                break
+            except ray.exceptions.RayActorError as exc:
+                log.warning("final snapshot not accepted by the checkpoint writer (%s); retry %d", exc, attempt + 1)
         return self.learner.stats()
 
     def ahead_steps(self) -> int:
