@@ -150,6 +150,10 @@ class CheckpointWriter:
                 raise CheckpointError(f"last snapshot save failed: {self._last_error}")
             return self._last
 
+    def tag(self, ref: str, name: str) -> str:
+        """Point tag `name` at version `ref` (e.g. `best` after an evaluation); returns the version."""
+        return self.store.tag(ref, name)
+
     def status(self) -> dict[str, Any]:
         """Last version, saves done, superseded count, last save seconds and bytes, errors."""
         with self._cond:

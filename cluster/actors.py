@@ -161,6 +161,10 @@ class LearnerActor:
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)
 
+    def note_best_eval(self, score: float) -> None:
+        """The driver's periodic evaluation found a new best; later snapshots carry the score."""
+        self.learner.best_eval = score
+
     def register_worker(self, worker_id: int) -> None:
         self.worker_starts[worker_id] = self.worker_starts.get(worker_id, 0) + 1
 

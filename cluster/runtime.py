@@ -9,6 +9,7 @@ checkpoint writer is the only writer of the store.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import statistics
 import time
@@ -21,6 +22,7 @@ from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointWriter, snapshot_state
 from cluster.config import to_dict
 from cluster.experiment import ExperimentConfig
+from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
 from learner.replay import ReplayActor
 
@@ -65,6 +67,14 @@ def load_resume(resume: Resume) -> tuple[dict[str, Any], dict[str, bytes], Any]:
     return snap.state, files, snap.manifest
 
 
+def best_eval(restored: tuple | None) -> float:
+    """The best evaluation score a resumed run must beat before it moves the `best` tag."""
+    if restored is None:
+        return float("-inf")
+    score = restored[0].get("learner", {}).get("best_eval")
+    return float("-inf") if score is None else float(score)
+
+
 def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = False,
           quiet: bool = False) -> dict[str, Any]:
     """Run one training job; returns the summary also written to runs/<name>/summary.json."""
@@ -75,20 +85,30 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     status = Status(total_env_steps=cfg.run.total_env_steps)
     progress = Progress(cfg.run.progress_every_s, quiet=quiet)
     runner = LocalRun(cfg, restored) if local else RayRun(cfg, restored)
+    evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
     with sigterm_as_interrupt():
         try:
             runner.start()
+            evaluator = runner.evaluator(best_eval(restored))
             while status.env_steps < cfg.run.total_env_steps:
                 runner.poll(status, metrics)
+                evaluator.poll(status, metrics)
                 progress.maybe_print(status)
         except KeyboardInterrupt:
             interrupted = True
             print("\ninterrupted: stopping workers, writing a final snapshot ...", flush=True)
         finally:
-            final = runner.finish(status, metrics)
-            metrics.close()
+            try:
+                final = runner.finish(status, metrics)
+                if evaluator is not None and not interrupted:
+                    evaluator.finish(status, metrics)  # the final version too, so `best` considers it
+            finally:
+                if evaluator is not None:
+                    evaluator.backend.close()
+                runner.close()
+                metrics.close()
     progress.maybe_print(status, force=True)
     summary = {
         "run": cfg.run.name, "interrupted": interrupted, "env_steps": status.env_steps,
@@ -98,6 +118,9 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
         "store": cfg.store_uri(), "wall_s": round(time.monotonic() - started, 1),
         "resumed_from": f"{resume.uri}@{resume.version}" if resume else None,
     }
+    if evaluator is not None and evaluator.reports:
+        summary["last_eval"] = status.last_eval
+        summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
     if final.get("placement"):
         summary["placement"] = final["placement"]
     progress.summary(summary, run_dir)
@@ -137,6 +160,20 @@ class LocalRun:
 
     def start(self) -> None:
         pass
+
+    def evaluator(self, best_score: float) -> PeriodicEval:
+        from cluster.envs import make_factory
+        from rollout_workers.evaluation import EvaluationWorker
+
+        backend = InlineEval(EvaluationWorker(make_factory(self.cfg, 0), self.cfg.network))
+        return PeriodicEval(self.cfg, backend, self._tag_best, best_score)
+
+    def _tag_best(self, version: str, score: float) -> None:
+        self.writer.tag(version, BEST_TAG)
+        self.learner.best_eval = score
+
+    def close(self) -> None:
+        self.writer.close()
 
     def _source(self) -> list[Any]:
         out, self._chunks = self._chunks, []
@@ -200,7 +237,10 @@ class RayRun:
             if cfg.run.ray_address:
                 ray.init(address=cfg.run.ray_address, log_to_driver=True)
             else:
-                ray.init(include_dashboard=False, log_to_driver=True)
+                # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
+                # cores (they then share them) -- otherwise some workers would never be scheduled.
+                needed = cfg.run.workers + 1 + (cfg.eval.workers if cfg.eval.every_updates > 0 else 0)
+                ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)
@@ -283,28 +323,40 @@ class RayRun:
     def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
         import ray
 
-        result: dict[str, Any] = {}
-        try:
-            if not self.workers:
-                return result
-            for w in self.workers:
-                w.stop.remote()
-            ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
-            self.learner.stop.remote()
-            ray.get(self.learner_run, timeout=120)
-            ray.get(self.learner.catch_up.remote(timeout_s=600))
-            manifest = ray.get(self.writer.wait.remote(600))
-            result["version"] = manifest.version if manifest else "-"
-            self._update(status, metrics)
-        finally:
-            result["placement"] = self.placement
-            for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None),
-                          getattr(self, "writer", None)]:
-                if actor is not None:
-                    ray.kill(actor)
-            if self._started_ray:
-                ray.shutdown()
+        result: dict[str, Any] = {"placement": self.placement}
+        if not self.workers:
+            return result
+        for w in self.workers:
+            w.stop.remote()
+        ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
+        self.learner.stop.remote()
+        ray.get(self.learner_run, timeout=120)
+        ray.get(self.learner.catch_up.remote(timeout_s=600))
+        manifest = ray.get(self.writer.wait.remote(600))
+        result["version"] = manifest.version if manifest else "-"
+        self._update(status, metrics)
         return result
+
+    def evaluator(self, best_score: float) -> PeriodicEval:
+        backend = RayEval(self.cfg) if self.cfg.eval.every_updates > 0 else InlineEval(None)
+        return PeriodicEval(self.cfg, backend, self._tag_best, best_score)
+
+    def _tag_best(self, version: str, score: float) -> None:
+        import ray
+
+        ray.get(self.writer.tag.remote(version, BEST_TAG))
+        self.learner.note_best_eval.remote(score)
+
+    def close(self) -> None:
+        """Every actor of the run goes, also after a failure; Ray too when this run started it."""
+        import ray
+
+        for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None),
+                      getattr(self, "writer", None)]:
+            if actor is not None:
+                ray.kill(actor)
+        if self._started_ray:
+            ray.shutdown()
 
 
 def _node_id() -> str:

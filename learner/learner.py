@@ -69,6 +69,8 @@ class Learner:
         self.rng = np.random.default_rng(seed)
         self.env_steps = 0
         self.policy_version = 0
+        self.best_eval: float | None = None
+        """Best driving score of periodic evaluation so far (the `best` tag's); travels in snapshots."""
         self._weights: tuple[int, dict[str, Any]] | None = None
         self._metrics: dict[str, float] = {}
         self._lags: list[float] = []
@@ -151,7 +153,8 @@ class Learner:
         """Hand the full state to the sink, which moves it to the CPU (`snapshot_state`); on return
         the learner may update again."""
         state = self.agent.state(copy=self.snapshot_copies)
-        state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version}
+        state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version,
+                            "best_eval": self.best_eval}
         sink(state, self.meta())
         self.last_snapshot_update = self.updates
 
@@ -165,6 +168,7 @@ class Learner:
         self.agent.load_state(state)
         self.env_steps = int(own["env_steps"])
         self.policy_version = int(own["policy_version"])
+        self.best_eval = own.get("best_eval")
         self._updates_at_start = self.updates
         # Updates already done stand for the data already seen: the ratio counts from here.
         self.cfg = replace(self.cfg, learning_starts=min(self.cfg.learning_starts, self.env_steps))

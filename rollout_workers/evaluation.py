@@ -37,7 +37,8 @@ class EvalConfig:
     seed: int = 1_000_000
     """First evaluation seed; held out from training seeds, which are drawn below 2**31 - 1 by rng."""
     every_updates: int = 0
-    """Evaluate the latest snapshot every this many learner updates during training (0: only at the end)."""
+    """During training, evaluate the newest snapshot every this many learner updates, and the final one,
+    tagging the best driving score `best` (0: no evaluation during training)."""
 
 
 @dataclass
