@@ -6,6 +6,11 @@ a reserved block of ports, or attaches to one someone else runs (CARLA_HOSTS).
 It only ever signals the process group it created (SIGTERM, then SIGKILL after
 a grace period); attached servers are never started, restarted or killed.
 
+A launched server runs under a small watchdog, the leader of its process group:
+when the supervising process dies without stopping it (SIGKILL, out of memory,
+a Ray actor killed), the watchdog takes the group down, so no CARLA server is
+left holding a GPU with nobody driving it.
+
 Port blocks are reserved with flock'd files, which holds across processes and
 between servers of one process (locks belong to open file descriptions), and
 vanishes with the process that held it, so a crashed run leaves no stale
@@ -20,11 +25,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rollout_workers.contract import SimulatorError
 
@@ -88,6 +95,29 @@ class ServerConfig:
     """Restart a launched server after this many episodes (0: never); long-lived servers leak memory."""
     max_rss_mb: float = 0.0
     """Restart a launched server whose process group uses more resident memory (0: no limit)."""
+    idle_stop_s: float = 10.0
+    """Stop a launched server this long after its worker closed its env without building another."""
+    client: str = "carla"
+    """Module providing the carla client API, or `package.module:attribute` (tests name a test double)."""
+
+    def __post_init__(self) -> None:
+        if not self.gpus or any(g < 0 for g in self.gpus):
+            raise ValueError(f"gpus must list at least one GPU index >= 0, got {list(self.gpus)}")
+        if self.port_stride < 4:
+            raise ValueError(f"port_stride must be >= 4 (a block is rpc..rpc+3), got {self.port_stride}")
+        last = self.port_base + (self.max_blocks - 1) * self.port_stride + 3
+        if self.port_base < 1024 or self.max_blocks < 1 or last > 65535:
+            raise ValueError(f"port blocks from {self.port_base} (stride {self.port_stride}, {self.max_blocks} "
+                             f"blocks) must lie within 1024-65535")
+        for name in ("startup_timeout_s", "probe_timeout_s", "probe_interval_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.start_attempts < 1 or self.recycle_after_episodes < 0 or self.max_rss_mb < 0 \
+                or self.kill_grace_s < 0 or self.idle_stop_s < 0:
+            raise ValueError("start_attempts must be >= 1; recycle_after_episodes, max_rss_mb, kill_grace_s "
+                             "and idle_stop_s must be >= 0")
+        if not self.client:
+            raise ValueError("client must name a module, e.g. carla")
 
 
 @dataclass
@@ -158,17 +188,77 @@ def server_command(cfg: ServerConfig, block: PortBlock, gpu: int, name: str) -> 
     return [exe, *args, f"-ini:[/Script/Engine.RendererSettings]:r.GraphicsAdapter={gpu}"]
 
 
+def load_client(spec: str = "carla") -> Any:
+    """The carla client API: the module `spec`, or attribute `attr` of `package.module:attr`."""
+    import importlib
+
+    module, _, attr = spec.partition(":")
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as exc:
+        hint = "pip install carla==0.9.16" if module == "carla" else f"check carla_server.client ({spec!r})"
+        raise ImportError(f"the CARLA client {module!r} cannot be imported ({exc}): {hint}") from exc
+    if not attr:
+        return loaded
+    try:
+        return getattr(loaded, attr)
+    except AttributeError as exc:
+        raise ImportError(f"carla_server.client {spec!r}: {module} has no attribute {attr!r}") from exc
+
+
+def client_probe(client: Any) -> Probe:
+    """Readiness through a carla client API: the server answers get_server_version within the timeout."""
+
+    def probe(host: str, port: int, timeout_s: float) -> bool:
+        c = client.Client(host, port, 1)
+        c.set_timeout(timeout_s)
+        try:
+            c.get_server_version()
+        except RuntimeError:
+            return False
+        return True
+
+    return probe
+
+
 def carla_probe(host: str, port: int, timeout_s: float) -> bool:
     """Readiness of a real server: it answers get_server_version within the timeout."""
-    import carla
+    return client_probe(load_client("carla"))(host, port, timeout_s)
 
-    client = carla.Client(host, port, 1)
-    client.set_timeout(timeout_s)
-    try:
-        client.get_server_version()
-    except RuntimeError:
-        return False
-    return True
+
+WATCHDOG_POLL_S = 0.2
+"""How often the watchdog checks that its supervisor lives."""
+
+# Leader of a launched server's process group; argv: supervisor pid, grace s, poll s, container, server argv.
+# It polls its parent rather than using PR_SET_PDEATHSIG: that signal fires when the *thread* that
+# forked exits (a Ray actor's thread may end while the process lives), and it reaches only the direct
+# child, while CarlaUE4.sh runs the server binary as a grandchild. Its SIGTERM handler is a Python
+# function, not SIG_IGN, so the server (exec'd with default dispositions) still dies of SIGTERM.
+_WATCHDOG = """
+import os, signal, subprocess, sys, time
+parent, grace, poll, container = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+argv = sys.argv[5:]
+signal.signal(signal.SIGTERM, lambda *_: None)
+server = subprocess.Popen(argv)
+while server.poll() is None:
+    if os.getppid() != parent:
+        sys.stderr.write(f"carla-fleet watchdog: supervisor {parent} is gone; stopping the server\\n")
+        os.killpg(0, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if container:
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
+        os.killpg(0, signal.SIGKILL)
+    time.sleep(poll)
+sys.exit(server.returncode if server.returncode >= 0 else 128 - server.returncode)
+"""
+
+
+def watched(argv: list[str], grace_s: float, container: str = "") -> list[str]:
+    """`argv` run under the watchdog, which stops its process group if this process dies first."""
+    return [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(grace_s), str(WATCHDOG_POLL_S),
+            container, *argv]
 
 
 def group_members(pgid: int) -> list[int]:
@@ -240,7 +330,7 @@ class CarlaServer:
 
     @property
     def pid(self) -> int | None:
-        """Process id (and process-group id) of the launched server; None if attached or stopped."""
+        """Process (and process-group) id of the launched server's watchdog; None if attached or stopped."""
         return self._proc.pid if self._proc is not None else None
 
     @property
@@ -269,12 +359,14 @@ class CarlaServer:
     def _launch(self) -> None:
         cfg, block = self.config, self._block
         assert block is not None
-        argv = server_command(cfg, block, self.gpu, name=f"carla-fleet-{block.rpc}-{os.getpid()}")
+        name = f"carla-fleet-{block.rpc}-{os.getpid()}"
+        argv = server_command(cfg, block, self.gpu, name=name)
+        container = name if cfg.docker_image and not cfg.command else ""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             # Own session = own process group: the only thing we will ever signal.
-            self._proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                          start_new_session=True)
+            self._proc = subprocess.Popen(watched(argv, cfg.kill_grace_s, container), stdout=out,
+                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
         log.info("launched CARLA server pid %d on ports %s: %s", self._proc.pid, block.ports, " ".join(argv))
         deadline = time.monotonic() + cfg.startup_timeout_s
         while time.monotonic() < deadline:
@@ -341,7 +433,8 @@ class CarlaServer:
         return bool(cfg.max_rss_mb and self.rss_mb() > cfg.max_rss_mb)
 
     def rss_mb(self) -> float:
-        """Resident memory of the server's process group (a Docker server's memory is the daemon's, not here)."""
+        """Resident memory of the server's process group, watchdog included (a few MB); a Docker server's
+        memory is the daemon's, not counted here."""
         return group_rss_mb(self._proc.pid) if self._proc is not None else 0.0
 
     def _kill(self) -> None:

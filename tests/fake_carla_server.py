@@ -1,6 +1,7 @@
 """A stand-in CARLA server process for supervisor tests.
 
-Listens on --port and answers the line "ping" with "pong" (see `probe`). It can
+Listens on --port and answers the line "ping" with "pong <its pid>" (see `probe`
+and `server_pid`; a restarted server answers with a new pid). It can
 die after N seconds, hang (keep the socket but stop answering) after N
 seconds, ignore SIGTERM, start a child in its process group, hold memory, or
 obey a control file whose content is "die" or "hang". It exits by itself after
@@ -22,15 +23,21 @@ import time
 from pathlib import Path
 
 
-def probe(host: str, port: int, timeout_s: float) -> bool:
-    """The supervisor's readiness probe for this server: a ping answered within the timeout."""
+def server_pid(host: str, port: int, timeout_s: float) -> int | None:
+    """The pid of the server answering a ping within the timeout; None if none does (dead or hung)."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as s:
             s.settimeout(timeout_s)
             s.sendall(b"ping\n")
-            return s.recv(16).startswith(b"pong")
+            words = s.recv(32).split()
     except OSError:
-        return False
+        return None
+    return int(words[1]) if len(words) == 2 and words[0] == b"pong" else None
+
+
+def probe(host: str, port: int, timeout_s: float) -> bool:
+    """The supervisor's readiness probe for this server: a ping answered within the timeout."""
+    return server_pid(host, port, timeout_s) is not None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 conn.settimeout(1.0)
                 try:
                     if conn.recv(16).startswith(b"ping"):
-                        conn.sendall(b"pong\n")
+                        conn.sendall(b"pong %d\n" % os.getpid())
                 except OSError:
                     pass
     return 0
