@@ -9,6 +9,12 @@ camera frames, collisions, a hang (every call blocks for the client timeout and
 raises the real client's RuntimeError) or death. `FakeCarla(sim)` is the
 module object injected as `carla_module`.
 
+`SERVER_BACKED` (a `ServerBackedCarla`) is a module object whose clients reach
+fake server processes (tests/fake_carla_server.py) instead: a client talks to a
+world only while the process on its port answers, and each server process (a
+restart gives a new pid) is a fresh world, so supervisor, env and worker can be
+tested together: `carla_server.client: tests.fake_carla:SERVER_BACKED`.
+
 Camera images are uniform: every BGRA channel equals (reported frame id) % 256,
 so the grayscale value in an observation names the frame it came from.
 """
@@ -22,6 +28,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from tests.fake_carla_server import server_pid
 
 
 @dataclass
@@ -457,3 +465,45 @@ class FakeCarla:
 
     def Client(self, host: str = "127.0.0.1", port: int = 2000, worker_threads: int = 0) -> Client:  # noqa: N802
         return Client(self, host, port, worker_threads)
+
+
+class ServerBackedSim(FakeSim):
+    """The world of one fake server process: every call first checks that the process `pid` still
+    answers on the port, and fails like the real client's time-out once it died, hangs (after the
+    client's timeout), or was replaced by a restart."""
+
+    def __init__(self, host: str, port: int, pid: int | None) -> None:
+        super().__init__(host, port)
+        self.pid = pid
+        self.dead = pid is None
+
+    def gate(self, seconds: float | None = None) -> None:
+        wait = seconds if seconds else self.timeout_s
+        if not self.dead:
+            self.dead = server_pid(self.host, self.port, wait) != self.pid
+        if self.dead:
+            raise RuntimeError(
+                f"time-out of {int(wait * 1000)}ms while waiting for the simulator, make sure the "
+                f"simulator is ready and connected to {self.host}:{self.port}"
+            )
+
+
+class ServerBackedCarla(FakeCarla):
+    """Stands in for the `carla` module; clients reach fake server processes, one world per process."""
+
+    connect_timeout_s = 0.5
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.worlds: dict[tuple[str, int, int], ServerBackedSim] = {}
+
+    def Client(self, host: str = "127.0.0.1", port: int = 2000, worker_threads: int = 0) -> Client:  # noqa: N802
+        client = Client(self, host, port, worker_threads)
+        pid = server_pid(host, port, self.connect_timeout_s)
+        client.sim = ServerBackedSim(host, port, None) if pid is None else self.worlds.setdefault(
+            (host, port, pid), ServerBackedSim(host, port, pid))
+        return client
+
+
+SERVER_BACKED = ServerBackedCarla()
+"""`carla_server.client: tests.fake_carla:SERVER_BACKED` drives launched fake server processes."""
