@@ -1,12 +1,37 @@
-"""Environment factories that travel to Ray actors (picklable, no live objects)."""
+"""Environment factories that travel to Ray actors (picklable, no live objects).
+
+A CARLA factory is plain data; the live part, the worker's CARLA server, sits in a
+per-process registry (`_sessions`) in the worker process. Each env the factory
+builds is wrapped so that it tells that server's session what happened: an episode
+ended (time to recycle?), a `SimulatorError` (restart before the next env), the env
+was closed (stop the server unless a new env takes it soon). The rollout worker
+needs no CARLA-specific code: it closes a failed env and calls the factory again.
+"""
 
 from __future__ import annotations
 
+import atexit
+import logging
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+
+from cluster.config import ConfigError
+from rollout_workers.carla_server import (
+    CarlaServer,
+    Endpoint,
+    ServerConfig,
+    client_probe,
+    load_client,
+    parse_carla_hosts,
+)
+from rollout_workers.contract import SimulatorError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -16,6 +41,8 @@ class EnvFactory:
     kind: str
     config: Any
     worker_index: int = 0
+    server: ServerConfig | None = None
+    """CARLA only: how the worker's server is launched (when CARLA_HOSTS is unset) and supervised."""
 
     def __call__(self, seed: int) -> gym.Env:
         if self.kind == "embedded":
@@ -23,9 +50,7 @@ class EnvFactory:
 
             return make_env(self.config, seed=seed)
         if self.kind == "carla":
-            from rollout_workers.envs.carla_env import make_carla_env
-
-            return make_carla_env(self.config, seed=seed, server=carla_host(self.worker_index))
+            return carla_env(self.config, self.server or ServerConfig(), self.worker_index, seed)
         return import_factory(self.kind)(seed)
 
 
@@ -42,15 +67,16 @@ def import_factory(spec: str) -> Any:
         raise ValueError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
 
 
-_claimed: dict[str, tuple[Any, tuple[str, int]]] = {}
+_claimed: dict[tuple[str, int], tuple[Any, tuple[str, int]]] = {}
 
 
 def carla_host(worker_index: int) -> tuple[str, int] | None:
     """A CARLA server from CARLA_HOSTS that no other worker on this node drives; None if unset.
 
     Workers land on nodes in an order Ray chooses, so a global index could send two workers
-    to one server. Each worker process instead claims a free server with a non-blocking file
-    lock (released when the process ends, however it ends), starting from its own index.
+    to one server. Each worker claims a free server with a non-blocking file lock (released
+    when the process ends, however it ends), starting from its own index. Two workers in one
+    process (`fleet train --local`) claim two servers: flock conflicts between descriptors.
     """
     import fcntl
     import tempfile
@@ -59,8 +85,8 @@ def carla_host(worker_index: int) -> tuple[str, int] | None:
     if not hosts:
         return None
     spec = ",".join(hosts)
-    if spec in _claimed:
-        return _claimed[spec][1]
+    if (spec, worker_index) in _claimed:
+        return _claimed[spec, worker_index][1]
     for k in range(len(hosts)):
         entry = hosts[(worker_index + k) % len(hosts)]
         host, _, port = entry.rpartition(":")
@@ -70,13 +96,223 @@ def carla_host(worker_index: int) -> tuple[str, int] | None:
         except BlockingIOError:
             lock.close()
             continue
-        _claimed[spec] = (lock, (host, int(port)))
+        _claimed[spec, worker_index] = (lock, (host, int(port)))
         return host, int(port)
     raise RuntimeError(f"all CARLA servers in CARLA_HOSTS ({spec}) are driven by other workers on this node; "
                        "start more servers or fewer workers (the node's `carla` resource should equal its servers)")
 
 
+class ServerSession:
+    """One worker's CARLA server in this process, and what that worker's envs reported about it."""
+
+    def __init__(self, server: CarlaServer, client: Any) -> None:
+        self.server = server
+        self.client = client
+        self.owner = os.getpid()
+        self._lock = threading.RLock()
+        self._failure = ""
+        self._idle: threading.Timer | None = None
+        self._idle_generation = 0
+
+    def endpoint(self) -> Endpoint:
+        """A server that answers, for a new env: restarted (launched) or re-probed (attached) after a
+        SimulatorError, else restarted only if it crashed or hangs."""
+        with self._lock:
+            self._cancel_idle()
+            failure, self._failure = self._failure, ""
+            if failure and not self.server.attached and self.server.pid is not None:
+                return self.server.restart(f"the last env failed: {failure}")
+            return self.server.ensure_healthy()
+
+    def env_failed(self, exc: SimulatorError) -> None:
+        self._failure = str(exc) or type(exc).__name__
+
+    def episode_done(self) -> str:
+        """Count a finished episode; the reason to recycle the server now, or ''."""
+        if not self.server.episode_done():
+            return ""
+        limit = self.server.config.recycle_after_episodes
+        if limit and self.server.episodes >= limit:
+            return f"recycled after {self.server.episodes} episodes"
+        return f"recycled at {self.server.rss_mb():.0f} MB > max_rss_mb {self.server.config.max_rss_mb:.0f}"
+
+    def recycle(self, reason: str) -> Endpoint:
+        with self._lock:
+            return self.server.restart(reason)
+
+    def released(self) -> None:
+        """The worker closed its env: stop the server unless a new env takes it within idle_stop_s.
+
+        Evaluation builds and closes an env per episode, and a failed env is closed just before
+        the next is built: neither should cost a server start. A worker that is done frees it.
+        """
+        with self._lock:
+            self._cancel_idle()
+            if self.server.attached:
+                return
+            delay = self.server.config.idle_stop_s
+            if delay <= 0:
+                self.stop()
+                return
+            self._idle = threading.Timer(delay, self._idle_stop, (self._idle_generation,))
+            self._idle.daemon = True
+            self._idle.start()
+
+    def _idle_stop(self, generation: int) -> None:
+        with self._lock:
+            # A timer that fired while a new env was taking the server must not stop it.
+            if generation == self._idle_generation:
+                self.stop()
+
+    def _cancel_idle(self) -> None:
+        self._idle_generation += 1
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
+
+    def stop(self) -> None:
+        """Stop a launched server (attached ones are never touched); the next env starts it again."""
+        with self._lock:
+            self._cancel_idle()
+            if os.getpid() == self.owner:  # a forked child must not kill its parent's server
+                self.server.stop()
+
+
+_sessions: dict[tuple[int, ServerConfig, str], ServerSession] = {}
+_sessions_lock = threading.Lock()
+
+
+def carla_session(worker_index: int, config: ServerConfig) -> ServerSession:
+    """This process's session for worker `worker_index`: attached to a claimed CARLA_HOSTS entry, or
+    owning a server it launches on gpus[worker_index % len(gpus)]."""
+    hosts = os.environ.get("CARLA_HOSTS", "")
+    key = (worker_index, config, hosts)
+    with _sessions_lock:
+        session = _sessions.get(key)
+        if session is not None and session.owner == os.getpid():
+            return session
+        client = load_client(config.client)
+        probe = client_probe(client)
+        claimed = carla_host(worker_index)
+        if claimed is not None:
+            host, port = claimed
+            server = CarlaServer.attach(host, port, probe=probe, probe_timeout_s=config.probe_timeout_s)
+        else:
+            server = CarlaServer(config, probe=probe, gpu=config.gpus[worker_index % len(config.gpus)])
+        if not _sessions:
+            atexit.register(stop_servers)
+        session = _sessions[key] = ServerSession(server, client)
+        return session
+
+
+def stop_servers() -> None:
+    """Stop every server this process launched (at exit, and for tests)."""
+    with _sessions_lock:
+        sessions = list(_sessions.values())
+    for session in sessions:
+        try:
+            session.stop()
+        except Exception as exc:  # one server failing to stop must not keep the others running
+            log.error("stopping CARLA server %s failed: %r", session.server.pid, exc)
+
+
+class SupervisedCarlaEnv(gym.Wrapper):
+    """A CARLA env reporting to its worker's `ServerSession`.
+
+    An episode end counts towards recycling (done at the next reset: close the CARLA env,
+    restart the server, build a new one); a SimulatorError marks the server for a restart
+    before the next env; close() releases the server.
+    """
+
+    def __init__(self, session: ServerSession, build: Callable[[Endpoint], gym.Env]) -> None:
+        self.session = session
+        self._build = build
+        self._recycle = ""
+        self._closed = False
+        super().__init__(build(session.endpoint()))
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        if self._recycle:
+            reason, self._recycle = self._recycle, ""
+            self.env.close()
+            self.env = self._watch(lambda: self._build(self.session.recycle(reason)))
+        return self._watch(lambda: self.env.reset(seed=seed, options=options))
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        result = self._watch(lambda: self.env.step(action))
+        if result[2] or result[3]:
+            self._recycle = self.session.episode_done()
+        return result
+
+    def _watch(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except SimulatorError as exc:
+            self.session.env_failed(exc)
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.env.close()
+        finally:
+            self.session.released()
+
+
+def carla_env(config: Any, server: ServerConfig, worker_index: int, seed: int) -> SupervisedCarlaEnv:
+    """Worker `worker_index`'s CARLA env, on a server that answers (launched, restarted or attached)."""
+    from rollout_workers.envs.carla_env import make_carla_env
+
+    session = carla_session(worker_index, server)
+
+    def build(ep: Endpoint) -> gym.Env:
+        # An attached server as (host, port): its Traffic Manager port follows the carla section's
+        # tm_port - port offset, as it did before servers were supervised.
+        where = (ep.host, ep.port) if session.server.attached else ep
+        return make_carla_env(config, seed=seed, server=where, carla_module=session.client)
+
+    return SupervisedCarlaEnv(session, build)
+
+
+def check_carla_setup(cfg: Any, environ: dict[str, str] | None = None, count_workers: bool = True) -> None:
+    """ConfigError saying what to set when a CARLA run has no server to attach to and none to launch.
+
+    `environ` is the environment the workers see: this process's where they run (`--local`, a Ray
+    instance started here, or the worker itself). CARLA_HOSTS lists one node's servers, so the
+    worker count is checked against it only on one node (`count_workers`).
+    """
+    env = os.environ if environ is None else environ
+    server = cfg.carla_server
+    try:
+        hosts = parse_carla_hosts(env.get("CARLA_HOSTS", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if hosts:
+        if count_workers and cfg.run.workers > len(hosts):
+            raise ConfigError(f"run.workers is {cfg.run.workers} but CARLA_HOSTS lists {len(hosts)} server(s); "
+                              "each worker drives its own: list more servers or use fewer workers")
+    elif not (server.command or server.docker_image):
+        exe = server.executable or (os.path.join(env["CARLA_ROOT"], "CarlaUE4.sh") if env.get("CARLA_ROOT") else "")
+        if not exe:
+            raise ConfigError(
+                "run.env is carla but there is no CARLA server to use: set CARLA_HOSTS=host:port[,host:port...] "
+                "to attach to running servers, or let each worker launch its own with CARLA_ROOT=<folder holding "
+                "CarlaUE4.sh>, --set carla_server.executable=/path/to/CarlaUE4.sh or --set "
+                "carla_server.docker_image=carlasim/carla:0.9.16 (see docs/carla.md)")
+        if not os.path.isfile(exe):
+            raise ConfigError(f"CARLA server executable {exe} does not exist: check CARLA_ROOT or "
+                              "carla_server.executable (the path of CarlaUE4.sh)")
+    try:
+        load_client(server.client)
+    except ImportError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
 def make_factory(cfg: Any, worker_index: int = 0) -> EnvFactory:
-    """From an ExperimentConfig."""
-    section = cfg.carla if cfg.run.env == "carla" else cfg.embedded
-    return EnvFactory(cfg.run.env, section, worker_index)
+    """From an ExperimentConfig; a CARLA run without servers to use is a ConfigError here."""
+    if cfg.run.env == "carla":
+        check_carla_setup(cfg, count_workers=not cfg.run.ray_address)
+        return EnvFactory("carla", cfg.carla, worker_index, cfg.carla_server)
+    return EnvFactory(cfg.run.env, cfg.embedded, worker_index)

@@ -13,6 +13,7 @@ from learner.learner import LearnerConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.td3 import TD3Config
+from rollout_workers.carla_server import ServerConfig
 from rollout_workers.envs.carla_env import CarlaEnvConfig
 from rollout_workers.envs.embedded import EmbeddedEnvConfig
 from rollout_workers.evaluation import EvalConfig
@@ -72,6 +73,8 @@ class ExperimentConfig:
     """The embedded simulator (run.env = embedded)."""
     carla: CarlaEnvConfig = field(default_factory=CarlaEnvConfig)
     """CARLA servers (run.env = carla)."""
+    carla_server: ServerConfig = field(default_factory=ServerConfig)
+    """CARLA server each worker launches and supervises when CARLA_HOSTS is unset (run.env = carla)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation episodes."""
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)

@@ -1,0 +1,324 @@
+"""Rollout workers on supervised CARLA servers: the carla factory, its per-process server sessions and the
+worker's failure path, against fake server processes (tests/fake_carla_server.py) reached through the carla
+API double (tests.fake_carla:SERVER_BACKED). No live CARLA server is involved."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from cluster import envs, experiment
+from cluster.config import ConfigError
+from learner.networks import NetworkConfig
+from rollout_workers.carla_server import ServerConfig
+from rollout_workers.envs.carla_env import CarlaEnvConfig
+from rollout_workers.exploration import ExplorationConfig
+from rollout_workers.worker import RolloutWorker, WorkerConfig
+from tests.fake_carla_server import probe, server_pid
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
+CLIENT = "tests.fake_carla:SERVER_BACKED"
+ENV = CarlaEnvConfig(timeout_s=1.0, sensor_timeout_s=1.0, route_length_m=40.0, max_episode_steps=12,
+                     warmup_ticks=0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _fake_pids(tmp_path: Path) -> list[int]:
+    """Every fake server process launched so far (and its --child, if any), in launch order."""
+    path = tmp_path / "pids"
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def _server_cfg(tmp_path: Path, *args: str, **over: object) -> ServerConfig:
+    cfg = ServerConfig(
+        command=(sys.executable, FAKE, "--port", "{rpc}", "--pid-file", str(tmp_path / "pids"), "--lifetime", "300",
+                 *args),
+        client=CLIENT, port_base=random.randrange(20000, 40000, 10), lock_dir=str(tmp_path / "locks"),
+        log_dir=str(tmp_path / "logs"), startup_timeout_s=30.0, probe_timeout_s=1.0, probe_interval_s=0.05,
+        kill_grace_s=0.5, idle_stop_s=0.3)
+    return replace(cfg, **over)
+
+
+def _worker(server: ServerConfig, failures: int = 5, index: int = 0) -> RolloutWorker:
+    factory = envs.EnvFactory("carla", ENV, index, server)
+    return RolloutWorker(index, factory, NetworkConfig(), ExplorationConfig(),
+                         WorkerConfig(chunk_steps=16, max_consecutive_failures=failures), seed=index)
+
+
+@pytest.fixture(autouse=True)
+def sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No CARLA_HOSTS unless a test sets it; every server a test launched is gone after it."""
+    monkeypatch.delenv("CARLA_HOSTS", raising=False)
+    monkeypatch.setattr(envs, "_claimed", {})
+    yield
+    envs.stop_servers()
+    envs._sessions.clear()
+    assert _wait_gone(_fake_pids(tmp_path), 5.0) == []
+
+
+def test_worker_survives_a_server_crash_by_restarting_it(tmp_path: Path) -> None:
+    cfg = _server_cfg(tmp_path)
+    worker = _worker(cfg)
+    chunks: list = []
+    first = worker.collect(30, chunks.append)
+    assert first.env_steps == 30 and first.env_failures == 0 and len(first.episodes) >= 2
+    session = worker.env.session
+    watchdog, [fake] = session.server.pid, _fake_pids(tmp_path)
+    assert os.getpgid(fake) == watchdog != os.getpgid(0)  # the server runs in its watchdog's own group
+    assert server_pid(session.server.endpoint.host, session.server.endpoint.port, 1.0) == fake
+
+    os.kill(fake, signal.SIGKILL)  # the server crashes mid-run
+    second = worker.collect(30, chunks.append)
+    assert second.env_steps == 30 and second.env_failures == 1 and worker.total_failures == 1
+    assert session.server.restarts == 1 and session.server.pid not in (None, watchdog)
+    old, new = _fake_pids(tmp_path)
+    assert old == fake and not _alive(old) and _alive(new)
+    assert session.server.endpoint.port == cfg.port_base  # restarted on the block it holds
+    assert server_pid("127.0.0.1", cfg.port_base, 1.0) == new
+    assert len(second.episodes) >= 1  # collection went on on the new server
+
+    worker.close()  # the worker is done: its server is stopped once idle_stop_s passes
+    assert _wait_gone([new, session.server.pid or new], 5.0) == []
+    assert session.server.pid is None and not _alive(watchdog)
+
+
+def test_worker_survives_a_hung_server(tmp_path: Path) -> None:
+    worker = _worker(_server_cfg(tmp_path))
+    assert worker.collect(10, lambda c: None).env_failures == 0
+    [fake] = _fake_pids(tmp_path)
+    os.kill(fake, signal.SIGSTOP)  # alive, port open, answers nothing
+    t0 = time.monotonic()
+    report = worker.collect(20, lambda c: None)
+    assert report.env_failures == 1 and report.env_steps == 20
+    assert worker.env.session.server.restarts == 1
+    assert _wait_gone([fake], 5.0) == []  # SIGTERM stays pending on a stopped process: SIGKILL took it
+    assert time.monotonic() - t0 < 30
+    worker.close()
+
+
+def test_simulator_error_from_a_server_that_still_answers_restarts_it(tmp_path: Path) -> None:
+    from tests.fake_carla import SERVER_BACKED
+
+    cfg = _server_cfg(tmp_path)
+    worker = _worker(cfg)
+    assert worker.collect(10, lambda c: None).env_failures == 0
+    [fake] = _fake_pids(tmp_path)
+    # The server answers its probe but its camera stops delivering: the env's SimulatorError alone
+    # must make the session restart it before the next env.
+    SERVER_BACKED.worlds["127.0.0.1", cfg.port_base, fake].camera_deliveries = lambda frame: []
+    report = worker.collect(20, lambda c: None)
+    assert report.env_failures == 1 and report.env_steps == 20
+    assert worker.env.session.server.restarts == 1 and not _alive(fake)
+    worker.close()
+
+
+def test_failure_outside_the_simulator_keeps_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = _worker(_server_cfg(tmp_path))
+    assert worker.collect(10, lambda c: None).env_failures == 0
+    session, watchdog = worker.env.session, worker.env.session.server.pid
+    act = worker._action
+    calls = iter(range(1000))
+
+    def flaky() -> object:
+        if next(calls) == 3:
+            raise ValueError("policy bug")
+        return act()
+
+    monkeypatch.setattr(worker, "_action", flaky)
+    report = worker.collect(20, lambda c: None)
+    assert report.env_failures == 1  # the env was closed and rebuilt ...
+    assert session.server.restarts == 0 and session.server.pid == watchdog  # ... on the same server
+    assert len(_fake_pids(tmp_path)) == 1
+    worker.close()
+
+
+def test_server_recycled_after_n_episodes(tmp_path: Path) -> None:
+    worker = _worker(_server_cfg(tmp_path, recycle_after_episodes=2))
+    report = worker.collect(70, lambda c: None)
+    episodes = len(report.episodes)
+    assert report.env_failures == 0 and episodes >= 5
+    # A recycle happens at the reset after every second episode; none yet if the last step ended one.
+    expected = episodes // 2 if worker.obs is not None else (episodes - 1) // 2
+    server = worker.env.session.server
+    assert server.restarts == expected >= 2
+    pids = _fake_pids(tmp_path)
+    assert len(pids) == expected + 1
+    assert [_alive(p) for p in pids] == [False] * expected + [True]
+    worker.close()
+
+
+def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    port = random.randrange(40000, 50000)
+    monkeypatch.setenv("CARLA_HOSTS", f"127.0.0.1:{port}")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the claim's lock file
+    cfg = _server_cfg(tmp_path)
+
+    def theirs() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "120"])
+        deadline = time.monotonic() + 20
+        while not probe("127.0.0.1", port, 0.2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return proc
+
+    server = theirs()
+    try:
+        worker = _worker(cfg, failures=2)
+        assert worker.collect(15, lambda c: None).env_failures == 0
+        session = worker.env.session
+        assert session.server.attached and session.server.pid is None
+        server.kill()
+        server.wait(10)
+        with pytest.raises(RuntimeError, match="3 env failures in a row.*not ours to restart"):
+            worker.collect(15, lambda c: None)
+        server = theirs()  # someone restarts it: the worker goes on with the new world
+        worker = _worker(cfg, failures=2)
+        report = worker.collect(15, lambda c: None)
+        assert report.env_failures == 0 and worker.env.session is session
+        worker.close()
+        time.sleep(cfg.idle_stop_s + 0.5)
+        assert server.poll() is None and probe("127.0.0.1", port, 1.0)  # released, not stopped
+        assert _fake_pids(tmp_path) == []  # nothing was launched
+    finally:
+        server.kill()
+        server.wait(10)
+
+
+def _helper(factory: envs.EnvFactory, then: str) -> subprocess.Popen:
+    code = ("import pickle, sys, time\n"
+            "env = pickle.loads(bytes.fromhex(sys.argv[1]))(0)\n"
+            "env.reset()\n"
+            "print(env.session.server.pid, flush=True)\n" + then)
+    return subprocess.Popen([sys.executable, "-c", code, pickle.dumps(factory).hex()], cwd=REPO,
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
+    # A server that ignores SIGTERM and has a child of its own: the watchdog must escalate to SIGKILL.
+    cfg = replace(experiment.load(None, {"run.env": "carla"}), carla=ENV,
+                  carla_server=_server_cfg(tmp_path, "--ignore-sigterm", "--child"))
+    factory = envs.make_factory(cfg, 0)
+    assert envs._sessions == {}  # the factory is plain data: nothing started, and it pickles
+    helper = _helper(factory, "time.sleep(120)\n")
+    try:
+        watchdog = int(helper.stdout.readline())
+        pids = _fake_pids(tmp_path)
+        assert len(pids) == 2 and all(_alive(p) for p in [watchdog, *pids])
+        helper.send_signal(signal.SIGKILL)  # no atexit, no close: only the watchdog is left to act
+        helper.wait(10)
+        assert _wait_gone([watchdog, *pids], 5.0) == []
+        log = (tmp_path / "logs" / f"carla-{cfg.carla_server.port_base}.log").read_text()
+        assert f"supervisor {helper.pid} is gone" in log
+    finally:
+        helper.kill()
+        helper.wait(10)
+
+
+def test_servers_stopped_at_exit_without_close(tmp_path: Path) -> None:
+    cfg = _server_cfg(tmp_path, idle_stop_s=60.0)
+    helper = _helper(envs.EnvFactory("carla", ENV, 3, cfg), "")
+    watchdog = int(helper.stdout.readline())
+    assert helper.wait(60) == 0
+    assert _wait_gone([watchdog, *_fake_pids(tmp_path)], 1.0) == []
+    log = (tmp_path / "logs" / f"carla-{cfg.port_base}.log").read_text()
+    assert "is gone" not in log  # stopped by the exiting process (atexit), not by its watchdog
+
+
+def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
+    from cluster.runtime import train
+
+    server = _server_cfg(tmp_path)
+    cfg = experiment.load(None, {
+        "run.name": "carla", "run.runs_dir": str(tmp_path / "runs"), "run.env": "carla", "run.workers": 2,
+        "run.total_env_steps": 160, "run.collect_steps": 40, "run.store": str(tmp_path / "store"),
+        "agent.batch_size": 16, "learner.learning_starts": 100, "learner.replay_ratio": 0.25,
+        "learner.snapshot_every": 1000, "replay.capacity": 2000,
+        "carla": {"timeout_s": 1.0, "sensor_timeout_s": 1.0, "route_length_m": 40.0, "max_episode_steps": 12,
+                  "warmup_ticks": 0},
+        "carla_server": {**server.__dict__, "gpus": [0, 1]}})
+    summary = train(cfg, local=True, quiet=True)
+    assert summary["env_steps"] >= 160 and summary["env_failures"] == 0 and summary["episodes"] >= 10
+    assert summary["learner_updates"] > 0
+    # One server per worker, each on its own block of ports, rendering on gpus[i % 2].
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == [f"carla-{server.port_base}.log", f"carla-{server.port_base + server.port_stride}.log"]
+    gpus = sorted(s.server.gpu for s in envs._sessions.values())
+    assert gpus == [0, 1]
+    pids = _fake_pids(tmp_path)
+    assert len(pids) == 2 and _wait_gone(pids, 5.0) == []  # workers closed: servers stopped when idle
+
+
+def test_fleet_train_carla_without_servers_says_what_to_set(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("CARLA_HOSTS", "CARLA_ROOT")}
+    fleet = str(Path(sys.executable).parent / "fleet")
+    done = subprocess.run([fleet, "train", "--env", "carla", "--local", "--steps", "10", "--name", "x",
+                           "--set", f"run.runs_dir={tmp_path}"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr
+    message = done.stderr.strip().splitlines()[-1]
+    assert message.startswith("fleet: error: run.env is carla but there is no CARLA server")
+    for what in ("CARLA_HOSTS=host:port", "CARLA_ROOT=", "carla_server.executable", "carla_server.docker_image"):
+        assert what in message
+
+
+def test_carla_setup_checks() -> None:
+    cfg = experiment.load(None, {"run.env": "carla", "run.workers": 3})
+    with pytest.raises(ConfigError, match="no CARLA server to use.*CARLA_HOSTS"):
+        envs.check_carla_setup(cfg, {})
+    with pytest.raises(ConfigError, match="/nowhere/CarlaUE4.sh does not exist"):
+        envs.check_carla_setup(cfg, {"CARLA_ROOT": "/nowhere"})
+    with pytest.raises(ConfigError, match="run.workers is 3 but CARLA_HOSTS lists 2"):
+        envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"})
+    envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"}, count_workers=False)  # per node on a cluster
+    with pytest.raises(ConfigError, match="'a:x' is not host:port"):
+        envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:x"})
+    docker = experiment.load(None, {"run.env": "carla", "carla_server.docker_image": "carlasim/carla:0.9.16"})
+    envs.check_carla_setup(docker, {})
+    missing = experiment.load(None, {"run.env": "carla", "carla_server.docker_image": "x",
+                                     "carla_server.client": "no_such_carla_client"})
+    with pytest.raises(ConfigError, match="no_such_carla_client.*cannot be imported"):
+        envs.check_carla_setup(missing, {})
+
+
+def test_carla_server_section_in_the_experiment_config() -> None:
+    from cluster.config import describe, to_dict
+
+    cfg = experiment.load(None, {"carla_server.gpus": [0, 2], "carla_server.extra_args": ["-benchmark"],
+                                 "carla_server.recycle_after_episodes": 50})
+    assert cfg.carla_server.gpus == (0, 2) and cfg.carla_server.extra_args == ("-benchmark",)
+    assert cfg.carla_server.recycle_after_episodes == 50
+    assert experiment.from_manifest(to_dict(cfg)) == cfg
+    keys = {row[0] for row in describe(experiment.ExperimentConfig)}
+    assert {"carla_server.gpus", "carla_server.recycle_after_episodes", "carla_server.client"} <= keys
+    for over, match in (({"carla_server.gpus": []}, "carla_server.*gpus"),
+                        ({"carla_server.port_stride": 2}, "carla_server.*port_stride"),
+                        ({"carla_server.port_base": 65530}, "carla_server.*1024-65535"),
+                        ({"carla_server.gpus": ["0"]}, r"carla_server\.gpus\[0\]: expected an integer")):
+        with pytest.raises(ConfigError, match=match):
+            experiment.load(None, over)
