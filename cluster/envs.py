@@ -1,7 +1,9 @@
 """Environment factories that travel to Ray actors (picklable, no live objects).
 
-A CARLA factory is plain data; the live part, the worker's CARLA server, sits in a
-per-process registry (`_sessions`) in the worker process. Each env the factory
+A CARLA factory is plain data; the live part, its CARLA server, sits in a per-process
+registry (`_sessions`) in the process using the factory, one server per factory (so a
+rollout worker and an inline evaluator in one process never share a synchronous
+world). Each env the factory
 builds is wrapped so that it tells that server's session what happened: an episode
 ended (time to recycle?), a `SimulatorError` (restart before the next env), the env
 was closed (stop the server unless a new env takes it soon). The rollout worker
@@ -14,8 +16,9 @@ import atexit
 import logging
 import os
 import threading
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
@@ -43,6 +46,8 @@ class EnvFactory:
     worker_index: int = 0
     server: ServerConfig | None = None
     """CARLA only: how the worker's server is launched (when CARLA_HOSTS is unset) and supervised."""
+    session: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
+    """CARLA only: names this factory's server in the process that uses it (copies share it)."""
 
     def __call__(self, seed: int) -> gym.Env:
         if self.kind == "embedded":
@@ -50,7 +55,7 @@ class EnvFactory:
 
             return make_env(self.config, seed=seed)
         if self.kind == "carla":
-            return carla_env(self.config, self.server or ServerConfig(), self.worker_index, seed)
+            return carla_env(self.config, self.server or ServerConfig(), self.worker_index, seed, self.session)
         return import_factory(self.kind)(seed)
 
 
@@ -67,16 +72,17 @@ def import_factory(spec: str) -> Any:
         raise ValueError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
 
 
-_claimed: dict[tuple[str, int], tuple[Any, tuple[str, int]]] = {}
+_claimed: dict[tuple[str, int | str], tuple[Any, tuple[str, int]]] = {}
 
 
-def carla_host(worker_index: int) -> tuple[str, int] | None:
+def carla_host(worker_index: int, claimant: str = "") -> tuple[str, int] | None:
     """A CARLA server from CARLA_HOSTS that no other worker on this node drives; None if unset.
 
     Workers land on nodes in an order Ray chooses, so a global index could send two workers
     to one server. Each worker claims a free server with a non-blocking file lock (released
     when the process ends, however it ends), starting from its own index. Two workers in one
     process (`fleet train --local`) claim two servers: flock conflicts between descriptors.
+    A `claimant` (a factory's session) keeps its claim; by default the worker index does.
     """
     import fcntl
     import tempfile
@@ -85,8 +91,9 @@ def carla_host(worker_index: int) -> tuple[str, int] | None:
     if not hosts:
         return None
     spec = ",".join(hosts)
-    if (spec, worker_index) in _claimed:
-        return _claimed[spec, worker_index][1]
+    who = claimant or worker_index
+    if (spec, who) in _claimed:
+        return _claimed[spec, who][1]
     for k in range(len(hosts)):
         entry = hosts[(worker_index + k) % len(hosts)]
         host, _, port = entry.rpartition(":")
@@ -96,7 +103,7 @@ def carla_host(worker_index: int) -> tuple[str, int] | None:
         except BlockingIOError:
             lock.close()
             continue
-        _claimed[spec, worker_index] = (lock, (host, int(port)))
+        _claimed[spec, who] = (lock, (host, int(port)))
         return host, int(port)
     raise RuntimeError(f"all CARLA servers in CARLA_HOSTS ({spec}) are driven by other workers on this node; "
                        "start more servers or fewer workers (the node's `carla` resource should equal its servers)")
@@ -113,16 +120,20 @@ class ServerSession:
         self._failure = ""
         self._idle: threading.Timer | None = None
         self._idle_generation = 0
+        self._open = 0
 
-    def endpoint(self) -> Endpoint:
+    def acquire(self) -> Endpoint:
         """A server that answers, for a new env: restarted (launched) or re-probed (attached) after a
-        SimulatorError, else restarted only if it crashed or hangs."""
+        SimulatorError, else restarted only if it crashed or hangs. Pair with `released()`."""
         with self._lock:
             self._cancel_idle()
             failure, self._failure = self._failure, ""
             if failure and not self.server.attached and self.server.pid is not None:
-                return self.server.restart(f"the last env failed: {failure}")
-            return self.server.ensure_healthy()
+                endpoint = self.server.restart(f"the last env failed: {failure}")
+            else:
+                endpoint = self.server.ensure_healthy()
+            self._open += 1
+            return endpoint
 
     def env_failed(self, exc: SimulatorError) -> None:
         self._failure = str(exc) or type(exc).__name__
@@ -141,15 +152,17 @@ class ServerSession:
             return self.server.restart(reason)
 
     def released(self) -> None:
-        """The worker closed its env: stop the server unless a new env takes it within idle_stop_s.
+        """An env was closed: once none is open, stop the server unless a new env takes it within
+        idle_stop_s.
 
         Evaluation builds and closes an env per episode, and a failed env is closed just before
         the next is built: neither should cost a server start. A worker that is done frees it.
         """
         with self._lock:
-            self._cancel_idle()
-            if self.server.attached:
+            self._open = max(self._open - 1, 0)
+            if self._open or self.server.attached:
                 return
+            self._cancel_idle()
             delay = self.server.config.idle_stop_s
             if delay <= 0:
                 self.stop()
@@ -178,22 +191,22 @@ class ServerSession:
                 self.server.stop()
 
 
-_sessions: dict[tuple[int, ServerConfig, str], ServerSession] = {}
+_sessions: dict[tuple[str, str], ServerSession] = {}
 _sessions_lock = threading.Lock()
 
 
-def carla_session(worker_index: int, config: ServerConfig) -> ServerSession:
-    """This process's session for worker `worker_index`: attached to a claimed CARLA_HOSTS entry, or
-    owning a server it launches on gpus[worker_index % len(gpus)]."""
+def carla_session(worker_index: int, config: ServerConfig, name: str = "") -> ServerSession:
+    """This process's session `name` (a factory's) for worker `worker_index`: attached to a claimed
+    CARLA_HOSTS entry, or owning a server it launches on gpus[worker_index % len(gpus)]."""
     hosts = os.environ.get("CARLA_HOSTS", "")
-    key = (worker_index, config, hosts)
+    key = (name or f"worker-{worker_index}", hosts)
     with _sessions_lock:
         session = _sessions.get(key)
         if session is not None and session.owner == os.getpid():
             return session
         client = load_client(config.client)
         probe = client_probe(client)
-        claimed = carla_host(worker_index)
+        claimed = carla_host(worker_index, key[0])
         if claimed is not None:
             host, port = claimed
             server = CarlaServer.attach(host, port, probe=probe, probe_timeout_s=config.probe_timeout_s)
@@ -228,8 +241,15 @@ class SupervisedCarlaEnv(gym.Wrapper):
         self.session = session
         self._build = build
         self._recycle = ""
+        self._closed = True
+        endpoint = session.acquire()
+        try:
+            env = build(endpoint)
+        except BaseException:
+            session.released()
+            raise
         self._closed = False
-        super().__init__(build(session.endpoint()))
+        super().__init__(env)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
         if self._recycle:
@@ -261,11 +281,12 @@ class SupervisedCarlaEnv(gym.Wrapper):
             self.session.released()
 
 
-def carla_env(config: Any, server: ServerConfig, worker_index: int, seed: int) -> SupervisedCarlaEnv:
+def carla_env(config: Any, server: ServerConfig, worker_index: int, seed: int, session_name: str = ""
+              ) -> SupervisedCarlaEnv:
     """Worker `worker_index`'s CARLA env, on a server that answers (launched, restarted or attached)."""
     from rollout_workers.envs.carla_env import make_carla_env
 
-    session = carla_session(worker_index, server)
+    session = carla_session(worker_index, server, session_name)
 
     def build(ep: Endpoint) -> gym.Env:
         # An attached server as (host, port): its Traffic Manager port follows the carla section's
@@ -290,9 +311,11 @@ def check_carla_setup(cfg: Any, environ: dict[str, str] | None = None, count_wor
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
     if hosts:
-        if count_workers and cfg.run.workers > len(hosts):
-            raise ConfigError(f"run.workers is {cfg.run.workers} but CARLA_HOSTS lists {len(hosts)} server(s); "
-                              "each worker drives its own: list more servers or use fewer workers")
+        evaluators = 1 if cfg.eval.every_updates > 0 else 0
+        if count_workers and cfg.run.workers + evaluators > len(hosts):
+            also = " plus at least 1 for evaluation during training" if evaluators else ""
+            raise ConfigError(f"run.workers is {cfg.run.workers}{also} but CARLA_HOSTS lists {len(hosts)} "
+                              "server(s); each worker drives its own: list more servers or use fewer workers")
     elif not (server.command or server.docker_image):
         exe = server.executable or (os.path.join(env["CARLA_ROOT"], "CarlaUE4.sh") if env.get("CARLA_ROOT") else "")
         if not exe:

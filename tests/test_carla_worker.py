@@ -65,8 +65,8 @@ def _server_cfg(tmp_path: Path, *args: str, **over: object) -> ServerConfig:
     return replace(cfg, **over)
 
 
-def _worker(server: ServerConfig, failures: int = 5, index: int = 0) -> RolloutWorker:
-    factory = envs.EnvFactory("carla", ENV, index, server)
+def _worker(server: ServerConfig | envs.EnvFactory, failures: int = 5, index: int = 0) -> RolloutWorker:
+    factory = server if isinstance(server, envs.EnvFactory) else envs.EnvFactory("carla", ENV, index, server)
     return RolloutWorker(index, factory, NetworkConfig(), ExplorationConfig(),
                          WorkerConfig(chunk_steps=16, max_consecutive_failures=failures), seed=index)
 
@@ -188,8 +188,9 @@ def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, m
         return proc
 
     server = theirs()
+    factory = envs.EnvFactory("carla", ENV, 0, cfg)
     try:
-        worker = _worker(cfg, failures=2)
+        worker = _worker(factory, failures=2)
         assert worker.collect(15, lambda c: None).env_failures == 0
         session = worker.env.session
         assert session.server.attached and session.server.pid is None
@@ -197,10 +198,12 @@ def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, m
         server.wait(10)
         with pytest.raises(RuntimeError, match="3 env failures in a row.*not ours to restart"):
             worker.collect(15, lambda c: None)
-        server = theirs()  # someone restarts it: the worker goes on with the new world
-        worker = _worker(cfg, failures=2)
+        server = theirs()  # someone restarts it: the worker (restarted too) goes on with the new world
+        worker = _worker(factory, failures=2)
         report = worker.collect(15, lambda c: None)
         assert report.env_failures == 0 and worker.env.session is session
+        with pytest.raises(RuntimeError, match="driven by other workers"):  # its one server is taken
+            envs.EnvFactory("carla", ENV, 0, cfg)(0)
         worker.close()
         time.sleep(cfg.idle_stop_s + 0.5)
         assert server.poll() is None and probe("127.0.0.1", port, 1.0)  # released, not stopped
@@ -208,6 +211,28 @@ def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, m
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_one_server_per_factory_in_a_process(tmp_path: Path) -> None:
+    # A rollout worker and an inline evaluator (both worker index 0) in one process must not share a
+    # synchronous world; copies of one factory (what a Ray actor unpickles) do share its server.
+    cfg = _server_cfg(tmp_path)
+    rollout, evaluator = envs.EnvFactory("carla", ENV, 0, cfg), envs.EnvFactory("carla", ENV, 0, cfg)
+    a, b = rollout(1), evaluator(2)
+    try:
+        assert a.session is not b.session and a.session.server.endpoint.port != b.session.server.endpoint.port
+        c = pickle.loads(pickle.dumps(rollout))(3)
+        assert c.session is a.session and rollout == evaluator  # equal as configs, distinct as servers
+        a.reset()
+        b.reset()  # both worlds tick on their own servers
+        assert len(_fake_pids(tmp_path)) == 2
+        c.close()
+        time.sleep(cfg.idle_stop_s + 0.5)
+        assert a.session.server.healthy()  # a's env is still open on it: not stopped
+    finally:
+        a.close()
+        b.close()
+    assert _wait_gone(_fake_pids(tmp_path), 5.0) == []  # the last env of each closed: both stopped
 
 
 def _helper(factory: envs.EnvFactory, then: str) -> subprocess.Popen:
@@ -295,6 +320,10 @@ def test_carla_setup_checks() -> None:
         envs.check_carla_setup(cfg, {"CARLA_ROOT": "/nowhere"})
     with pytest.raises(ConfigError, match="run.workers is 3 but CARLA_HOSTS lists 2"):
         envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"})
+    evaluating = replace(cfg, eval=replace(cfg.eval, every_updates=100))
+    with pytest.raises(ConfigError, match="is 3 plus at least 1 for evaluation during training but CARLA_HOSTS"):
+        envs.check_carla_setup(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3"})
+    envs.check_carla_setup(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3,a:4"})
     envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"}, count_workers=False)  # per node on a cluster
     with pytest.raises(ConfigError, match="'a:x' is not host:port"):
         envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:x"})
