@@ -6,10 +6,10 @@ a reserved block of ports, or attaches to one someone else runs (CARLA_HOSTS).
 It only ever signals the process group it created (SIGTERM, then SIGKILL after
 a grace period); attached servers are never started, restarted or killed.
 
-A launched server runs under a small watchdog, the leader of its process group:
-when the supervising process dies without stopping it (SIGKILL, out of memory,
-a Ray actor killed), the watchdog takes the group down, so no CARLA server is
-left holding a GPU with nobody driving it.
+A launched server has a small watchdog process in its process group: when the
+supervising process dies without stopping it (SIGKILL, out of memory, a Ray
+actor killed), the watchdog takes the group down, so no CARLA server is left
+holding a GPU with nobody driving it.
 
 Port blocks are reserved with flock'd files, which holds across processes and
 between servers of one process (locks belong to open file descriptions), and
@@ -227,37 +227,65 @@ def carla_probe(host: str, port: int, timeout_s: float) -> bool:
 
 
 WATCHDOG_POLL_S = 0.2
-"""How often the watchdog checks that its supervisor lives."""
+"""How often a server's watchdog checks that its supervisor lives."""
 
-# Leader of a launched server's process group; argv: supervisor pid, grace s, poll s, container, server argv.
-# It polls its parent rather than using PR_SET_PDEATHSIG: that signal fires when the *thread* that
-# forked exits (a Ray actor's thread may end while the process lives), and it reaches only the direct
-# child, while CarlaUE4.sh runs the server binary as a grandchild. Its SIGTERM handler is a Python
-# function, not SIG_IGN, so the server (exec'd with default dispositions) still dies of SIGTERM.
-_WATCHDOG = """
+# Run as `python -c` in place of the server: it forks the watchdog into the new process group, then
+# execs the server (so the supervisor's child *is* the server). argv: supervisor pid, grace s, poll s,
+# container name, server argv. The watchdog is no child of the supervisor: Ray kills a dead worker's
+# children, which would otherwise take the watchdog down before it acts. It polls the supervisor's pid
+# and start time rather than using PR_SET_PDEATHSIG, which fires when the forking *thread* exits (a Ray
+# actor's thread may end while the process lives) and reaches only the direct child, while
+# CarlaUE4.sh runs the server binary as a grandchild. It leaves once it is alone in the group.
+_LAUNCHER = """
 import os, signal, subprocess, sys, time
 parent, grace, poll, container = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-argv = sys.argv[5:]
-signal.signal(signal.SIGTERM, lambda *_: None)
-server = subprocess.Popen(argv)
-while server.poll() is None:
-    if os.getppid() != parent:
+
+def stat(pid):
+    try:
+        text = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+def others():
+    me, group = os.getpid(), os.getpgid(0)
+    return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me
+            and (f := stat(p)) is not None and f[0] != "Z" and int(f[2]) == group]
+
+def supervisor_alive(birth):
+    f = stat(parent)
+    return birth is not None and f is not None and f[19] == birth
+
+birth = (stat(parent) or [None] * 20)[19]
+if os.fork() == 0:
+    try:
+        while supervisor_alive(birth):
+            if not others():
+                os._exit(0)
+            time.sleep(poll)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         sys.stderr.write(f"carla-fleet watchdog: supervisor {parent} is gone; stopping the server\\n")
+        sys.stderr.flush()
         os.killpg(0, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while server.poll() is None and time.monotonic() < deadline:
+        while others() and time.monotonic() < deadline:
             time.sleep(0.05)
         if container:
             subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
         os.killpg(0, signal.SIGKILL)
-    time.sleep(poll)
-sys.exit(server.returncode if server.returncode >= 0 else 128 - server.returncode)
+    finally:
+        os._exit(0)
+try:
+    os.execvp(sys.argv[5], sys.argv[5:])
+except OSError as exc:
+    sys.stderr.write(f"cannot start {sys.argv[5]}: {exc}\\n")
+    os._exit(127)
 """
 
 
 def watched(argv: list[str], grace_s: float, container: str = "") -> list[str]:
-    """`argv` run under the watchdog, which stops its process group if this process dies first."""
-    return [sys.executable, "-I", "-S", "-c", _WATCHDOG, str(os.getpid()), str(grace_s), str(WATCHDOG_POLL_S),
+    """`argv` with a watchdog in its process group that stops the group if this process dies first."""
+    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), str(grace_s), str(WATCHDOG_POLL_S),
             container, *argv]
 
 
@@ -330,7 +358,7 @@ class CarlaServer:
 
     @property
     def pid(self) -> int | None:
-        """Process (and process-group) id of the launched server's watchdog; None if attached or stopped."""
+        """Process (and process-group) id of the launched server; None if attached or stopped."""
         return self._proc.pid if self._proc is not None else None
 
     @property

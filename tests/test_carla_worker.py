@@ -21,7 +21,7 @@ import pytest
 from cluster import envs, experiment
 from cluster.config import ConfigError
 from learner.networks import NetworkConfig
-from rollout_workers.carla_server import ServerConfig
+from rollout_workers.carla_server import ServerConfig, group_members
 from rollout_workers.envs.carla_env import CarlaEnvConfig
 from rollout_workers.exploration import ExplorationConfig
 from rollout_workers.worker import RolloutWorker, WorkerConfig
@@ -89,22 +89,23 @@ def test_worker_survives_a_server_crash_by_restarting_it(tmp_path: Path) -> None
     first = worker.collect(30, chunks.append)
     assert first.env_steps == 30 and first.env_failures == 0 and len(first.episodes) >= 2
     session = worker.env.session
-    watchdog, [fake] = session.server.pid, _fake_pids(tmp_path)
-    assert os.getpgid(fake) == watchdog != os.getpgid(0)  # the server runs in its watchdog's own group
+    [fake] = _fake_pids(tmp_path)
+    assert session.server.pid == fake and os.getpgid(fake) == fake != os.getpgid(0)  # its own group
+    [watchdog] = [p for p in group_members(fake) if p != fake]  # and a watchdog in it
     assert server_pid(session.server.endpoint.host, session.server.endpoint.port, 1.0) == fake
 
     os.kill(fake, signal.SIGKILL)  # the server crashes mid-run
     second = worker.collect(30, chunks.append)
     assert second.env_steps == 30 and second.env_failures == 1 and worker.total_failures == 1
-    assert session.server.restarts == 1 and session.server.pid not in (None, watchdog)
     old, new = _fake_pids(tmp_path)
+    assert session.server.restarts == 1 and session.server.pid == new
     assert old == fake and not _alive(old) and _alive(new)
     assert session.server.endpoint.port == cfg.port_base  # restarted on the block it holds
     assert server_pid("127.0.0.1", cfg.port_base, 1.0) == new
     assert len(second.episodes) >= 1  # collection went on on the new server
 
     worker.close()  # the worker is done: its server is stopped once idle_stop_s passes
-    assert _wait_gone([new, session.server.pid or new], 5.0) == []
+    assert _wait_gone([new, *group_members(new)], 5.0) == []
     assert session.server.pid is None and not _alive(watchdog)
 
 
@@ -141,7 +142,7 @@ def test_simulator_error_from_a_server_that_still_answers_restarts_it(tmp_path: 
 def test_failure_outside_the_simulator_keeps_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     worker = _worker(_server_cfg(tmp_path))
     assert worker.collect(10, lambda c: None).env_failures == 0
-    session, watchdog = worker.env.session, worker.env.session.server.pid
+    session, pid = worker.env.session, worker.env.session.server.pid
     act = worker._action
     calls = iter(range(1000))
 
@@ -153,7 +154,7 @@ def test_failure_outside_the_simulator_keeps_the_server(tmp_path: Path, monkeypa
     monkeypatch.setattr(worker, "_action", flaky)
     report = worker.collect(20, lambda c: None)
     assert report.env_failures == 1  # the env was closed and rebuilt ...
-    assert session.server.restarts == 0 and session.server.pid == watchdog  # ... on the same server
+    assert session.server.restarts == 0 and session.server.pid == pid  # ... on the same server
     assert len(_fake_pids(tmp_path)) == 1
     worker.close()
 
@@ -252,12 +253,13 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
     assert envs._sessions == {}  # the factory is plain data: nothing started, and it pickles
     helper = _helper(factory, "time.sleep(120)\n")
     try:
-        watchdog = int(helper.stdout.readline())
+        server = int(helper.stdout.readline())
         pids = _fake_pids(tmp_path)
-        assert len(pids) == 2 and all(_alive(p) for p in [watchdog, *pids])
+        group = group_members(server)
+        assert pids[0] == server and len(pids) == 2 and len(group) == 3  # server, its child, watchdog
         helper.send_signal(signal.SIGKILL)  # no atexit, no close: only the watchdog is left to act
         helper.wait(10)
-        assert _wait_gone([watchdog, *pids], 5.0) == []
+        assert _wait_gone(group, 5.0) == []
         log = (tmp_path / "logs" / f"carla-{cfg.carla_server.port_base}.log").read_text()
         assert f"supervisor {helper.pid} is gone" in log
     finally:
@@ -268,9 +270,10 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
 def test_servers_stopped_at_exit_without_close(tmp_path: Path) -> None:
     cfg = _server_cfg(tmp_path, idle_stop_s=60.0)
     helper = _helper(envs.EnvFactory("carla", ENV, 3, cfg), "")
-    watchdog = int(helper.stdout.readline())
+    server = int(helper.stdout.readline())
+    group = group_members(server)
     assert helper.wait(60) == 0
-    assert _wait_gone([watchdog, *_fake_pids(tmp_path)], 1.0) == []
+    assert len(group) == 2 and _wait_gone(group, 1.0) == []
     log = (tmp_path / "logs" / f"carla-{cfg.port_base}.log").read_text()
     assert "is gone" not in log  # stopped by the exiting process (atexit), not by its watchdog
 
