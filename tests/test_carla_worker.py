@@ -302,6 +302,32 @@ def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
     assert len(pids) == 2 and _wait_gone(pids, 5.0) == []  # workers closed: servers stopped when idle
 
 
+def test_fleet_train_cli_attached_to_carla_hosts(tmp_path: Path) -> None:
+    """The command of tests/test_carla_live.py, on a fake server listed in CARLA_HOSTS."""
+    import json
+
+    port = random.randrange(40000, 50000)
+    theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "300"])
+    try:
+        fleet = str(Path(sys.executable).parent / "fleet")
+        args = [fleet, "train", "--env", "carla", "--local", "--workers", "1", "--steps", "120", "--name", "cli",
+                "--quiet", "--store", str(tmp_path / "store"), "--set", f"run.runs_dir={tmp_path / 'runs'}",
+                "--set", "learner.learning_starts=60", "--set", "learner.replay_ratio=0.25",
+                "--set", "agent.batch_size=16", "--set", "carla.max_episode_steps=12", "--set", "carla.timeout_s=2",
+                "--set", "carla.route_length_m=40", "--set", f"carla_server.client={CLIENT}"]
+        env = dict(os.environ, CARLA_HOSTS=f"127.0.0.1:{port}", TMPDIR=str(tmp_path), PYTHONPATH=str(REPO))
+        done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+        assert done.returncode == 0, done.stderr[-3000:]
+        summary = json.loads((tmp_path / "runs" / "cli" / "summary.json").read_text())
+        assert summary["env_steps"] >= 120 and summary["episodes"] >= 8 and summary["env_failures"] == 0
+        assert summary["learner_updates"] > 0
+        assert theirs.poll() is None and probe("127.0.0.1", port, 1.0)  # attached: never stopped
+        assert not (tmp_path / "carla-fleet-logs").exists()  # and nothing launched
+    finally:
+        theirs.kill()
+        theirs.wait(10)
+
+
 def test_fleet_train_carla_without_servers_says_what_to_set(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CARLA_HOSTS", "CARLA_ROOT")}
     fleet = str(Path(sys.executable).parent / "fleet")
