@@ -110,7 +110,7 @@ def carla_host(worker_index: int, claimant: str = "") -> tuple[str, int] | None:
 
 
 class ServerSession:
-    """One worker's CARLA server in this process, and what that worker's envs reported about it."""
+    """One factory's CARLA server in this process, and what that factory's envs reported about it."""
 
     def __init__(self, server: CarlaServer, client: Any) -> None:
         self.server = server
@@ -316,7 +316,13 @@ def check_carla_setup(cfg: Any, environ: dict[str, str] | None = None, count_wor
             also = " plus at least 1 for evaluation during training" if evaluators else ""
             raise ConfigError(f"run.workers is {cfg.run.workers}{also} but CARLA_HOSTS lists {len(hosts)} "
                               "server(s); each worker drives its own: list more servers or use fewer workers")
-    elif not (server.command or server.docker_image):
+    elif server.docker_image and not server.command:
+        import shutil
+
+        if shutil.which("docker") is None:
+            raise ConfigError(f"carla_server.docker_image is {server.docker_image} but there is no `docker` "
+                              "command here: install Docker with the NVIDIA container runtime, or use CARLA_ROOT")
+    elif not server.command:
         exe = server.executable or (os.path.join(env["CARLA_ROOT"], "CarlaUE4.sh") if env.get("CARLA_ROOT") else "")
         if not exe:
             raise ConfigError(
