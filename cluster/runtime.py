@@ -239,8 +239,16 @@ class RayRun:
             else:
                 # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
                 # cores (they then share them) -- otherwise some workers would never be scheduled.
-                needed = cfg.run.workers + 1 + (cfg.eval.workers if cfg.eval.every_updates > 0 else 0)
-                ray.init(num_cpus=max(os.cpu_count() or 1, needed), include_dashboard=False, log_to_driver=True)
+                evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
+                needed = cfg.run.workers + 1 + evaluators
+                if cfg.run.env == "carla":  # one node, this environment: fail now, with what to set
+                    from cluster.envs import check_carla_setup
+
+                    check_carla_setup(cfg)
+                # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
+                custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
+                ray.init(num_cpus=max(os.cpu_count() or 1, needed), resources=custom or None,
+                         include_dashboard=False, log_to_driver=True)
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)

@@ -164,15 +164,16 @@ class RolloutWorker:
         report.env_failures += 1
         log.warning("worker %d: env failed (%s: %s); closing the episode as truncated and recreating it",
                     self.worker_id, type(exc).__name__, exc)
-        if self._consecutive_failures > self.cfg.max_consecutive_failures:
-            raise RuntimeError(
-                f"worker {self.worker_id}: {self._consecutive_failures} env failures in a row; last: {exc!r}"
-            ) from exc
         # The episode's transitions so far stay valid (each has its real next obs); the builder
         # marks the episode's last step truncated so n-step sums and stacks stop there.
         self.builder.truncate_episode()
         self.obs = None
-        self._close_env()
+        if self.env is not None:  # None when the factory itself failed
+            self._close_env()
+        if self._consecutive_failures > self.cfg.max_consecutive_failures:
+            raise RuntimeError(
+                f"worker {self.worker_id}: {self._consecutive_failures} env failures in a row; last: {exc!r}"
+            ) from exc
 
     def close(self) -> None:
         if self.env is not None:

@@ -167,3 +167,17 @@ def test_learner_snapshot_carries_the_best_evaluation_score(tmp_path):
     fresh = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
     fresh.restore(saved)
     assert fresh.best_eval == 0.625
+
+
+def test_carla_run_on_a_ray_it_starts_fails_fast_naming_what_to_set(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CARLA_HOSTS", "CARLA_ROOT")}
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "train", "--env", "carla", "--quiet",
+                           "--set", f"run.runs_dir={tmp_path}"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "CARLA_HOSTS" in proc.stderr and "CARLA_ROOT" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr  # checked before Ray starts
