@@ -243,7 +243,7 @@ def _helper(factory: envs.EnvFactory, then: str) -> subprocess.Popen:
             "env.reset()\n"
             "print(env.session.server.pid, flush=True)\n" + then)
     return subprocess.Popen([sys.executable, "-c", code, pickle.dumps(factory).hex()], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
 def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
@@ -261,7 +261,8 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
         helper.send_signal(signal.SIGKILL)  # no atexit, no close: only the watchdog is left to act
         helper.wait(10)
         assert _wait_gone(group, 5.0) == []
-        log = (tmp_path / "logs" / f"carla-{cfg.carla_server.port_base}.log").read_text()
+        (log_path,) = (tmp_path / "logs").glob("carla-*.log")
+        log = log_path.read_text()
         assert f"supervisor {helper.pid} is gone" in log
     finally:
         helper.kill()
@@ -270,12 +271,15 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
 
 def test_servers_stopped_at_exit_without_close(tmp_path: Path) -> None:
     cfg = _server_cfg(tmp_path, idle_stop_s=60.0)
-    helper = _helper(envs.EnvFactory("carla", ENV, 3, cfg), "")
+    helper = _helper(envs.EnvFactory("carla", ENV, 3, cfg), "sys.stdin.readline()\n")
     server = int(helper.stdout.readline())
-    group = group_members(server)
+    group = group_members(server)  # read while the helper still runs, then let it exit
+    helper.stdin.write("\n")
+    helper.stdin.flush()
     assert helper.wait(60) == 0
     assert len(group) == 2 and _wait_gone(group, 5.0) == []
-    log = (tmp_path / "logs" / f"carla-{cfg.port_base}.log").read_text()
+    (log_path,) = (tmp_path / "logs").glob("carla-*.log")
+    log = log_path.read_text()
     assert "is gone" not in log  # stopped by the exiting process (atexit), not by its watchdog
 
 
@@ -295,8 +299,10 @@ def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
     assert summary["env_steps"] >= 160 and summary["env_failures"] == 0 and summary["episodes"] >= 10
     assert summary["learner_updates"] > 0
     # One server per worker, each on its own block of ports, rendering on gpus[i % 2].
-    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
-    assert logs == [f"carla-{server.port_base}.log", f"carla-{server.port_base + server.port_stride}.log"]
+    # (A block whose ports another process holds is skipped, so only the spacing is asserted.)
+    ports = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "logs").iterdir())
+    assert len(ports) == 2 and ports[0] >= server.port_base
+    assert (ports[1] - ports[0]) % server.port_stride == 0 and ports[1] > ports[0]
     gpus = sorted(s.server.gpu for s in envs._sessions.values())
     assert gpus == [0, 1]
     pids = _fake_pids(tmp_path)
