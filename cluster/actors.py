@@ -59,11 +59,15 @@ class WorkerActor:
         """Collect until stopped, pacing to the learner's replay ratio."""
         self._stop.clear()
         try:
+            unreported = 0
             while not self._stop.is_set():
-                if ray.get(self.learner.ahead_steps.remote()) > self.cfg.run.max_ahead_steps:
+                ahead = ray.get(self.learner.ahead_steps.remote(unreported))
+                unreported = 0
+                if ahead > self.cfg.run.max_ahead_steps:
                     self._stop.wait(0.05)
                     continue
                 report = self.worker.collect(self.cfg.run.collect_steps, self.sender.send, self.poll)
+                unreported = report.env_steps
                 with self._lock:
                     self._reports.append(report)
             self.worker.flush(self.sender.send)
@@ -95,6 +99,7 @@ class LearnerActor:
             self.learner.restore(restore, files)
         # The mirror and the replay actor restored from the same files agree on this cursor.
         self._cursor = self.learner.memory.chunks_added
+        self.collected = self.learner.env_steps  # steps the workers reported (restored runs: from here)
         self._pending: Any = None
         self._last_submit: Any = None
         self._stop = threading.Event()
@@ -151,12 +156,16 @@ class LearnerActor:
                 log.warning("final snapshot not accepted by the checkpoint writer (%s); retry %d", exc, attempt + 1)
         return self.learner.stats()
 
-    def ahead_steps(self) -> int:
+    def ahead_steps(self, collected: int = 0) -> int:
+        """Add a worker's newly collected steps; return how far collection is ahead of the ratio.
+
+        Counted from what the workers collected, not what the learner has pulled so far: while the
+        learner lags behind the replay, the workers are held back instead of running on unbounded.
+        """
+        self.collected += collected
         lrn = self.learner
-        if lrn.env_steps < lrn.cfg.learning_starts:
-            return 0
         consumed = (lrn.updates - lrn._updates_at_start) / lrn.cfg.replay_ratio
-        return int(lrn.env_steps - lrn.cfg.learning_starts - consumed)
+        return max(int(max(self.collected, lrn.env_steps) - lrn.cfg.learning_starts - consumed), 0)
 
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)
@@ -171,6 +180,7 @@ class LearnerActor:
     def stats(self) -> dict[str, Any]:
         out = self.learner.stats()
         out["worker_restarts"] = sum(n - 1 for n in self.worker_starts.values())
+        out["collected_steps"] = self.collected
         return out
 
 

@@ -13,7 +13,7 @@ from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 
 
 def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = None,
-                      local: bool = False) -> EvalReport:
+                      local: bool = False, address: str | None = None) -> EvalReport:
     """Policy-only load of `URI[@version]`, then `episodes` deterministic episodes on held-out seeds."""
     where = Resume.parse(ref)
     store = SnapshotStore(where.uri)
@@ -27,20 +27,27 @@ def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = 
         worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
         worker.load(weights)
         return summarize(worker.run(seeds), label)
-    return summarize(_on_ray(cfg, weights, seeds, workers), label)
+    return summarize(_on_ray(cfg, weights, seeds, workers, address), label)
 
 
-def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int) -> list[dict[str, float]]:
+def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
+            address: str | None = None) -> list[dict[str, float]]:
+    """On evaluation actors. The cluster is `address`, else $RAY_ADDRESS, else a local instance: never the
+    address the snapshot was trained on, which may be long gone."""
+    import os
+
     import ray
 
     from cluster.actors import EvaluatorActor
 
     started = not ray.is_initialized()
     if started:
-        ray.init(address=cfg.run.ray_address or None, include_dashboard=False)
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        custom = {k: float(workers) for k in cfg.worker_resources()} if address is None else {}
+        ray.init(address=address, include_dashboard=False,
+                 **({"num_cpus": max(os.cpu_count() or 1, workers), "resources": custom} if address is None else {}))
     try:
-        resources = {"carla": 1} if cfg.run.env == "carla" else {}
-        cls = ray.remote(num_cpus=1, resources=resources)(EvaluatorActor)
+        cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
         actors = [cls.remote(cfg, i) for i in range(min(workers, len(seeds)))]
         wref = ray.put(weights)
         parts = [seeds[i::len(actors)] for i in range(len(actors))]

@@ -34,6 +34,8 @@ class RunConfig:
     """Rollout workers, one simulator each."""
     total_env_steps: int = 5_000
     """Environment steps to collect before the run stops (the learner then catches up its ratio)."""
+    max_minutes: float = 0.0
+    """Wall-clock budget: the run stops like at the end of its steps after this many minutes (0: none)."""
     store: str = ""
     """Snapshot store URI (local path, s3://bucket/prefix?endpoint_override=...). Empty: <run dir>/snapshots."""
     runs_dir: str = "runs"

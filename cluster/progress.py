@@ -57,6 +57,9 @@ class Status:
 
     total_env_steps: int
     env_steps: int = 0
+    """Env steps the learner has taken in."""
+    collected: int = 0
+    """Env steps the rollout workers have reported collecting (ahead of `env_steps` under Ray)."""
     updates: int = 0
     replay_size: int = 0
     policy_lag: float = 0.0

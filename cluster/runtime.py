@@ -14,7 +14,7 @@ import signal
 import statistics
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,11 +88,15 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
-    with sigterm_as_interrupt():
+    deadline = started + 60 * cfg.run.max_minutes if cfg.run.max_minutes > 0 else float("inf")
+    with ExitStack() as signals:
         try:
             runner.start()
+            # After start: ray.init installs its own SIGTERM handler (a bare exit), ours replaces it.
+            signals.enter_context(sigterm_as_interrupt())
             evaluator = runner.evaluator(best_eval(restored))
-            while status.env_steps < cfg.run.total_env_steps:
+            while max(status.env_steps, status.collected) < cfg.run.total_env_steps \
+                    and time.monotonic() < deadline:
                 runner.poll(status, metrics)
                 evaluator.poll(status, metrics)
                 progress.maybe_print(status)
@@ -323,6 +327,7 @@ class RayRun:
         status.replay_size = stats["replay_size"]
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
         status.worker_restarts = stats["worker_restarts"]
+        status.collected = stats["collected_steps"]
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
         writer = ray.get(self.writer.status.remote())

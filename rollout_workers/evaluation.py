@@ -54,7 +54,18 @@ class EvalReport:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        """Strict JSON: seeds as integers, an infinite rate (collisions over zero distance) as null."""
+
+        def clean(value: Any) -> Any:
+            if isinstance(value, float) and not np.isfinite(value):
+                return None
+            if isinstance(value, dict):
+                return {k: int(v) if k == "seed" else clean(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [clean(v) for v in value]
+            return value
+
+        return json.dumps(clean(asdict(self)), indent=2, allow_nan=False)
 
 
 def driving_score(ep: dict[str, float]) -> float:

@@ -81,6 +81,8 @@ def test_ray_run_on_the_embedded_env_then_evaluate(tmp_path, ray_cluster):
                                 "learner.learning_starts": 1000, "learner.snapshot_every": 50,
                                 "eval.every_updates": 100, "eval.workers": 1, "eval.episodes": 1})
     summary = train(cfg, quiet=True)
+    # Collection stops near the budget: workers report what they collected, not what the learner pulled.
+    assert summary["env_steps"] <= 2000 + cfg.run.workers * cfg.run.collect_steps + 400, summary["env_steps"]
     # Periodic evaluation on an evaluation actor: the final version at least, and `best` tagged.
     assert SnapshotStore(cfg.store_uri()).tags()["best"] == summary["best"]["version"]
     assert summary["last_eval"].startswith(summary["final_snapshot"])
@@ -181,3 +183,17 @@ def test_carla_run_on_a_ray_it_starts_fails_fast_naming_what_to_set(tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "CARLA_HOSTS" in proc.stderr and "CARLA_ROOT" in proc.stderr
     assert "Started a local Ray instance" not in proc.stderr  # checked before Ray starts
+
+
+def test_evaluation_report_is_strict_json_with_integer_seeds():
+    import json
+
+    from rollout_workers.evaluation import summarize
+
+    ep = {"seed": 7.0, "return": 1.0, "route_completion": 0.0, "collision": 1.0, "off_road": 0.0,
+          "distance_m": 0.0, "mean_speed": 0.0}
+    report = summarize([ep], "store@v00000001")
+    assert report.collisions_per_km == float("inf")  # a collision before moving at all
+    data = json.loads(report.to_json())  # Python's json accepts Infinity; allow_nan=False would raise
+    assert data["collisions_per_km"] is None and data["episodes"][0]["seed"] == 7
+    assert isinstance(data["episodes"][0]["seed"], int)

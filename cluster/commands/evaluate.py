@@ -15,6 +15,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--episodes", type=int, default=10, help="episodes in all")
     p.add_argument("--seed", type=int, help="first evaluation seed (default: the config's held-out seed)")
     p.add_argument("--out", help="report folder (default runs/eval-<version>)")
+    p.add_argument("--address", help="Ray cluster to use (default: $RAY_ADDRESS, set inside `ray job submit`; "
+                   "else a local Ray instance)")
     p.add_argument("--local", action="store_true", help="evaluate in this process, without Ray")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -23,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from cluster.evaluate import evaluate_snapshot
     from rollout_workers.evaluation import write_report
 
-    report = evaluate_snapshot(args.snapshot, args.workers, args.episodes, seed=args.seed, local=args.local)
+    report = evaluate_snapshot(args.snapshot, args.workers, args.episodes, seed=args.seed, local=args.local,
+                               address=args.address)
     out = Path(args.out or f"runs/eval-{report.snapshot.rsplit('@', 1)[-1]}")
     json_path, png_path = write_report(report, out)
     if args.json:
