@@ -106,8 +106,8 @@ def test_checkpoint_actor_killed_during_saves_keeps_latest_loadable(tmp_path, ra
     assert store.verify(final.manifest.version) == []
 
 
-def test_sigkill_of_fleet_train_then_resume_continues_from_latest(tmp_path, ray_cluster):
-    store_uri = str(tmp_path / "store")
+def start_victim(tmp_path: Path, store_uri: str) -> subprocess.Popen:
+    """`fleet train` in its own process group, on a Ray instance it starts itself."""
     args = [
         sys.executable, "-m", "cluster.cli", "train", "--quiet", "--name", "victim", "--store", store_uri,
         "--workers", "2", "--steps", "200000",
@@ -117,8 +117,37 @@ def test_sigkill_of_fleet_train_then_resume_continues_from_latest(tmp_path, ray_
         "--set", "replay.capacity=5000",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
+    return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def test_sigterm_of_fleet_train_writes_a_final_snapshot_and_exits_130(tmp_path):
+    import json
+
+    store_uri = str(tmp_path / "store")
+    proc = start_victim(tmp_path, store_uri)
+    try:
+        wait_for(lambda: len(versions(store_uri)) >= 1 or proc.poll() is not None, 300, "a first snapshot")
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        os.kill(proc.pid, signal.SIGTERM)  # as `ray job stop` or a scheduler would
+        code = proc.wait(timeout=300)
+        err = proc.stderr.read().decode()
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert code == 130, err[-3000:]
+    summary = json.loads((tmp_path / "runs" / "victim" / "summary.json").read_text())
+    assert summary["interrupted"] is True
+    latest = SnapshotStore(store_uri).get("latest").manifest
+    assert latest.version == summary["final_snapshot"]
+    assert latest.env_steps == summary["env_steps"] and latest.learner_updates == summary["learner_updates"]
+
+
+def test_sigkill_of_fleet_train_then_resume_continues_from_latest(tmp_path, ray_cluster):
+    store_uri = str(tmp_path / "store")
+    proc = start_victim(tmp_path, store_uri)
     try:
         wait_for(lambda: len(versions(store_uri)) >= 2 or proc.poll() is not None, 300, "snapshots of the victim")
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
