@@ -51,18 +51,14 @@ class ReplayConfig:
     """Batches over which beta moves linearly to beta_final (0 keeps beta constant)."""
     eps: float = 1e-6
     """Added to |td| so no transition gets priority zero."""
-    max_in_flight: int = 4
-    """Chunks a worker may have in flight to the replay actor before it waits (backpressure)."""
-    chunk_steps: int = 64
-    """Env steps per chunk a worker sends (a hint for the builders)."""
     log_steps: int = 65_536
     """Steps of recent chunks the replay actor keeps for learner mirrors (`pull_new`)."""
     segment_steps: int = 16_384
     """Ring slots per persisted Arrow segment; only segments changed since the last save are rewritten."""
 
     def __post_init__(self) -> None:
-        if self.capacity < 1 or self.n_step < 1 or self.segment_steps < 1 or self.max_in_flight < 1:
-            raise ValueError("capacity, n_step, segment_steps and max_in_flight must be >= 1")
+        if self.capacity < 1 or self.n_step < 1 or self.segment_steps < 1:
+            raise ValueError("capacity, n_step and segment_steps must be >= 1")
         if self.frame_slack < 0 or self.alpha < 0 or self.eps <= 0:
             raise ValueError("frame_slack and alpha must be >= 0 and eps > 0")
 

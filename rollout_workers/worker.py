@@ -36,7 +36,7 @@ class WorkerConfig:
     weight_sync_every: int = 100
     """Env steps between polls for newer weights."""
     max_in_flight: int = 4
-    """Chunks a worker may have in flight to the replay before it waits (backpressure)."""
+    """Chunks a worker may have in flight to the replay actor before it waits (backpressure)."""
     max_consecutive_failures: int = 20
     """Env failures in a row (without one good episode) after which the worker gives up."""
     torch_threads: int = 1
