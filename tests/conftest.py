@@ -37,3 +37,14 @@ def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path / "store")
     server: SeaweedS3 = request.getfixturevalue("s3_server")
     return server.uri("fleet-test", f"{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A local Ray instance for one test module; workers import `tests.*` env doubles from the repo."""
+    ray = pytest.importorskip("ray")
+    repo = Path(__file__).resolve().parents[1]
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(repo)}})
+    yield ray
+    ray.shutdown()

@@ -50,7 +50,7 @@ def find_weed() -> str | None:
     return None
 
 
-def _free_ports(n: int) -> list[int]:
+def free_ports(n: int) -> list[int]:
     # Hold every socket until all are chosen so the n ports differ from each other.
     socks = []
     try:
@@ -93,7 +93,7 @@ class SeaweedS3:
             self._own_dir = True
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
-        (master, master_g, volume, volume_g, filer, filer_g, s3, s3_g) = _free_ports(8)
+        (master, master_g, volume, volume_g, filer, filer_g, s3, s3_g) = free_ports(8)
         self.port = s3
         cmd = [
             weed, "server", "-s3", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",

@@ -13,17 +13,10 @@ import pytest
 
 from cluster import experiment
 from cluster.runtime import train
+from tests.procs import alive
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
 
 
 @pytest.mark.integration
@@ -60,9 +53,9 @@ def test_ray_run_launches_one_server_per_worker_and_leaves_none(tmp_path: Path, 
     pids = [int(p) for p in (tmp_path / "pids").read_text().split()]
     assert len(pids) == 4  # two servers, each with its child
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.1)
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if alive(p)] == []
     # Ray kills a dead worker's children (the servers) but not theirs: the watchdogs stopped those.
     for name in logs:
         assert "is gone; stopping the server" in (tmp_path / "logs" / name).read_text()

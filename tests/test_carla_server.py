@@ -23,23 +23,16 @@ from rollout_workers.carla_server import (
 )
 from rollout_workers.contract import SimulatorError
 from tests.fake_carla_server import probe
+from tests.procs import alive
 
 FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 @pytest.fixture
@@ -68,7 +61,7 @@ def test_start_probe_and_stop_kills_the_whole_group(cfg: ServerConfig, tmp_path:
         assert server.healthy() and probe(ep.host, ep.port, 1.0)
         assert os.getpgid(server.pid) == server.pid != os.getpgid(0)  # its own process group
         pids = _pids(tmp_path)
-        assert len(pids) == 2 and all(_alive(p) for p in pids)
+        assert len(pids) == 2 and all(alive(p) for p in pids)
     finally:
         server.stop()
     assert _wait_gone(pids) == []
@@ -99,7 +92,7 @@ def test_restart_after_hang(cfg: ServerConfig, tmp_path: Path) -> None:
         control.write_text("")
         server.ensure_healthy()
         assert server.pid != first and server.restarts == 1 and server.healthy()
-        assert not _alive(first)
+        assert not alive(first)
     assert _wait_gone(_pids(tmp_path)) == []
 
 

@@ -27,6 +27,7 @@ from rollout_workers.envs.carla_env import CarlaEnvConfig
 from rollout_workers.exploration import ExplorationConfig
 from rollout_workers.worker import RolloutWorker, WorkerConfig
 from tests.fake_carla_server import probe, server_pid
+from tests.procs import alive
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
@@ -35,19 +36,11 @@ ENV = CarlaEnvConfig(timeout_s=1.0, sensor_timeout_s=1.0, route_length_m=40.0, m
                      warmup_ticks=0)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
 def _wait_gone(pids: list[int], timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if alive(p)]
 
 
 def _fake_pids(tmp_path: Path) -> list[int]:
@@ -100,14 +93,14 @@ def test_worker_survives_a_server_crash_by_restarting_it(tmp_path: Path) -> None
     assert second.env_steps == 30 and second.env_failures == 1 and worker.total_failures == 1
     old, new = _fake_pids(tmp_path)
     assert session.server.restarts == 1 and session.server.pid == new
-    assert old == fake and not _alive(old) and _alive(new)
+    assert old == fake and not alive(old) and alive(new)
     assert session.server.endpoint.port == cfg.port_base  # restarted on the block it holds
     assert server_pid("127.0.0.1", cfg.port_base, 1.0) == new
     assert len(second.episodes) >= 1  # collection went on on the new server
 
     worker.close()  # the worker is done: its server is stopped once idle_stop_s passes
     assert _wait_gone([new, *group_members(new)], 5.0) == []
-    assert session.server.pid is None and not _alive(watchdog)
+    assert session.server.pid is None and not alive(watchdog)
 
 
 def test_worker_survives_a_hung_server(tmp_path: Path) -> None:
@@ -136,7 +129,7 @@ def test_simulator_error_from_a_server_that_still_answers_restarts_it(tmp_path: 
     SERVER_BACKED.worlds["127.0.0.1", cfg.port_base, fake].camera_deliveries = lambda frame: []
     report = worker.collect(20, lambda c: None)
     assert report.env_failures == 1 and report.env_steps == 20
-    assert worker.env.session.server.restarts == 1 and not _alive(fake)
+    assert worker.env.session.server.restarts == 1 and not alive(fake)
     worker.close()
 
 
@@ -171,7 +164,7 @@ def test_server_recycled_after_n_episodes(tmp_path: Path) -> None:
     assert server.restarts == expected >= 2
     pids = _fake_pids(tmp_path)
     assert len(pids) == expected + 1
-    assert [_alive(p) for p in pids] == [False] * expected + [True]
+    assert [alive(p) for p in pids] == [False] * expected + [True]
     worker.close()
 
 

@@ -20,15 +20,6 @@ from tests.test_runtime import REPO, make_cfg
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    yield ray
-    ray.shutdown()
-
-
 def train_in_thread(cfg) -> tuple[threading.Thread, dict]:
     out: dict = {}
 

@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_store.store import SnapshotStore
+from tests.procs import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -38,20 +39,6 @@ SMALL = ["run.collect_steps=50", "run.progress_every_s=5", "agent.batch_size=16"
          "learner.replay_ratio=0.25", "learner.snapshot_every=40", "learner.publish_every=10",
          "replay.capacity=5000", "embedded.max_episode_steps=100"]
 JOB_TIMEOUT_S = 300
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports nothing listens on now (the kernel picks them; all held until all are picked)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def free_range(size: int, avoid: set[int]) -> int:

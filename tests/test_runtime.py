@@ -64,15 +64,6 @@ def test_local_resume_continues_counters_and_keeps_the_replay(tmp_path):
     assert latest.manifest.learner_updates == second["learner_updates"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
-    yield ray
-    ray.shutdown()
-
-
 @pytest.mark.integration
 def test_ray_run_on_the_embedded_env_then_evaluate(tmp_path, ray_cluster):
     from cluster.evaluate import evaluate_snapshot

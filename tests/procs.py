@@ -1,0 +1,18 @@
+"""Process and port helpers shared by tests that start servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.s3_server import free_ports  # self-contained there: `fleet bench store` loads that file alone
+
+__all__ = ["alive", "free_ports"]
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not count: PID 1 here may never reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
