@@ -116,6 +116,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     progress.maybe_print(status, force=True)
     summary = {
         "run": cfg.run.name, "interrupted": interrupted, "env_steps": status.env_steps,
+        "collected_steps": max(status.collected, status.env_steps),
         "learner_updates": status.updates, "episodes": status.episodes,
         "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
         "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
@@ -321,6 +322,7 @@ class RayRun:
 
     def _update(self, status: Status, metrics: MetricsLog) -> None:
         import ray
+        from ray.exceptions import RayActorError
 
         stats = ray.get(self.learner.stats.remote())
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
@@ -330,8 +332,11 @@ class RayRun:
         status.collected = stats["collected_steps"]
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
-        writer = ray.get(self.writer.status.remote())
-        status.last_snapshot = writer.get("last_version") or "-"
+        try:
+            writer = ray.get(self.writer.status.remote(), timeout=30)
+        except RayActorError:  # the writer is being restarted: keep the last known version
+            return
+        status.last_snapshot = writer.get("last_version") or status.last_snapshot
 
     def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
         import ray
@@ -345,19 +350,32 @@ class RayRun:
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
         ray.get(self.learner.catch_up.remote(timeout_s=600))
-        manifest = ray.get(self.writer.wait.remote(600))
+        manifest = self._writer("wait", 600)
         result["version"] = manifest.version if manifest else "-"
         self._update(status, metrics)
         return result
+
+    def _writer(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
+        """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed)."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return ray.get(getattr(self.writer, method).remote(*args))
+            except RayActorError as exc:  # ActorUnavailableError included: restarting
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("checkpoint writer unavailable (%s); retrying", type(exc).__name__)
+                time.sleep(0.5)
 
     def evaluator(self, best_score: float) -> PeriodicEval:
         backend = RayEval(self.cfg) if self.cfg.eval.every_updates > 0 else InlineEval(None)
         return PeriodicEval(self.cfg, backend, self._tag_best, best_score)
 
     def _tag_best(self, version: str, score: float) -> None:
-        import ray
-
-        ray.get(self.writer.tag.remote(version, BEST_TAG))
+        self._writer("tag", version, BEST_TAG)
         self.learner.note_best_eval.remote(score)
 
     def close(self) -> None:

@@ -62,7 +62,11 @@ def test_killed_rollout_worker_is_restarted_and_the_run_finishes(tmp_path, ray_c
     assert "error" not in out, repr(out.get("error"))
     summary = out["summary"]
     assert summary["worker_restarts"] >= 1
-    assert summary["env_steps"] >= 3000
+    # The budget counts env steps collected; the killed worker's unsent steps (its open chunk and the
+    # chunks still in flight to the replay) died with it, so the replay may hold up to that many fewer.
+    assert summary["collected_steps"] >= 3000
+    lost_at_most = cfg.worker.chunk_steps * (1 + cfg.worker.max_in_flight)
+    assert summary["env_steps"] >= 3000 - lost_at_most
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # the killed worker's process is gone; a new one took its place
 
@@ -95,6 +99,22 @@ def test_checkpoint_actor_killed_during_saves_keeps_latest_loadable(tmp_path, ra
     assert final.manifest.version == out["summary"]["final_snapshot"]
     assert final.manifest.env_steps == out["summary"]["env_steps"]
     assert store.verify(final.manifest.version) == []
+
+
+def test_driver_calls_to_the_checkpoint_writer_wait_out_its_restarts(tmp_path, ray_cluster):
+    """A call right after a kill fails with ActorUnavailableError in Ray; the driver retries it."""
+    from checkpoint_store.writer import CheckpointWriter
+    from cluster.runtime import RayRun
+
+    ray = ray_cluster
+    cfg = make_cfg(tmp_path, **{"run.name": "wrestart"})
+    run = RayRun(cfg, None)
+    run.writer = ray.remote(num_cpus=0, max_restarts=-1)(CheckpointWriter).remote(cfg.store_uri(), cfg.retention)
+    assert run._writer("status")["last_version"] is None
+    for _ in range(4):
+        ray.kill(run.writer, no_restart=False)
+        assert run._writer("status")["in_flight"] is False
+    ray.kill(run.writer)
 
 
 def start_victim(tmp_path: Path, store_uri: str) -> subprocess.Popen:
