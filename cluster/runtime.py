@@ -28,6 +28,20 @@ from learner.replay import ReplayActor
 
 log = logging.getLogger(__name__)
 
+# Ray's GCS keeps an event record (about 2.5 KB) for each of the last N tasks, N = 100,000 by
+# default: a run's polling calls fill that in about half an hour, a 250 MB heap. Instances fleet
+# starts keep the last 20,000 (`ray list tasks` still shows minutes of history); cluster heads get
+# the same through RAY_task_events_max_num_task_in_gcs in cluster/*.yaml.
+RAY_SYSTEM_CONFIG = {"task_events_max_num_task_in_gcs": 20_000}
+
+
+def init_local_ray(num_cpus: int, resources: dict[str, float] | None = None, log_to_driver: bool = True) -> None:
+    """A one-node Ray instance for this process, without the dashboard."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, resources=resources or None, include_dashboard=False,
+             log_to_driver=log_to_driver, _system_config=RAY_SYSTEM_CONFIG)
+
 
 @dataclass(frozen=True)
 class Resume:
@@ -252,8 +266,7 @@ class RayRun:
                     check_carla_setup(cfg)
                 # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
                 custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
-                ray.init(num_cpus=max(os.cpu_count() or 1, needed), resources=custom or None,
-                         include_dashboard=False, log_to_driver=True)
+                init_local_ray(max(os.cpu_count() or 1, needed), custom)
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)

@@ -188,3 +188,20 @@ def test_evaluation_report_is_strict_json_with_integer_seeds():
     data = json.loads(report.to_json())  # Python's json accepts Infinity; allow_nan=False would raise
     assert data["collisions_per_km"] is None and data["episodes"][0]["seed"] == 7
     assert isinstance(data["episodes"][0]["seed"], int)
+
+
+def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
+    """Ray's default (100,000 task records, ~2.5 KB each) lets a run grow the GCS heap by ~250 MB."""
+    import subprocess
+    import sys
+
+    probe = ("import ray\n"
+             "from cluster.runtime import RAY_SYSTEM_CONFIG, init_local_ray\n"
+             "init_local_ray(1)\n"
+             "cap = ray.get(ray.remote(lambda: ray._config.task_events_max_num_task_in_gcs()).remote())\n"
+             "print(cap, RAY_SYSTEM_CONFIG['task_events_max_num_task_in_gcs'])\n"
+             "ray.shutdown()\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen, wanted = map(int, out.stdout.split()[-2:])
+    assert seen == wanted <= 20_000

@@ -74,7 +74,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
 
     from cluster import experiment
     from cluster.progress import MetricsLog, Status
-    from cluster.runtime import RayRun
+    from cluster.runtime import RayRun, init_local_ray
 
     base = {
         "run.name": "bench-rollout", "run.env": "embedded", "run.workers": workers,
@@ -85,7 +85,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         base.update({"run.runs_dir": tmp, "run.store": str(Path(tmp) / "store")})
         cfg = experiment.load(None, {**base, **overrides})
-        ray.init(num_cpus=max(os.cpu_count() or 1, workers + 1), include_dashboard=False, log_to_driver=False)
+        init_local_ray(max(os.cpu_count() or 1, workers + 1), log_to_driver=False)
         runner = RayRun(cfg, None)
         status, metrics = Status(total_env_steps=cfg.run.total_env_steps), MetricsLog(Path(tmp) / "metrics")
         try:
