@@ -45,38 +45,44 @@ def _as_tensor(leaf: Any) -> torch.Tensor:
 def encode(value: Any) -> tuple[bytes, bytes | None]:
     """(skeleton JSON bytes, safetensors bytes or None when the component holds no tensor)."""
     tensors: dict[str, torch.Tensor] = {}
-
-    def walk(v: Any, path: list[str]) -> Any:
-        where = ".".join(path) or "<root>"
-        if isinstance(v, (torch.Tensor, np.ndarray)):
-            key = where
-            n = 1
-            while key in tensors:  # keys containing dots could collide once joined
-                key, n = f"{where}#{n}", n + 1
-            tensors[key] = _as_tensor(v)
-            return {TENSOR: key}
-        if isinstance(v, dict):
-            if all(isinstance(k, str) for k in v):
-                if len(v) == 1 and next(iter(v)) in _TAGS:
-                    raise CodecError(f"{where}: a dict whose only key is {next(iter(v))!r} is reserved")
-                return {k: walk(x, [*path, k]) for k, x in v.items()}
-            for k in v:
-                if not isinstance(k, (str, int, float, bool)) and k is not None:
-                    raise CodecError(f"{where}: dict key {k!r} of type {type(k).__name__} cannot be stored")
-            return {ITEMS: [[k, walk(x, [*path, str(k)])] for k, x in v.items()]}
-        if isinstance(v, tuple):
-            return {TUPLE: [walk(x, [*path, str(i)]) for i, x in enumerate(v)]}
-        if isinstance(v, list):
-            return [walk(x, [*path, str(i)]) for i, x in enumerate(v)]
-        if isinstance(v, (bool, int, float, str)) or v is None:
-            return v
-        if isinstance(v, np.generic):
-            return v.item()
-        raise CodecError(f"{where}: cannot store a {type(v).__name__} (only tensors and JSON values)")
-
-    skeleton = walk(value, [])
+    skeleton = _encode_tree(value, [], tensors)
     skel = json.dumps(skeleton, sort_keys=False, separators=(",", ":"), allow_nan=True).encode()
-    return skel, (st_save(tensors) if tensors else None)
+    blob = st_save(tensors) if tensors else None
+    # The tensors may view Ray's shared memory (the writer's zero-copy `ray.get`): drop them now.
+    tensors.clear()
+    return skel, blob
+
+
+# Module-level recursion, not a nested closure: a closure that calls itself is a reference cycle,
+# and the cycle kept every tensor of the component -- pinned shared-memory objects in the
+# checkpoint writer -- alive until the next full garbage collection.
+def _encode_tree(v: Any, path: list[str], tensors: dict[str, torch.Tensor]) -> Any:
+    where = ".".join(path) or "<root>"
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        key = where
+        n = 1
+        while key in tensors:  # keys containing dots could collide once joined
+            key, n = f"{where}#{n}", n + 1
+        tensors[key] = _as_tensor(v)
+        return {TENSOR: key}
+    if isinstance(v, dict):
+        if all(isinstance(k, str) for k in v):
+            if len(v) == 1 and next(iter(v)) in _TAGS:
+                raise CodecError(f"{where}: a dict whose only key is {next(iter(v))!r} is reserved")
+            return {k: _encode_tree(x, [*path, k], tensors) for k, x in v.items()}
+        for k in v:
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                raise CodecError(f"{where}: dict key {k!r} of type {type(k).__name__} cannot be stored")
+        return {ITEMS: [[k, _encode_tree(x, [*path, str(k)], tensors)] for k, x in v.items()]}
+    if isinstance(v, tuple):
+        return {TUPLE: [_encode_tree(x, [*path, str(i)], tensors) for i, x in enumerate(v)]}
+    if isinstance(v, list):
+        return [_encode_tree(x, [*path, str(i)], tensors) for i, x in enumerate(v)]
+    if isinstance(v, (bool, int, float, str)) or v is None:
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    raise CodecError(f"{where}: cannot store a {type(v).__name__} (only tensors and JSON values)")
 
 
 def decode(skeleton: bytes, tensor_bytes: bytes | None) -> Any:
@@ -86,22 +92,22 @@ def decode(skeleton: bytes, tensor_bytes: bytes | None) -> Any:
         tensors = st_load(tensor_bytes) if tensor_bytes is not None else {}
     except (ValueError, SafetensorError) as exc:
         raise CodecError(f"stored component does not decode: {exc}") from exc
+    return _decode_tree(tree, tensors)
 
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            if len(v) == 1:
-                tag, inner = next(iter(v.items()))
-                if tag == TENSOR:
-                    if inner not in tensors:
-                        raise CodecError(f"skeleton names tensor {inner!r} missing from the tensor blob")
-                    return tensors[inner]
-                if tag == TUPLE:
-                    return tuple(walk(x) for x in inner)
-                if tag == ITEMS:
-                    return {k: walk(x) for k, x in inner}
-            return {k: walk(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
 
-    return walk(tree)
+def _decode_tree(v: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(v, dict):
+        if len(v) == 1:
+            tag, inner = next(iter(v.items()))
+            if tag == TENSOR:
+                if inner not in tensors:
+                    raise CodecError(f"skeleton names tensor {inner!r} missing from the tensor blob")
+                return tensors[inner]
+            if tag == TUPLE:
+                return tuple(_decode_tree(x, tensors) for x in inner)
+            if tag == ITEMS:
+                return {k: _decode_tree(x, tensors) for k, x in inner}
+        return {k: _decode_tree(x, tensors) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_decode_tree(x, tensors) for x in v]
+    return v
