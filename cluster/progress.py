@@ -14,9 +14,13 @@ import pyarrow.parquet as pq
 
 
 class MetricsLog:
-    """Scalars to TensorBoard at once, and to Parquet part files on flush (one row per record)."""
+    """Scalars to TensorBoard at once, and to Parquet part files (one row per record).
 
-    def __init__(self, run_dir: Path) -> None:
+    Rows are written out every `flush_rows` rows or `flush_s` seconds, so a long run holds a bounded
+    number in memory and a killed one loses at most that much.
+    """
+
+    def __init__(self, run_dir: Path, flush_rows: int = 5_000, flush_s: float = 300.0) -> None:
         from tensorboardX import SummaryWriter
 
         self.run_dir = run_dir
@@ -24,13 +28,18 @@ class MetricsLog:
         self.tb = SummaryWriter(str(run_dir / "tb"))
         self._rows: list[dict[str, Any]] = []
         self._parts = len(list((run_dir / "metrics").glob("part-*.parquet")))
+        self.flush_rows, self.flush_s = flush_rows, flush_s
+        self._flushed_at = time.monotonic()
 
     def record(self, kind: str, step: int, values: dict[str, float]) -> None:
         for key, value in values.items():
             self.tb.add_scalar(f"{kind}/{key}", value, step)
         self._rows.append({"time": time.time(), "kind": kind, "step": step, **values})
+        if len(self._rows) >= self.flush_rows or time.monotonic() - self._flushed_at >= self.flush_s:
+            self.flush()
 
     def flush(self) -> None:
+        self._flushed_at = time.monotonic()
         self.tb.flush()
         if not self._rows:
             return

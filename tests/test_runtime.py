@@ -205,3 +205,16 @@ def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
     assert out.returncode == 0, out.stderr[-2000:]
     seen, wanted = map(int, out.stdout.split()[-2:])
     assert seen == wanted <= 20_000
+
+
+def test_metrics_are_written_out_during_a_run_not_only_at_the_end(tmp_path):
+    from cluster.progress import MetricsLog, read_metrics
+
+    metrics = MetricsLog(tmp_path, flush_rows=10)
+    for step in range(25):
+        metrics.record("learner", step, {"critic_loss": float(step)})
+    # Two parts already on disk before close, five rows still in memory.
+    assert len(list((tmp_path / "metrics").glob("part-*.parquet"))) == 2
+    assert len(metrics._rows) == 5
+    metrics.close()
+    assert [r["step"] for r in read_metrics(tmp_path).to_pylist()] == list(range(25))
