@@ -59,3 +59,18 @@ def test_a_restarted_actor_is_a_new_series() -> None:
 
     assert [len(v) for v in per.values()] == [2, 1]
     assert list(per) == ["worker-0 (pid 10)", "worker-0 (pid 11)"]
+
+
+def test_one_transient_peak_is_not_a_trend_but_a_slow_leak_under_noise_is() -> None:
+    ts = _times()
+    # Flat at 420 MB with one sample, late in the run, taken during a 130 MB replay export.
+    peak = [547.0 if i == len(ts) - 3 else 420.0 for i in range(len(ts))]
+    # 30 MB/h under +-3 MB of noise.
+    leak = [400 + 30 * t / 3600 + 3 * math.sin(t / 50) for t in ts]
+
+    p = trend(ts, peak, 0, ts[-1])
+    lk = trend(ts, leak, 0, ts[-1])
+
+    assert p.ls_slope_mb_per_h > p.threshold_mb_per_h  # least squares alone would call it growth
+    assert p.slope_mb_per_h == 0 and p.verdict == "flat"
+    assert lk.verdict == "GROWS" and lk.slope_mb_per_h == pytest.approx(30, rel=0.1)
