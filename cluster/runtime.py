@@ -335,7 +335,7 @@ class RayRun:
 
     def _update(self, status: Status, metrics: MetricsLog) -> None:
         import ray
-        from ray.exceptions import RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError
 
         stats = ray.get(self.learner.stats.remote())
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
@@ -347,7 +347,7 @@ class RayRun:
             metrics.record("learner", status.updates, stats["metrics"])
         try:
             writer = ray.get(self.writer.status.remote(), timeout=30)
-        except RayActorError:  # the writer is being restarted: keep the last known version
+        except (RayActorError, GetTimeoutError):  # the writer is restarting: keep the last known version
             return
         status.last_snapshot = writer.get("last_version") or status.last_snapshot
 
@@ -362,9 +362,19 @@ class RayRun:
         ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
-        ray.get(self.learner.catch_up.remote(timeout_s=600))
-        manifest = self._writer("wait", 600)
-        result["version"] = manifest.version if manifest else "-"
+        final = ray.get(self.learner.catch_up.remote(timeout_s=600))["learner_updates"]
+        for _ in range(3):
+            manifest = self._writer("wait", 600)
+            if manifest is not None and manifest.learner_updates >= final:
+                break
+            # A writer restarted during the final save (or a save timed out): nothing of it was kept,
+            # so the learner submits the final snapshot again (catch_up has no updates left to do).
+            log.warning("final snapshot not in the store (writer has %s); submitting it again",
+                        manifest.version if manifest else "nothing")
+            ray.get(self.learner.catch_up.remote(timeout_s=600))
+        else:
+            raise RuntimeError(f"the final snapshot ({final} updates) was not saved by the checkpoint writer")
+        result["version"] = manifest.version
         self._update(status, metrics)
         return result
 
@@ -374,13 +384,17 @@ class RayRun:
         from ray.exceptions import RayActorError
 
         deadline = time.monotonic() + patience_s
+        warned = False
         while True:
             try:
                 return ray.get(getattr(self.writer, method).remote(*args))
             except RayActorError as exc:  # ActorUnavailableError included: restarting
                 if time.monotonic() > deadline:
                     raise
-                log.warning("checkpoint writer unavailable (%s); retrying", type(exc).__name__)
+                if not warned:
+                    log.warning("checkpoint writer unavailable (%s); retrying for up to %.0f s",
+                                type(exc).__name__, patience_s)
+                    warned = True
                 time.sleep(0.5)
 
     def evaluator(self, best_score: float) -> PeriodicEval:

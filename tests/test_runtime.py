@@ -190,6 +190,7 @@ def test_evaluation_report_is_strict_json_with_integer_seeds():
     assert isinstance(data["episodes"][0]["seed"], int)
 
 
+@pytest.mark.integration
 def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
     """Ray's default (100,000 task records, ~2.5 KB each) lets a run grow the GCS heap by ~250 MB."""
     import subprocess

@@ -110,10 +110,12 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
             updates = status.updates
             # No runner.finish(): with pacing lifted the learner owes thousands of updates, and its
             # catch-up (up to 10 minutes) measures nothing. The workers' loops end first, so that
-            # close() below kills no running call (Ray would print that on stdout, into the JSON).
+            # close() below kills no running loop (Ray would print that on stdout, into the JSON).
             for w in runner.workers:
                 w.stop.remote()
             ray.wait(list(runner._runs), num_returns=len(runner._runs), timeout=60)
+            runner.learner.stop.remote()
+            ray.wait([runner.learner_run], timeout=120)
         finally:
             runner.close()
             metrics.close()
