@@ -29,6 +29,8 @@ class NetworkConfig:
     """Width of the actor and critic MLP layers."""
     action_dim: int = 2
     """Steer and throttle/brake."""
+    feature_norm: bool = False
+    """Layer-normalise each CNN's 512 features (no parameters, so the seed's keys are unchanged)."""
 
     @property
     def vector_dim(self) -> int:
@@ -48,8 +50,9 @@ class NatureCNN(nn.Module):
     (features.0, features.3, features.6) so its checkpoints load unchanged.
     """
 
-    def __init__(self, in_channels: int = 4, feature_dim: int = 512) -> None:
+    def __init__(self, in_channels: int = 4, feature_dim: int = 512, norm: bool = False) -> None:
         super().__init__()
+        self.norm = norm
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 32, kernel_size=8, stride=4),
             nn.ReLU(),
@@ -65,7 +68,10 @@ class NatureCNN(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
-        return torch.relu(self.fc(self.features(x)))
+        h = self.fc(self.features(x))
+        if self.norm:
+            h = nn.functional.layer_norm(h, h.shape[-1:])
+        return torch.relu(h)
 
 
 class Actor(nn.Module):
@@ -75,11 +81,15 @@ class Actor(nn.Module):
         self.fc2 = nn.Linear(hidden, hidden)
         self.fc3 = nn.Linear(hidden, action_dim)
 
-    def forward(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    def preact(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        """The action before its tanh squashing (what a saturation penalty looks at)."""
         x = torch.cat([features, vector], dim=-1)
         x = torch.relu(self.fc1(x))
         x = torch.relu(self.fc2(x))
-        return torch.tanh(self.fc3(x))
+        return self.fc3(x)
+
+    def forward(self, features: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.preact(features, vector))
 
 
 class QHead(nn.Module):
@@ -115,8 +125,8 @@ class Critic(nn.Module):
 def build_networks(cfg: NetworkConfig) -> dict[str, nn.Module]:
     """The four online networks, by their checkpoint names."""
     return {
-        "actor_cnn": NatureCNN(cfg.frames, cfg.feature_dim),
-        "critic_cnn": NatureCNN(cfg.frames, cfg.feature_dim),
+        "actor_cnn": NatureCNN(cfg.frames, cfg.feature_dim, cfg.feature_norm),
+        "critic_cnn": NatureCNN(cfg.frames, cfg.feature_dim, cfg.feature_norm),
         "actor": Actor(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
         "critic": Critic(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
     }
@@ -152,7 +162,7 @@ class Policy(nn.Module):
         self,
         image: np.ndarray,
         vector: np.ndarray,
-        noise_std: float = 0.0,
+        noise_std: float | np.ndarray = 0.0,
         rng: np.random.Generator | None = None,
     ) -> np.ndarray:
         """Actions in [-1, 1] for one observation (returns (2,)) or a batch (returns (N, 2))."""
@@ -164,7 +174,7 @@ def act_with(
     actor: nn.Module,
     image: np.ndarray,
     vector: np.ndarray,
-    noise_std: float,
+    noise_std: float | np.ndarray,
     rng: np.random.Generator | None,
 ) -> np.ndarray:
     single = np.ndim(image) == 3
@@ -176,7 +186,7 @@ def act_with(
     )
     with torch.no_grad():
         action = actor(cnn(img), vec).float().cpu().numpy()
-    if noise_std > 0.0:
+    if np.any(np.asarray(noise_std) > 0.0):  # a scalar, or one std per action dimension
         if rng is None:
             raise ValueError("exploration noise needs an explicit numpy Generator (rng=...)")
         action = action + rng.normal(0.0, noise_std, size=action.shape).astype(np.float32)

@@ -43,6 +43,8 @@ class TD3Config:
     """Max global grad norm of actor + actor CNN (null disables)."""
     critic_grad_clip: float | None = 10.0
     """Max global grad norm of critic + critic CNN (null disables)."""
+    actor_preact_penalty: float = 1e-3
+    """Weight of mean(pre-tanh action^2) in the actor loss: keeps the tanh out of saturation."""
     seed: int = 0
     """Seed of network initialisation and of the agent's noise generators."""
     device: str = "auto"
@@ -151,8 +153,12 @@ class TD3Agent:
     def update_actor(self, b: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             critic_features = self.critic_cnn(b.image)
-        action = self.actor(self.actor_cnn(b.image), b.vector)
-        loss = -self.critic.q1(critic_features, b.vector, action).mean()
+        pre = self.actor.preact(self.actor_cnn(b.image), b.vector)
+        q = self.critic.q1(critic_features, b.vector, torch.tanh(pre))
+        # A saturated tanh passes no gradient: without the penalty one push of an untrained critic
+        # can pin the actor at a corner of the action box for good.
+        penalty = (pre ** 2).mean()
+        loss = -q.mean() + self.cfg.actor_preact_penalty * penalty
         params = [*self.actor_cnn.parameters(), *self.actor.parameters()]
         self.actor_optimizer.zero_grad(set_to_none=True)
         self.actor_cnn_optimizer.zero_grad(set_to_none=True)
@@ -162,7 +168,8 @@ class TD3Agent:
         self.actor_cnn_optimizer.step()
         # The actor loss also left gradients on the critic; they must not leak into its next step.
         self.critic.zero_grad(set_to_none=True)
-        return {"actor_loss": loss.detach(), "actor_grad_norm": norm.detach()}
+        return {"actor_loss": loss.detach(), "actor_grad_norm": norm.detach(), "actor_q": q.detach().mean(),
+                "actor_preact_sq": penalty.detach()}
 
     # Targets: Polyak average of all four networks, the CNNs included.
     def update_targets(self) -> None:
@@ -179,7 +186,7 @@ class TD3Agent:
             self.update_targets()
         return metrics
 
-    def act(self, image: np.ndarray, vector: np.ndarray, noise_std: float = 0.0,
+    def act(self, image: np.ndarray, vector: np.ndarray, noise_std: float | np.ndarray = 0.0,
             rng: np.random.Generator | None = None) -> np.ndarray:
         """Actions for one observation (2,) or a batch (N, 2), with optional Gaussian noise."""
         return act_with(self.actor_cnn, self.actor, image, vector, noise_std, rng or self.act_rng)

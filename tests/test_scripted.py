@@ -98,12 +98,27 @@ def test_warmup_drives_the_car_where_uniform_actions_do_not():
 
 
 def test_noise_schedule_decays_linearly_then_holds():
-    cfg = ExplorationConfig(noise_std_initial=0.4, noise_std_final=0.1, noise_decay_steps=1000)
-    assert noise_std(cfg, 0) == pytest.approx(0.4)
-    assert noise_std(cfg, 500) == pytest.approx(0.25)
-    assert noise_std(cfg, 1000) == pytest.approx(0.1)
-    assert noise_std(cfg, 10**9) == pytest.approx(0.1)
-    assert noise_std(ExplorationConfig(noise_decay_steps=0, noise_std_final=0.05), 0) == pytest.approx(0.05)
+    cfg = ExplorationConfig(noise_std_initial=0.4, noise_std_final=0.1, noise_decay_steps=1000,
+                            noise_scale=(0.5, 1.0))
+    assert noise_std(cfg, 0) == pytest.approx([0.2, 0.4])
+    assert noise_std(cfg, 500) == pytest.approx([0.125, 0.25])
+    assert noise_std(cfg, 1000) == pytest.approx([0.05, 0.1])
+    assert noise_std(cfg, 10**9) == pytest.approx([0.05, 0.1])
+    flat = ExplorationConfig(noise_decay_steps=0, noise_std_final=0.05, noise_scale=(1.0, 1.0))
+    assert noise_std(flat, 0) == pytest.approx([0.05, 0.05])
+
+
+def test_default_steer_noise_keeps_the_scripted_driver_on_the_road():
+    """Exploration noise on steer accumulates into lateral drift: the default must leave a good driver
+    on the road, or no episode ever shows what driving the route is worth."""
+    from rollout_workers.envs.embedded import make_env
+
+    cfg, driver = ExplorationConfig(), ScriptedDriver.for_env()
+    for std, completes in ((noise_std(cfg, 0), True), (np.float32([0.3, 0.3]), False)):
+        rng = np.random.default_rng(0)
+        noisy = lambda obs: np.clip(driver.act(obs) + rng.normal(0, std).astype(np.float32), -1, 1)  # noqa: B023,E731
+        eps = run_episodes(lambda s: make_env(seed=s), noisy, range(100, 104))
+        assert bool(np.mean([e["route_completion"] for e in eps]) > 0.9) is completes, std
 
 
 def test_exploration_config_rejects_a_backwards_throttle_range():

@@ -246,3 +246,42 @@ def test_critic_gradients_are_clipped_to_the_configured_norm():
     assert m["critic_grad_norm"] > 1e-3
     assert total <= 1e-3 * 1.001 or total == 0
     assert changed(before, a.critic)
+
+
+def saturated_agent(penalty: float) -> TD3Agent:
+    """An agent whose actor sits deep in tanh saturation, the state the seed's runs ended in."""
+    a = agent(policy_freq=1, actor_preact_penalty=penalty, actor_grad_clip=None)
+    with torch.no_grad():
+        a.actor.fc3.bias.fill_(-50.0)  # pre-tanh about -50: full left, full brake
+    return a
+
+
+def test_a_saturated_actor_gets_no_gradient_without_the_preact_penalty():
+    a = saturated_agent(0.0)
+    a.update(make_batch(0))
+    assert a.actor.fc3.bias.grad is None or a.actor.fc3.bias.grad.abs().max() < 1e-12
+
+
+def test_the_preact_penalty_pulls_a_saturated_actor_back():
+    a = saturated_agent(1e-3)
+    b = make_batch(0)
+    before = a.actor.preact(a.actor_cnn(b.image), b.vector).detach()
+    for i in range(20):
+        m = a.update(make_batch(i))
+    after = a.actor.preact(a.actor_cnn(b.image), b.vector).detach()
+    assert (after > before + 1e-3).all()  # every pre-tanh output moved back toward zero
+    assert m["actor_preact_sq"] > 0
+
+
+def test_feature_norm_adds_no_state_keys_and_normalises_features():
+    plain, normed = TD3Agent(TD3Config(device="cpu")), TD3Agent(TD3Config(device="cpu"),
+                                                                NetworkConfig(feature_norm=True))
+    assert plain.state().keys() == normed.state().keys()
+    for name in NETWORKS:
+        assert getattr(plain, name).state_dict().keys() == getattr(normed, name).state_dict().keys()
+    normed.load_state(plain.state())  # a checkpoint of either kind loads into the other
+    img = make_batch(0).image
+    cnn = normed.actor_cnn
+    pre = torch.nn.functional.layer_norm(cnn.fc(cnn.features(img.float() / 255)), (512,))
+    torch.testing.assert_close(cnn(img), torch.relu(pre))
+    assert abs(pre.mean().item()) < 1e-5 and abs(pre.std(unbiased=False).item() - 1) < 2e-2
