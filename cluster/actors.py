@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import ray
+import torch
 
 from checkpoint_store.writer import submit_snapshot
 from cluster.config import to_dict
@@ -93,6 +94,8 @@ class LearnerActor:
         self.cfg = cfg
         self.replay = replay
         self.writer = writer
+        # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): a CPU update would use one core.
+        torch.set_num_threads(cfg.learner.threads())
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
         self.learner.snapshot_copies = False  # submit_snapshot's ray.put is the one copy
         if restore is not None:

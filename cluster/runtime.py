@@ -204,6 +204,12 @@ class LocalRun:
         self.writer.submit(snapshot_state(state), meta, files)
 
     def poll(self, status: Status, metrics: MetricsLog) -> None:
+        import torch
+
+        # One process: workers and evaluators set their own (single) thread count on construction;
+        # the learner's updates, which bound the run, get theirs back here.
+        if torch.get_num_threads() != self.cfg.learner.threads():
+            torch.set_num_threads(self.cfg.learner.threads())
         for w in self.workers:
             report = w.collect(self.cfg.run.collect_steps, self._chunks.append, self.learner.weights_if_newer)
             _absorb_reports([report], status, metrics, self._returns)

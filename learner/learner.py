@@ -9,6 +9,7 @@ callables wired in `cluster/runtime.py`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -40,18 +41,29 @@ class LearnerConfig:
     """Updates between weight publications to the workers."""
     snapshot_every: int = 1_000
     """Updates between snapshots (0 disables periodic snapshots)."""
+    snapshot_every_s: float = 0.0
+    """Also snapshot when this many seconds have passed since the last one (0: by updates only)."""
     log_every: int = 20
     """Updates between metric reports (the only place metrics are turned into floats)."""
     updates_per_call: int = 8
     """Updates done per `step()` call before new data is pulled again."""
     save_replay: bool = True
     """Store the replay (incrementally, as Arrow segments) with each snapshot so a resume keeps it."""
+    torch_threads: int = 0
+    """Intra-op threads of the learner's CPU math; 0: every core of its machine. On a CPU the update
+    bounds the run and paced workers mostly wait for it (Ray would otherwise give the actor one thread)."""
 
     def __post_init__(self) -> None:
         if self.replay_ratio <= 0:
             raise ValueError("replay_ratio must be > 0")
         if self.learning_starts < 0 or self.publish_every < 1 or self.log_every < 1:
             raise ValueError("learning_starts must be >= 0; publish_every and log_every >= 1")
+        if self.torch_threads < 0:
+            raise ValueError("torch_threads must be >= 0 (0: every core)")
+
+    def threads(self) -> int:
+        """The intra-op thread count the learner runs its updates with."""
+        return self.torch_threads or os.cpu_count() or 1
 
 
 class Learner:
@@ -78,6 +90,7 @@ class Learner:
         self._started = time.monotonic()
         self._updates_at_start = 0
         self.last_snapshot_update = -1
+        self._snapshot_at = time.monotonic()
         self.snapshot_copies = True
         """False when the sink copies at once (ray.put): the learner then blocks only for that copy."""
 
@@ -116,9 +129,14 @@ class Learner:
                 self._record(metrics)
             if self.updates % self.cfg.publish_every == 0 or self.policy_version == 0:
                 self.publish()
-            if sink and self.cfg.snapshot_every and self.updates % self.cfg.snapshot_every == 0:
+            if sink and self._snapshot_due():
                 self.snapshot(sink)
         return n
+
+    def _snapshot_due(self) -> bool:
+        every, every_s = self.cfg.snapshot_every, self.cfg.snapshot_every_s
+        return bool((every and self.updates % every == 0)
+                    or (every_s and time.monotonic() - self._snapshot_at >= every_s))
 
     def _record(self, metrics: dict[str, torch.Tensor]) -> None:
         values = {k: float(v.item()) for k, v in metrics.items()}
@@ -157,6 +175,7 @@ class Learner:
                             "best_eval": self.best_eval}
         sink(state, self.meta())
         self.last_snapshot_update = self.updates
+        self._snapshot_at = time.monotonic()
 
     def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:
         """Continue from a snapshot: agent parts strictly, the learner's counters, and the replay if saved."""

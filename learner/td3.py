@@ -154,7 +154,9 @@ class TD3Agent:
         with torch.no_grad():
             critic_features = self.critic_cnn(b.image)
         pre = self.actor.preact(self.actor_cnn(b.image), b.vector)
-        q = self.critic.q1(critic_features, b.vector, torch.tanh(pre))
+        action = torch.tanh(pre)
+        action.retain_grad()  # d(loss)/d(action) = -dQ/da / B: the critic's pull on each action, for free
+        q = self.critic.q1(critic_features, b.vector, action)
         # A saturated tanh passes no gradient: without the penalty one push of an untrained critic
         # can pin the actor at a corner of the action box for good.
         penalty = (pre ** 2).mean()
@@ -168,8 +170,11 @@ class TD3Agent:
         self.actor_cnn_optimizer.step()
         # The actor loss also left gradients on the critic; they must not leak into its next step.
         self.critic.zero_grad(set_to_none=True)
+        dq_da = -action.grad.mean(0) * action.shape[0]
         return {"actor_loss": loss.detach(), "actor_grad_norm": norm.detach(), "actor_q": q.detach().mean(),
-                "actor_preact_sq": penalty.detach()}
+                "actor_preact_sq": penalty.detach(), "actor_saturated": (pre.detach().abs() > 3).float().mean(),
+                "policy_steer": action.detach()[:, 0].mean(), "policy_throttle": action.detach()[:, 1].mean(),
+                "dq_dsteer": dq_da[0], "dq_dthrottle": dq_da[1]}
 
     # Targets: Polyak average of all four networks, the CNNs included.
     def update_targets(self) -> None:

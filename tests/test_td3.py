@@ -285,3 +285,20 @@ def test_feature_norm_adds_no_state_keys_and_normalises_features():
     pre = torch.nn.functional.layer_norm(cnn.fc(cnn.features(img.float() / 255)), (512,))
     torch.testing.assert_close(cnn(img), torch.relu(pre))
     assert abs(pre.mean().item()) < 1e-5 and abs(pre.std(unbiased=False).item() - 1) < 2e-2
+
+
+def test_actor_metrics_report_the_critics_action_gradient():
+    b = make_batch(3)
+    a = agent(policy_freq=1, actor_preact_penalty=0.0)
+    m = a.update(b)
+    # The actor step sees the critic after its own step: replay that critic step on a twin.
+    ref = agent(policy_freq=1, actor_preact_penalty=0.0)
+    ref.update_critic(b)
+    with torch.no_grad():
+        action = ref.actor(ref.actor_cnn(b.image), b.vector)
+        features = ref.critic_cnn(b.image)
+    probe = action.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(ref.critic.q1(features, b.vector, probe).sum(), probe)
+    torch.testing.assert_close(torch.stack([m["dq_dsteer"], m["dq_dthrottle"]]), grad.mean(0), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(m["policy_throttle"], action[:, 1].mean())
+    assert 0.0 <= m["actor_saturated"] <= 1.0

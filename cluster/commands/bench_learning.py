@@ -1,0 +1,84 @@
+"""`fleet bench learning`: wall time to a driving agent, ours (Ray runtime) against SB3 TD3."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+from cluster.cli import Commands, UserError
+
+
+def register(cli: Commands) -> None:
+    p = cli.bench("learning", "train ours (Ray runtime) and baselines for the same wall time; curves "
+                  "of the deterministic policy on held-out episodes, time to a driving level", run)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per system (0 .. N-1)")
+    p.add_argument("--minutes", type=float, default=45.0, help="training wall time per system and seed")
+    p.add_argument("--eval-every", type=float, default=5.0, metavar="MIN",
+                   help="minutes of training between the evaluated policies")
+    p.add_argument("--episodes", type=int, default=20, help="held-out evaluation episodes per point")
+    p.add_argument("--baselines", default="sb3", help="comma-separated baselines: 'sb3' or 'none'")
+    p.add_argument("--config", help="experiment YAML (default: the packaged default)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for every system (e.g. agent.batch_size=32)")
+    p.add_argument("--out", help="output folder (default: runs/bench-learning-<time>)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cluster import experiment
+    from cluster import learning_bench as lb
+    from cluster.commands.train import overrides
+
+    if args.seeds < 1 or args.minutes <= 0 or args.eval_every <= 0 or args.episodes < 1:
+        raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
+    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
+    unknown = sorted(set(baselines) - {"sb3"})
+    if unknown:
+        raise UserError(f"--baselines: unknown {unknown}; known: sb3, none")
+    if "sb3" in baselines and (why := lb.sb3_available()):
+        raise UserError(why)
+    args.env = args.workers = args.steps = args.store = args.name = None
+    cfg = experiment.load(args.config, overrides(args))
+    if cfg.run.env != "embedded":
+        raise UserError("fleet bench learning runs on the embedded simulator (run.env = embedded)")
+    out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
+    seeds = lb.eval_seeds(cfg, args.episodes)
+    lb.say(f"scripted reference on {len(seeds)} held-out episodes")
+    reference = lb.scripted_reference(cfg, seeds)
+    level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
+    meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
+            "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    curves = []
+    for seed in range(args.seeds):
+        curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
+        curves.append(lb.finish_curve(curve, level))
+        if "sb3" in baselines:
+            curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes)
+            curves.append(lb.finish_curve(curve, level))
+        lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
+    result = lb.report(curves, reference, meta, out)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print((out / "learning.md").read_text())
+        print(f"written: {out / 'learning.json'}, {out / 'learning.md'}, {out / 'learning.png'}")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    out = [f"--seeds {args.seeds}", f"--minutes {args.minutes:g}", f"--eval-every {args.eval_every:g}",
+           f"--episodes {args.episodes}", f"--baselines {args.baselines}"]
+    out += [f"--set {s}" for s in args.set]
+    return out
+
+
+def _machine() -> str:
+    import torch
+
+    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}, CPU")

@@ -1,0 +1,294 @@
+"""The learning benchmark: does the agent learn to drive, how fast in wall time, against SB3's TD3.
+
+Each system trains for the same wall-clock budget on the same machine, one after another:
+- ours through the real runtime (`cluster.runtime.train`, Ray actors as `fleet train` runs them),
+  snapshotting every `interval` seconds of training;
+- Stable-Baselines3 TD3 (`MultiInputPolicy`) configured as the seed agent (separate Nature CNNs of
+  512 features, net_arch [256, 256]) with our batch size, replay ratio, learning rate, warm-up length
+  and exploration noise: what a user would pick instead for single-process TD3.
+
+After training, the policy each system had at every mark (interval, 2 x interval, ... minutes of
+training wall time) is driven deterministically on the same held-out evaluation seeds, outside the
+timed training, so evaluation never takes CPU from either system while it trains.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cluster.experiment import ExperimentConfig
+
+log = logging.getLogger(__name__)
+
+LEVEL_COMPLETION = 0.9
+"""Route completion the deterministic policy must reach ..."""
+LEVEL_RETURN_FRACTION = 0.8
+"""... with at least this fraction of the scripted reference's mean return."""
+
+
+@dataclass
+class Point:
+    """One evaluation of one system's policy at one wall-clock mark."""
+
+    minutes: float
+    env_steps: int
+    updates: int
+    route_completion: float
+    driving_score: float
+    mean_return: float
+    mean_speed: float
+    off_road_rate: float
+    collision_rate: float
+
+
+@dataclass
+class Curve:
+    system: str
+    seed: int
+    points: list[Point] = field(default_factory=list)
+    minutes_to_level: float | None = None
+    note: str = ""
+
+
+def say(msg: str) -> None:
+    print(f"[bench learning {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def eval_seeds(cfg: ExperimentConfig, episodes: int) -> list[int]:
+    return [cfg.eval.seed + i for i in range(episodes)]
+
+
+def summarize_point(minutes: float, env_steps: int, updates: int, episodes: list[dict[str, float]]) -> Point:
+    from rollout_workers.evaluation import driving_score
+
+    def mean(key: str) -> float:
+        return float(np.mean([e[key] for e in episodes]))
+
+    return Point(minutes=round(minutes, 2), env_steps=int(env_steps), updates=int(updates),
+                 route_completion=mean("route_completion"),
+                 driving_score=float(np.mean([driving_score(e) for e in episodes])),
+                 mean_return=mean("return"), mean_speed=mean("mean_speed"),
+                 off_road_rate=mean("off_road"), collision_rate=mean("collision"))
+
+
+def reached(p: Point, level_return: float) -> bool:
+    return p.route_completion >= LEVEL_COMPLETION and p.mean_return >= level_return
+
+
+def scripted_reference(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, float]:
+    from cluster.envs import make_factory
+    from rollout_workers.scripted import ScriptedDriver, run_episodes
+
+    eps = run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded), seeds)
+    return {"mean_return": float(np.mean([e["return"] for e in eps])),
+            "route_completion": float(np.mean([e["route_completion"] for e in eps])),
+            "mean_speed": float(np.mean([e["mean_speed"] for e in eps]))}
+
+
+def marks(minutes: float, interval_min: float) -> list[float]:
+    n = max(int(round(minutes / interval_min)), 1)
+    return [round(interval_min * (i + 1), 4) for i in range(n)]
+
+
+def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, out: Path,
+               episodes: int) -> Curve:
+    """Train through the Ray runtime for `minutes`, then evaluate the snapshot held at each mark."""
+    from checkpoint_store.retention import RetentionPolicy
+    from checkpoint_store.store import SnapshotStore
+    from cluster.envs import make_factory
+    from cluster.runtime import train
+    from learner.networks import POLICY_COMPONENTS
+    from rollout_workers.evaluation import EvaluationWorker
+
+    run_cfg = replace(
+        cfg,
+        run=replace(cfg.run, name=f"ours-seed{seed}", runs_dir=str(out), seed=seed, max_minutes=minutes,
+                    total_env_steps=10**9, store=""),
+        # Snapshots at a finer grain than the marks, every one kept, no replay in them (not needed here).
+        learner=replace(cfg.learner, snapshot_every=0, snapshot_every_s=min(60.0, 60 * interval_min / 2),
+                        save_replay=False),
+        retention=RetentionPolicy(keep_last=100_000),
+        eval=replace(cfg.eval, every_updates=0),
+    )
+    say(f"ours, seed {seed}: training {minutes:g} min with the Ray runtime ({run_cfg.run.workers} workers)")
+    started = time.time()
+    summary = train(run_cfg, quiet=True)
+    say(f"ours, seed {seed}: {summary['env_steps']:,} env steps, {summary['learner_updates']:,} updates; "
+        "evaluating its snapshots")
+    store = SnapshotStore(run_cfg.store_uri())
+    manifests = sorted(store.list(), key=lambda m: m.created)
+    worker = EvaluationWorker(make_factory(run_cfg, 0), run_cfg.network)
+    curve = Curve("ours", seed)
+    for mark in marks(minutes, interval_min):
+        held = [m for m in manifests if m.created - started <= 60 * mark]
+        if not held:
+            continue
+        m = held[-1]
+        snap = store.get(m.version, components=list(POLICY_COMPONENTS))
+        worker.load({name: snap.state[name] for name in POLICY_COMPONENTS})
+        eps = worker.run(eval_seeds(cfg, episodes))
+        curve.points.append(summarize_point(mark, m.env_steps, m.learner_updates, eps))
+        say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+    return curve
+
+
+def sb3_available() -> str | None:
+    """None when Stable-Baselines3 can be imported, else why not."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError as exc:
+        return f"stable-baselines3 is not installed ({exc}); install it with: pip install -e '.[bench]'"
+    return None
+
+
+def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int) -> Curve:
+    """Stable-Baselines3 TD3 on the same env, configured as the seed agent, for `minutes` of wall time."""
+    import torch
+    from stable_baselines3 import TD3
+    from stable_baselines3.common.callbacks import BaseCallback
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from cluster.envs import make_factory
+    from rollout_workers.exploration import noise_std
+    from rollout_workers.scripted import run_episodes
+
+    factory = make_factory(cfg, 0)
+    t, ag = cfg.learner, cfg.agent
+    # One gradient step every 1/ratio env steps: SB3's train_freq is in whole steps.
+    every = max(int(round(1 / t.replay_ratio)), 1)
+    steps_per = max(int(round(t.replay_ratio)), 1)
+    model = TD3(
+        "MultiInputPolicy", factory(seed), seed=seed, device="cpu", verbose=0,
+        learning_rate=ag.actor_lr, batch_size=ag.batch_size, learning_starts=t.learning_starts,
+        buffer_size=min(cfg.replay.capacity, 200_000), train_freq=(every, "step"), gradient_steps=steps_per,
+        gamma=ag.gamma, tau=ag.tau, policy_delay=ag.policy_freq, target_policy_noise=ag.policy_noise,
+        target_noise_clip=ag.noise_clip,
+        action_noise=NormalActionNoise(np.zeros(2), noise_std(cfg.exploration, 0).astype(np.float64)),
+        policy_kwargs={"net_arch": [256, 256], "share_features_extractor": False,
+                       "features_extractor_kwargs": {"cnn_output_dim": cfg.network.feature_dim}},
+    )
+    todo = marks(minutes, interval_min)
+    held: list[tuple[float, int, int, dict[str, torch.Tensor]]] = []
+    started = time.monotonic()
+
+    class Marks(BaseCallback):
+        def _on_step(self) -> bool:
+            elapsed = (time.monotonic() - started) / 60
+            while todo and elapsed >= todo[0]:
+                state = {k: v.detach().clone() for k, v in self.model.actor.state_dict().items()}
+                held.append((todo.pop(0), self.model.num_timesteps, self.model._n_updates, state))
+            return bool(todo)
+
+    say(f"sb3, seed {seed}: training {minutes:g} min (TD3 MultiInputPolicy, batch {ag.batch_size}, "
+        f"{steps_per} update every {every} env steps)")
+    model.learn(total_timesteps=10**9, callback=Marks())
+    curve = Curve("sb3", seed)
+    for mark, steps, updates, state in held:
+        model.actor.load_state_dict(state)
+        eps = run_episodes(factory, lambda obs: model.predict(obs, deterministic=True)[0],
+                           eval_seeds(cfg, episodes))
+        curve.points.append(summarize_point(mark, steps, updates, eps))
+        say(f"sb3, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+    return curve
+
+
+def _brief(p: Point) -> str:
+    return (f"completion {p.route_completion:.2f}, return {p.mean_return:.1f}, speed {p.mean_speed:.1f} m/s, "
+            f"{p.env_steps:,} env steps, {p.updates:,} updates")
+
+
+def finish_curve(curve: Curve, level_return: float) -> Curve:
+    hit = [p.minutes for p in curve.points if reached(p, level_return)]
+    curve.minutes_to_level = hit[0] if hit else None
+    return curve
+
+
+def report(curves: list[Curve], reference: dict[str, float], meta: dict[str, Any], out: Path) -> dict[str, Any]:
+    level_return = LEVEL_RETURN_FRACTION * reference["mean_return"]
+    systems: dict[str, Any] = {}
+    for name in sorted({c.system for c in curves}):
+        cs = [c for c in curves if c.system == name]
+        times = [c.minutes_to_level for c in cs]
+        best = max((p for c in cs for p in c.points), key=lambda p: (p.route_completion, p.mean_return),
+                   default=None)
+        systems[name] = {
+            "seeds_reaching_level": sum(t is not None for t in times),
+            "seeds": len(cs),
+            "median_minutes_to_level": statistics.median(times) if all(t is not None for t in times) else None,
+            "best_point": asdict(best) if best else None,
+        }
+    ours, sb3 = systems.get("ours", {}), systems.get("sb3", {})
+    ratio = None
+    if ours.get("median_minutes_to_level") and sb3.get("median_minutes_to_level"):
+        ratio = sb3["median_minutes_to_level"] / ours["median_minutes_to_level"]
+    result = {
+        **meta,
+        "level": {"route_completion": LEVEL_COMPLETION, "mean_return": level_return,
+                  "fraction_of_scripted_return": LEVEL_RETURN_FRACTION},
+        "scripted_reference": reference,
+        "systems": systems,
+        "sb3_over_ours_time_to_level": ratio,
+        "curves": [asdict(c) for c in curves],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "learning.json").write_text(json.dumps(result, indent=2))
+    (out / "learning.md").write_text(markdown(result))
+    plot(result, out / "learning.png")
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Level: route completion >= {LEVEL_COMPLETION} and mean return >= "
+             f"{result['level']['mean_return']:.1f} ({LEVEL_RETURN_FRACTION:.0%} of the scripted driver's "
+             f"{result['scripted_reference']['mean_return']:.1f}) over {result['episodes']} held-out episodes.",
+             "", "| system | seed | minutes | env steps | updates | route completion | driving score | return "
+             "| mean speed m/s | off-road |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in result["curves"]:
+        for p in c["points"]:
+            lines.append(f"| {c['system']} | {c['seed']} | {p['minutes']:g} | {p['env_steps']:,} | {p['updates']:,} "
+                         f"| {p['route_completion']:.3f} | {p['driving_score']:.3f} | {p['mean_return']:.1f} "
+                         f"| {p['mean_speed']:.2f} | {p['off_road_rate']:.2f} |")
+    lines += ["", "| system | seeds at level | time to level (min), per seed |", "|---|---|---|"]
+    for c_sys, s in result["systems"].items():
+        per = ", ".join("not reached" if c["minutes_to_level"] is None else f"{c['minutes_to_level']:g}"
+                        for c in result["curves"] if c["system"] == c_sys)
+        lines.append(f"| {c_sys} | {s['seeds_reaching_level']}/{s['seeds']} | {per} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    colours = {"ours": "tab:blue", "sb3": "tab:orange"}
+    for c in result["curves"]:
+        xs = [p["minutes"] for p in c["points"]]
+        for ax, key in zip(axes, ("route_completion", "mean_return", "mean_speed")):
+            ax.plot(xs, [p[key] for p in c["points"]], marker="o", color=colours.get(c["system"]),
+                    alpha=0.8, label=f"{c['system']} seed {c['seed']}")
+    ref = result["scripted_reference"]
+    axes[0].axhline(LEVEL_COMPLETION, ls="--", color="grey", label="level")
+    axes[1].axhline(result["level"]["mean_return"], ls="--", color="grey", label="level")
+    axes[1].axhline(ref["mean_return"], ls=":", color="black", label="scripted driver")
+    axes[2].axhline(ref["mean_speed"], ls=":", color="black", label="scripted driver")
+    for ax, title in zip(axes, ("route completion", "mean return", "mean speed (m/s)")):
+        ax.set_title(title)
+        ax.set_xlabel("training wall time (min)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"deterministic policy on {result['episodes']} held-out episodes ({result['machine']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

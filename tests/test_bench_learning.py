@@ -1,0 +1,71 @@
+"""`fleet bench learning`: the level, time to level, the report files; SB3 named when missing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cluster import learning_bench as lb
+from cluster.cli import main
+
+
+def point(minutes: float, completion: float, ret: float) -> lb.Point:
+    return lb.Point(minutes=minutes, env_steps=int(1000 * minutes), updates=int(400 * minutes),
+                    route_completion=completion, driving_score=completion, mean_return=ret, mean_speed=7.0,
+                    off_road_rate=0.0, collision_rate=0.0)
+
+
+def test_time_to_level_is_the_first_mark_meeting_both_completion_and_return():
+    level_return = 0.8 * 290.0
+    curve = lb.Curve("ours", 0, [point(5, 0.95, 100.0), point(10, 0.85, 260.0), point(15, 0.92, 240.0),
+                                 point(20, 0.99, 280.0)])
+    assert lb.finish_curve(curve, level_return).minutes_to_level == 15
+    never = lb.Curve("sb3", 0, [point(5, 0.0, -20.0), point(10, 0.95, 200.0)])
+    assert lb.finish_curve(never, level_return).minutes_to_level is None
+
+
+def test_report_writes_json_markdown_and_plot_with_the_ratio(tmp_path):
+    ref = {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0}
+    ours = lb.finish_curve(lb.Curve("ours", 0, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)]), 232.0)
+    sb3 = lb.finish_curve(lb.Curve("sb3", 0, [point(5, 0.1, 0.0), point(10, 0.2, 10.0),
+                                              point(20, 0.95, 240.0)]), 232.0)
+    meta = {"command": "fleet bench learning", "machine": "test", "episodes": 20, "minutes": 20}
+    result = lb.report([ours, sb3], ref, meta, tmp_path)
+    assert result["sb3_over_ours_time_to_level"] == pytest.approx(2.0)
+    assert result["systems"]["ours"]["seeds_reaching_level"] == 1
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    assert saved["level"]["mean_return"] == pytest.approx(232.0)
+    table = (tmp_path / "learning.md").read_text()
+    assert "| ours | 0 | 10 |" in table and "| sb3 | 1/1 | 20 |" in table
+    assert (tmp_path / "learning.png").stat().st_size > 10_000
+
+
+def test_marks_cover_the_budget():
+    assert lb.marks(45, 5) == [5, 10, 15, 20, 25, 30, 35, 40, 45]
+    assert lb.marks(1, 5) == [5]
+
+
+def test_missing_sb3_is_named_with_the_install_command(monkeypatch, capsys):
+    monkeypatch.setattr(lb, "sb3_available", lambda: "stable-baselines3 is not installed; pip install -e '.[bench]'")
+    assert main(["bench", "learning", "--minutes", "1"]) == 2
+    assert ".[bench]" in capsys.readouterr().err
+
+
+def test_bad_arguments_are_refused(capsys):
+    assert main(["bench", "learning", "--seeds", "0"]) == 2
+    assert main(["bench", "learning", "--baselines", "rllib"]) == 2
+    assert "unknown ['rllib']" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sb3_baseline_trains_on_the_embedded_env_and_is_evaluated_at_each_mark():
+    pytest.importorskip("stable_baselines3")
+    from cluster import experiment
+
+    cfg = experiment.load(None, {"learner.learning_starts": 100, "replay.capacity": 2000})
+    curve = lb.train_sb3(cfg, seed=0, minutes=0.4, interval_min=0.2, episodes=1)
+    assert [p.minutes for p in curve.points] == [0.2, 0.4]
+    assert curve.points[-1].env_steps > curve.points[0].env_steps > 0
+    assert curve.points[-1].updates > 0
+    assert all(0.0 <= p.route_completion <= 1.0 for p in curve.points)
