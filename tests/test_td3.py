@@ -302,3 +302,20 @@ def test_actor_metrics_report_the_critics_action_gradient():
     torch.testing.assert_close(torch.stack([m["dq_dsteer"], m["dq_dthrottle"]]), grad.mean(0), rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(m["policy_throttle"], action[:, 1].mean())
     assert 0.0 <= m["actor_saturated"] <= 1.0
+
+
+def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates():
+    """The yardstick of `fleet bench learner`: any faster path must compute TD3 exactly (fp32, 1e-5)."""
+    from cluster.commands.bench_learner import reference_update
+
+    fast, ref = agent(), agent()
+    for i in range(10):
+        b = make_batch(i, n=8)
+        fast.update(b)
+        reference_update(ref, b)
+    s1, s2 = fast.state(), ref.state()
+    assert s1.keys() == s2.keys()
+    for part in NETWORKS + tuple(f"{n}_target" for n in NETWORKS):
+        assert s1[part].keys() == s2[part].keys()
+        for key in s1[part]:
+            torch.testing.assert_close(s1[part][key], s2[part][key], rtol=0, atol=1e-5, msg=f"{part}.{key}")

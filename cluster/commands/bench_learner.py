@@ -1,0 +1,185 @@
+"""`fleet bench learner [--batch B] [--device cpu|cuda] [--json]`: TD3 updates/s against the hardware.
+
+One invocation measures, interleaved (A B A B ...) so drift on a noisy machine hits both alike:
+- `updates_per_s`: the runtime's update path, `Learner.step` sampling from its replay memory
+  (filled with synthetic chunks) and running `TD3Agent.update`;
+- `reference_updates_per_s`: a plain eager transcription of the same TD3 update (`reference_update`),
+  on batches sampled outside the timed loop; `speedup` is the ratio;
+- `flops_per_update`: counted from the layer shapes of one update (torch's FLOP counter: every conv
+  and matmul of the critic step, and of the actor step once per `policy_freq` updates);
+- `peak_gflops`: a large fp32 matmul on the same device and threads, in the same run;
+- `efficiency`: achieved GFLOP/s of the runtime path over `peak_gflops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Any
+
+from cluster.cli import Commands, UserError
+
+
+def register(cli: Commands) -> None:
+    p = cli.bench("learner", "TD3 updates/s of the runtime path vs a plain eager reference, FLOPs, "
+                  "efficiency against a measured matmul peak", run)
+    p.add_argument("--batch", type=int, default=64, help="transitions per update")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--updates", type=int, default=20, help="updates per timed round")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds per path; medians are reported")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core, the learner's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def reference_update(agent: Any, b: Any) -> None:
+    """TD3 (Fujimoto et al.) written out plainly: the yardstick for the runtime path and its tests."""
+    import torch
+
+    cfg = agent.cfg
+    agent.total_it.value += 1
+    with torch.no_grad():
+        noise = (torch.randn(b.action.shape, generator=agent.noise_gen, device=agent.device)
+                 * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
+        next_action = (agent.actor_target(agent.actor_cnn_target(b.next_image), b.next_vector) + noise).clamp(-1, 1)
+        tq1, tq2 = agent.critic_target(agent.critic_cnn_target(b.next_image), b.next_vector, next_action)
+        target = b.reward + b.discount * torch.min(tq1, tq2)
+    q1, q2 = agent.critic(agent.critic_cnn(b.image), b.vector, b.action)
+    w = b.weight if b.weight is not None else torch.ones_like(q1)
+    critic_loss = (w * ((q1 - target) ** 2 + (q2 - target) ** 2)).mean()
+    for opt in (agent.critic_optimizer, agent.critic_cnn_optimizer):
+        opt.zero_grad(set_to_none=True)
+    critic_loss.backward()
+    critic_params = [*agent.critic_cnn.parameters(), *agent.critic.parameters()]
+    if cfg.critic_grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(critic_params, cfg.critic_grad_clip)
+    agent.critic_optimizer.step()
+    agent.critic_cnn_optimizer.step()
+    if agent.total_it.value % cfg.policy_freq:
+        return
+    with torch.no_grad():
+        critic_features = agent.critic_cnn(b.image)
+    pre = agent.actor.preact(agent.actor_cnn(b.image), b.vector)
+    actor_loss = -agent.critic.q1(critic_features, b.vector, torch.tanh(pre)).mean()
+    actor_loss = actor_loss + cfg.actor_preact_penalty * (pre ** 2).mean()
+    for opt in (agent.actor_optimizer, agent.actor_cnn_optimizer):
+        opt.zero_grad(set_to_none=True)
+    actor_loss.backward()
+    if cfg.actor_grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([*agent.actor_cnn.parameters(), *agent.actor.parameters()],
+                                       cfg.actor_grad_clip)
+    agent.actor_optimizer.step()
+    agent.actor_cnn_optimizer.step()
+    agent.critic.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        for name in ("actor_cnn", "actor", "critic_cnn", "critic"):
+            for t, o in zip(getattr(agent, f"{name}_target").parameters(), getattr(agent, name).parameters()):
+                t.mul_(1 - cfg.tau).add_(o, alpha=cfg.tau)
+
+
+def flops_per_update(agent: Any, batch: Any) -> int:
+    """FLOPs of `policy_freq` updates (one actor step among them), divided by policy_freq."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        for _ in range(agent.cfg.policy_freq):
+            agent.update(batch)
+    return int(counter.get_total_flops() / agent.cfg.policy_freq)
+
+
+def peak_gflops(device: Any, seconds: float = 2.0) -> float:
+    """Best GFLOP/s of a 2048^3 fp32 matmul over a few timed bursts."""
+    import torch
+
+    n = 2048
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        _sync(device)
+        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
+    return best
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from cluster.commands.bench_replay import make_chunks
+    from learner.learner import Learner, LearnerConfig
+    from learner.networks import NetworkConfig
+    from learner.replay import ReplayConfig
+    from learner.td3 import TD3Config
+
+    if args.batch < 1 or args.updates < 1 or args.rounds < 1:
+        raise UserError("--batch, --updates and --rounds must be >= 1")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: no CUDA device here (torch {torch.__version__})")
+    lcfg = LearnerConfig(replay_ratio=1.0, learning_starts=0, snapshot_every=0, log_every=10**9,
+                         publish_every=10**9, updates_per_call=1, torch_threads=args.threads)
+    torch.set_num_threads(lcfg.threads())
+    agent_cfg = TD3Config(batch_size=args.batch, device=args.device)
+    learner = Learner(agent_cfg, NetworkConfig(), ReplayConfig(capacity=20_000), lcfg)
+    chunks = make_chunks(5_000)
+    learner.ingest(chunks)
+    learner.env_steps = 10**9  # the ratio never holds the timed loop back
+    reference = Learner(agent_cfg, NetworkConfig(), ReplayConfig(capacity=20_000), lcfg).agent
+    rng = np.random.default_rng(0)
+    batches = [learner.memory.sample(args.batch, rng)[0].to(reference.device) for _ in range(8)]
+    device = reference.device
+
+    def runtime_round() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            learner.step(lambda: [])
+        _sync(device)
+        return args.updates / (time.perf_counter() - start)
+
+    def reference_round() -> float:
+        _sync(device)
+        start = time.perf_counter()
+        for i in range(args.updates):
+            reference_update(reference, batches[i % len(batches)])
+        _sync(device)
+        return args.updates / (time.perf_counter() - start)
+
+    runtime_round(), reference_round()  # warm-up: allocator, oneDNN primitive caches
+    ours, ref = [], []
+    for _ in range(args.rounds):
+        ours.append(runtime_round())
+        ref.append(reference_round())
+    flops = flops_per_update(reference, batches[0])
+    peak = peak_gflops(device)
+    ups, ref_ups = statistics.median(ours), statistics.median(ref)
+    result = {
+        "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
+        "updates_per_s": round(ups, 2), "reference_updates_per_s": round(ref_ups, 2),
+        "speedup": round(ups / ref_ups, 3), "flops_per_update": flops,
+        "achieved_gflops": round(ups * flops / 1e9, 1), "peak_gflops": round(peak, 1),
+        "efficiency": round(ups * flops / 1e9 / peak, 3),
+        "rounds": {"updates_per_s": [round(x, 2) for x in ours], "reference_updates_per_s": [round(x, 2) for x in ref]},
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
+                   + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:<24} {value}")
+    return 0
