@@ -124,5 +124,7 @@ class Progress:
         out = sys.stdout
         out.write("\nRun finished\n")
         for key, value in summary.items():
+            if isinstance(value, dict) and key != "placement":
+                value = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in value.items())
             out.write(f"  {key:<22} {value}\n")
         out.flush()

@@ -140,10 +140,31 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     if evaluator is not None and evaluator.reports:
         summary["last_eval"] = status.last_eval
         summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
+        summary["final_eval"] = eval_figures(evaluator.reports[-1])
+        if cfg.run.env == "embedded":
+            summary["scripted_reference"] = scripted_reference(cfg)
     if final.get("placement"):
         summary["placement"] = final["placement"]
     progress.summary(summary, run_dir)
     return summary
+
+
+def eval_figures(report: Any) -> dict[str, float]:
+    """What a person reads of an evaluation: how far, how well, how fast, what it earned."""
+    return {"route_completion": round(report.mean_route_completion, 3),
+            "driving_score": round(report.driving_score, 3), "mean_speed": round(report.mean_speed, 2),
+            "mean_return": round(report.mean_return, 1), "off_road_rate": round(report.off_road_rate, 2),
+            "episodes": len(report.episodes)}
+
+
+def scripted_reference(cfg: ExperimentConfig) -> dict[str, float]:
+    """The scripted lane follower on the evaluation's own seeds: the figures an agent is held against."""
+    from cluster.envs import make_factory
+    from rollout_workers.evaluation import summarize
+    from rollout_workers.scripted import ScriptedDriver, run_episodes
+
+    seeds = [cfg.eval.seed + i for i in range(cfg.eval.episodes)]
+    return eval_figures(summarize(run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded), seeds)))
 
 
 def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, returns: list[float]) -> None:

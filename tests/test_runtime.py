@@ -108,6 +108,19 @@ def test_local_run_evaluates_periodically_and_tags_best(tmp_path):
     assert summary["best"]["driving_score"] == max(r["driving_score"] for r in rows)
     assert store.tags()["best"] == summary["best"]["version"]
     assert summary["last_eval"].startswith(summary["final_snapshot"])
+    # The final evaluation's figures; the scripted reference only on the embedded env (not this double).
+    assert summary["final_eval"]["route_completion"] == pytest.approx(rows[-1]["route_completion"], abs=1e-3)
+    assert summary["final_eval"]["episodes"] == 2
+    assert "scripted_reference" not in summary
+
+
+def test_scripted_reference_runs_the_scripted_driver_on_the_evaluation_seeds(tmp_path):
+    from cluster.runtime import scripted_reference
+
+    cfg = experiment.load(None, {"eval.episodes": 2, "run.runs_dir": str(tmp_path)})
+    ref = scripted_reference(cfg)
+    assert ref["episodes"] == 2 and ref["route_completion"] == 1.0 and 7.0 < ref["mean_speed"] < 9.0
+    assert ref["mean_return"] > 250
 
 
 class PresetBackend:
