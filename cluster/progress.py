@@ -78,8 +78,23 @@ class Status:
     worker_restarts: int = 0
     episodes: int = 0
     mean_return: float = float("nan")
+    snapshot_block_ms: float | None = None
+    """Median time a snapshot held the learner's loop (state copy and hand-over to the writer)."""
     started: float = field(default_factory=time.monotonic)
     _last: tuple[float, int, int] = (0.0, 0, 0)
+    _window: list[tuple[float, int]] = field(default_factory=list)
+
+    def eta_s(self, now: float | None = None, window_s: float = 120.0) -> float | None:
+        """Seconds to the step budget at the env-step rate of the last `window_s` (None until known)."""
+        now = time.monotonic() if now is None else now
+        self._window.append((now, self.env_steps))
+        while len(self._window) > 2 and now - self._window[1][0] >= window_s:
+            self._window.pop(0)
+        (t0, s0), remaining = self._window[0], self.total_env_steps - self.env_steps
+        if remaining <= 0:
+            return 0.0
+        rate = (self.env_steps - s0) / (now - t0) if now > t0 else 0.0
+        return remaining / rate if rate > 0 else None
 
     def rates(self) -> tuple[float, float]:
         now = time.monotonic()
@@ -92,8 +107,10 @@ class Status:
     def line(self) -> str:
         steps_s, upd_s = self.rates()
         pct = 100.0 * self.env_steps / max(self.total_env_steps, 1)
+        eta = self.eta_s()
+        eta_text = "eta -" if eta is None else f"eta {int(eta // 60)}:{int(eta % 60):02d}"
         return (
-            f"env {self.env_steps:,}/{self.total_env_steps:,} ({pct:.0f}%) | upd {self.updates:,} | "
+            f"env {self.env_steps:,}/{self.total_env_steps:,} ({pct:.0f}%) {eta_text} | upd {self.updates:,} | "
             f"{steps_s:,.0f} steps/s | {upd_s:,.1f} upd/s | replay {self.replay_size:,} | "
             f"lag {self.policy_lag:.1f} | episodes {self.episodes} (return {self.mean_return:.1f}) | "
             f"snapshot {self.last_snapshot} | eval {self.last_eval}"

@@ -134,6 +134,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
         "learner_updates": status.updates, "episodes": status.episodes,
         "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
         "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
+        "snapshot_block_ms_median": status.snapshot_block_ms,
         "store": cfg.store_uri(), "wall_s": round(time.monotonic() - started, 1),
         "resumed_from": f"{resume.uri}@{resume.version}" if resume else None,
     }
@@ -241,6 +242,7 @@ class LocalRun:
     def _update(self, status: Status, metrics: MetricsLog) -> None:
         stats = self.learner.stats()
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
+        status.snapshot_block_ms = stats.get("snapshot_block_ms_median", status.snapshot_block_ms)
         status.replay_size = stats["replay_size"]
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
         if stats["metrics"]:
@@ -366,6 +368,7 @@ class RayRun:
 
         stats = ray.get(self.learner.stats.remote())
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
+        status.snapshot_block_ms = stats.get("snapshot_block_ms_median", status.snapshot_block_ms)
         status.replay_size = stats["replay_size"]
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
         status.worker_restarts = stats["worker_restarts"]

@@ -91,6 +91,8 @@ class Learner:
         self._updates_at_start = 0
         self.last_snapshot_update = -1
         self._snapshot_at = time.monotonic()
+        self.snapshot_block_ms: list[float] = []
+        """How long each snapshot held the learner's loop, ms (the run summary shows the median)."""
         self.snapshot_copies = True
         """False when the sink copies at once (ray.put): the learner then blocks only for that copy."""
 
@@ -170,10 +172,16 @@ class Learner:
     def snapshot(self, sink: SnapshotSink) -> None:
         """Hand the full state to the sink, which moves it to the CPU (`snapshot_state`); on return
         the learner may update again."""
+        start = time.perf_counter()
         state = self.agent.state(copy=self.snapshot_copies)
         state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version,
                             "best_eval": self.best_eval}
         sink(state, self.meta())
+        # What the training loop lost to this snapshot: the state copy and the hand-over.
+        blocked = 1000 * (time.perf_counter() - start)
+        self.snapshot_block_ms.append(blocked)
+        with self._lock:
+            self._metrics["snapshot_block_ms"] = blocked
         self.last_snapshot_update = self.updates
         self._snapshot_at = time.monotonic()
 
@@ -196,4 +204,7 @@ class Learner:
     def stats(self) -> dict[str, Any]:
         out = self.meta()
         out["replay_size"] = len(self.memory)
+        if self.snapshot_block_ms:
+            out["snapshot_block_ms_median"] = round(float(np.median(self.snapshot_block_ms)), 1)
+            out["snapshots"] = len(self.snapshot_block_ms)
         return out

@@ -73,6 +73,7 @@ def test_fleet_train_on_carla_hosts(tmp_path: Path) -> None:
     args = [fleet, "train", "--env", "carla", "--local", "--workers", "1", "--steps", "300", "--name", "live",
             "--quiet", "--store", str(tmp_path / "store"), "--set", f"run.runs_dir={tmp_path / 'runs'}",
             "--set", "learner.learning_starts=200", "--set", "learner.replay_ratio=0.25",
+            "--set", "eval.every_updates=0",
             "--set", "agent.batch_size=16", "--set", "carla.max_episode_steps=60", "--set", "carla.timeout_s=20"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=1800,
                           env=dict(os.environ, CARLA_HOSTS=f"{HOSTS[0].host}:{HOSTS[0].port}"))

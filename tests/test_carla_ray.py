@@ -29,6 +29,7 @@ def test_ray_run_launches_one_server_per_worker_and_leaves_none(tmp_path: Path, 
         "run.total_env_steps": 160, "run.collect_steps": 40, "run.store": str(tmp_path / "store"),
         "run.progress_every_s": 1.0, "agent.batch_size": 16, "learner.learning_starts": 100,
         "learner.replay_ratio": 0.25, "learner.snapshot_every": 1000, "replay.capacity": 2000,
+        "eval.every_updates": 0,
         "carla": {"timeout_s": 2.0, "sensor_timeout_s": 2.0, "route_length_m": 40.0, "max_episode_steps": 12,
                   "warmup_ticks": 0},
         "carla_server": {

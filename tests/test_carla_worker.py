@@ -284,7 +284,7 @@ def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
         "run.name": "carla", "run.runs_dir": str(tmp_path / "runs"), "run.env": "carla", "run.workers": 2,
         "run.total_env_steps": 160, "run.collect_steps": 40, "run.store": str(tmp_path / "store"),
         "agent.batch_size": 16, "learner.learning_starts": 100, "learner.replay_ratio": 0.25,
-        "learner.snapshot_every": 1000, "replay.capacity": 2000,
+        "learner.snapshot_every": 1000, "replay.capacity": 2000, "eval.every_updates": 0,
         "carla": {"timeout_s": 1.0, "sensor_timeout_s": 1.0, "route_length_m": 40.0, "max_episode_steps": 12,
                   "warmup_ticks": 0},
         "carla_server": {**server.__dict__, "gpus": [0, 1]}})
@@ -313,6 +313,7 @@ def test_fleet_train_cli_attached_to_carla_hosts(tmp_path: Path) -> None:
         args = [fleet, "train", "--env", "carla", "--local", "--workers", "1", "--steps", "120", "--name", "cli",
                 "--quiet", "--store", str(tmp_path / "store"), "--set", f"run.runs_dir={tmp_path / 'runs'}",
                 "--set", "learner.learning_starts=60", "--set", "learner.replay_ratio=0.25",
+                "--set", "eval.every_updates=0",
                 "--set", "agent.batch_size=16", "--set", "carla.max_episode_steps=12", "--set", "carla.timeout_s=2",
                 "--set", "carla.route_length_m=40", "--set", f"carla_server.client={CLIENT}"]
         env = dict(os.environ, CARLA_HOSTS=f"127.0.0.1:{port}", TMPDIR=str(tmp_path), PYTHONPATH=str(REPO))

@@ -132,7 +132,7 @@ def start_victim(tmp_path: Path, store_uri: str) -> subprocess.Popen:
         "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.env=tests.env_double:make",
         "--set", "agent.batch_size=16", "--set", "learner.learning_starts=400",
         "--set", "learner.replay_ratio=0.25", "--set", "learner.snapshot_every=40",
-        "--set", "replay.capacity=5000",
+        "--set", "replay.capacity=5000", "--set", "eval.every_updates=0",
     ]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.Popen(args, cwd=REPO, env=env, start_new_session=True,

@@ -37,7 +37,7 @@ EXCLUDES = [".venv", ".git", "runs", ".hypothesis", "__pycache__", "*.egg-info",
 # The small numbers of tests/test_runtime.py: warm-up 400 steps, then one update per 4 env steps.
 SMALL = ["run.collect_steps=50", "run.progress_every_s=5", "agent.batch_size=16", "learner.learning_starts=400",
          "learner.replay_ratio=0.25", "learner.snapshot_every=40", "learner.publish_every=10",
-         "replay.capacity=5000", "embedded.max_episode_steps=100"]
+         "replay.capacity=5000", "embedded.max_episode_steps=100", "eval.every_updates=0"]
 JOB_TIMEOUT_S = 300
 
 

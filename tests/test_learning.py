@@ -27,7 +27,7 @@ def test_after_a_short_run_the_deterministic_policy_drives_instead_of_standing_s
         "run.name": "learn", "run.runs_dir": str(tmp_path), "run.workers": 1, "run.seed": 0,
         "run.total_env_steps": 2200, "run.collect_steps": 50, "learner.learning_starts": 1000,
         "learner.replay_ratio": 0.5, "learner.snapshot_every": 0, "learner.save_replay": False,
-        "agent.batch_size": 32, "replay.capacity": 5000,
+        "agent.batch_size": 32, "replay.capacity": 5000, "eval.every_updates": 0,
     })
     summary = train(cfg, local=True, quiet=True)
     assert summary["learner_updates"] >= 550

@@ -74,7 +74,7 @@ def test_workers_on_carla_nodes_learner_and_replay_on_the_gpu_node(tmp_path: Pat
         "run.ray_address": three_nodes.address, "run.total_env_steps": 800, "run.collect_steps": 50,
         "run.progress_every_s": 1.0, "agent.batch_size": 16, "learner.learning_starts": 400,
         "learner.replay_ratio": 0.05, "learner.snapshot_every": 20, "learner.publish_every": 10,
-        "replay.capacity": 5000,
+        "replay.capacity": 5000, "eval.every_updates": 0,
     })
     summary = train(cfg, quiet=True)
 

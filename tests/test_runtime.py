@@ -22,6 +22,7 @@ def make_cfg(tmp_path: Path, **over):
         "run.env": "tests.env_double:make", "run.store": str(tmp_path / "store"),
         "agent.batch_size": 16, "learner.learning_starts": 400, "learner.replay_ratio": 0.25,
         "learner.snapshot_every": 40, "learner.publish_every": 10, "replay.capacity": 5000,
+        "eval.every_updates": 0,
     }
     return experiment.load(None, {**base, **over})
 
@@ -48,6 +49,7 @@ def test_local_run_holds_the_ratio_and_its_final_snapshot_restores_exactly(tmp_p
         for key, value in snap.state[part].items():
             assert torch.equal(restored[part][key], value), (part, key)
     assert fresh.updates == summary["learner_updates"]
+    assert 0 < summary["snapshot_block_ms_median"] < 60_000  # measured on the learner's side
     assert (tmp_path / "runs" / "t" / "summary.json").exists()
     assert list((tmp_path / "runs" / "t" / "metrics").glob("part-*.parquet"))
 
@@ -232,3 +234,20 @@ def test_metrics_are_written_out_during_a_run_not_only_at_the_end(tmp_path):
     assert len(metrics._rows) == 5
     metrics.close()
     assert [r["step"] for r in read_metrics(tmp_path).to_pylist()] == list(range(25))
+
+
+def test_progress_eta_follows_the_recent_env_step_rate():
+    from cluster.progress import Status
+
+    s = Status(total_env_steps=10_000, started=0.0)
+    assert s.eta_s(now=0.0) is None  # no rate yet
+    s.env_steps = 2_000  # a fast warm-up ...
+    s.eta_s(now=60.0)
+    for t in range(1, 11):  # ... then 10 steps/s for 10 minutes
+        s.env_steps = 2_000 + 600 * t
+        eta = s.eta_s(now=60.0 + 60 * t)
+    # 2,000 steps left at the last two minutes' 10 steps/s, not at the run's average.
+    assert eta == pytest.approx(200.0)
+    s.env_steps = 10_000
+    assert s.eta_s(now=800.0) == 0.0
+    assert "(100%) eta 0:00 |" in Status(total_env_steps=5, env_steps=5).line()
