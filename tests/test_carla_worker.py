@@ -343,7 +343,7 @@ def test_fleet_train_carla_without_servers_says_what_to_set(tmp_path: Path) -> N
 
 
 def test_carla_setup_checks() -> None:
-    cfg = experiment.load(None, {"run.env": "carla", "run.workers": 3})
+    cfg = experiment.load(None, {"run.env": "carla", "run.workers": 3, "eval.every_updates": 0})
     with pytest.raises(ConfigError, match="no CARLA server to use.*CARLA_HOSTS"):
         envs.check_carla_setup(cfg, {})
     with pytest.raises(ConfigError, match="/nowhere/CarlaUE4.sh does not exist"):
