@@ -84,16 +84,6 @@ def reached(p: Point, level_return: float) -> bool:
     return p.route_completion >= LEVEL_COMPLETION and p.mean_return >= level_return
 
 
-def scripted_reference(cfg: ExperimentConfig, seeds: list[int]) -> dict[str, float]:
-    from cluster.envs import make_factory
-    from rollout_workers.scripted import ScriptedDriver, run_episodes
-
-    eps = run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded), seeds)
-    return {"mean_return": float(np.mean([e["return"] for e in eps])),
-            "route_completion": float(np.mean([e["route_completion"] for e in eps])),
-            "mean_speed": float(np.mean([e["mean_speed"] for e in eps]))}
-
-
 def marks(minutes: float, interval_min: float) -> list[float]:
     n = max(int(round(minutes / interval_min)), 1)
     return [round(interval_min * (i + 1), 4) for i in range(n)]

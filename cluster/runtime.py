@@ -158,13 +158,13 @@ def eval_figures(report: Any) -> dict[str, float]:
             "episodes": len(report.episodes)}
 
 
-def scripted_reference(cfg: ExperimentConfig) -> dict[str, float]:
+def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None) -> dict[str, float]:
     """The scripted lane follower on the evaluation's own seeds: the figures an agent is held against."""
     from cluster.envs import make_factory
     from rollout_workers.evaluation import summarize
     from rollout_workers.scripted import ScriptedDriver, run_episodes
 
-    seeds = [cfg.eval.seed + i for i in range(cfg.eval.episodes)]
+    seeds = [cfg.eval.seed + i for i in range(episodes or cfg.eval.episodes)]
     return eval_figures(summarize(run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded), seeds)))
 
 

@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from cluster import experiment
     from cluster import learning_bench as lb
     from cluster.commands.train import overrides
+    from cluster.runtime import scripted_reference
 
     if args.seeds < 1 or args.minutes <= 0 or args.eval_every <= 0 or args.episodes < 1:
         raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
@@ -48,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
     seeds = lb.eval_seeds(cfg, args.episodes)
     lb.say(f"scripted reference on {len(seeds)} held-out episodes")
-    reference = lb.scripted_reference(cfg, seeds)
+    reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
