@@ -63,10 +63,6 @@ def say(msg: str) -> None:
     print(f"[bench learning {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def eval_seeds(cfg: ExperimentConfig, episodes: int) -> list[int]:
-    return [cfg.eval.seed + i for i in range(episodes)]
-
-
 def summarize_point(minutes: float, env_steps: int, updates: int, episodes: list[dict[str, float]]) -> Point:
     from rollout_workers.evaluation import driving_score
 
@@ -125,7 +121,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
         m = held[-1]
         snap = store.get(m.version, components=list(POLICY_COMPONENTS))
         worker.load({name: snap.state[name] for name in POLICY_COMPONENTS})
-        eps = worker.run(eval_seeds(cfg, episodes))
+        eps = worker.run(cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, m.env_steps, m.learner_updates, eps))
         say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
     return curve
@@ -185,7 +181,7 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
     for mark, steps, updates, state in held:
         model.actor.load_state_dict(state)
         eps = run_episodes(factory, lambda obs: model.predict(obs, deterministic=True)[0],
-                           eval_seeds(cfg, episodes))
+                           cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, steps, updates, eps))
         say(f"sb3, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
     return curve

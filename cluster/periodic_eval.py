@@ -93,7 +93,7 @@ class PeriodicEval:
     def _start(self, version: str) -> None:
         snap = self.store.get(version, components=list(POLICY_COMPONENTS))
         weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
-        seeds = [self.cfg.eval.seed + i for i in range(self.cfg.eval.episodes)]
+        seeds = self.cfg.eval.seeds()
         self._last_version = version
         updates = snap.manifest.learner_updates
         self._next = updates + self.every

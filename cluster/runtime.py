@@ -164,8 +164,8 @@ def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None) -> di
     from rollout_workers.evaluation import summarize
     from rollout_workers.scripted import ScriptedDriver, run_episodes
 
-    seeds = [cfg.eval.seed + i for i in range(episodes or cfg.eval.episodes)]
-    return eval_figures(summarize(run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded), seeds)))
+    return eval_figures(summarize(run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded),
+                                               cfg.eval.seeds(episodes))))
 
 
 def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, returns: list[float]) -> None:

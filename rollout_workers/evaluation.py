@@ -40,6 +40,10 @@ class EvalConfig:
     """During training, evaluate the newest snapshot every this many learner updates, and the final one,
     tagging the best driving score `best` (0: no evaluation during training)."""
 
+    def seeds(self, episodes: int | None = None) -> list[int]:
+        """The held-out evaluation seeds: `episodes` of them (default: `self.episodes`) from `seed` on."""
+        return [self.seed + i for i in range(self.episodes if episodes is None else episodes)]
+
 
 @dataclass
 class EvalReport:

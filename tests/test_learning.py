@@ -41,7 +41,7 @@ def test_after_a_short_run_the_deterministic_policy_drives_instead_of_standing_s
         observations.append(obs)
         return policy.act(obs["image"], obs["vector"])
 
-    episodes = run_episodes(make_factory(cfg, 0), act, [cfg.eval.seed + i for i in range(3)])
+    episodes = run_episodes(make_factory(cfg, 0), act, cfg.eval.seeds(3))
     with torch.no_grad():
         image = torch.as_tensor(np.stack([o["image"] for o in observations]))
         vector = torch.as_tensor(np.stack([o["vector"] for o in observations]))

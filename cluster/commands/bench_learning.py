@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.run.env != "embedded":
         raise UserError("fleet bench learning runs on the embedded simulator (run.env = embedded)")
     out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
-    seeds = lb.eval_seeds(cfg, args.episodes)
+    seeds = cfg.eval.seeds(args.episodes)
     lb.say(f"scripted reference on {len(seeds)} held-out episodes")
     reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
