@@ -56,7 +56,6 @@ class Curve:
     seed: int
     points: list[Point] = field(default_factory=list)
     minutes_to_level: float | None = None
-    note: str = ""
 
 
 def say(msg: str) -> None:
@@ -64,16 +63,13 @@ def say(msg: str) -> None:
 
 
 def summarize_point(minutes: float, env_steps: int, updates: int, episodes: list[dict[str, float]]) -> Point:
-    from rollout_workers.evaluation import driving_score
+    from rollout_workers.evaluation import summarize
 
-    def mean(key: str) -> float:
-        return float(np.mean([e[key] for e in episodes]))
-
+    r = summarize(episodes)
     return Point(minutes=round(minutes, 2), env_steps=int(env_steps), updates=int(updates),
-                 route_completion=mean("route_completion"),
-                 driving_score=float(np.mean([driving_score(e) for e in episodes])),
-                 mean_return=mean("return"), mean_speed=mean("mean_speed"),
-                 off_road_rate=mean("off_road"), collision_rate=mean("collision"))
+                 route_completion=r.mean_route_completion, driving_score=r.driving_score,
+                 mean_return=r.mean_return, mean_speed=r.mean_speed, off_road_rate=r.off_road_rate,
+                 collision_rate=float(np.mean([e["collision"] for e in episodes])))
 
 
 def reached(p: Point, level_return: float) -> bool:

@@ -69,3 +69,13 @@ def test_sb3_baseline_trains_on_the_embedded_env_and_is_evaluated_at_each_mark()
     assert curve.points[-1].env_steps > curve.points[0].env_steps > 0
     assert curve.points[-1].updates > 0
     assert all(0.0 <= p.route_completion <= 1.0 for p in curve.points)
+
+
+def test_a_point_summarises_its_episodes_like_fleet_evaluate():
+    eps = [{"seed": 1, "return": 300.0, "route_completion": 1.0, "collision": 0.0, "off_road": 0.0,
+            "distance_m": 300.0, "mean_speed": 8.0},
+           {"seed": 2, "return": 100.0, "route_completion": 0.5, "collision": 1.0, "off_road": 0.0,
+            "distance_m": 150.0, "mean_speed": 16.0}]
+    p = lb.summarize_point(10, 5000, 2000, eps)
+    assert (p.route_completion, p.mean_return, p.mean_speed, p.collision_rate) == (0.75, 200.0, 12.0, 0.5)
+    assert p.driving_score == pytest.approx((1.0 + 0.5 * 0.6) / 2)
