@@ -27,7 +27,7 @@ from rollout_workers.envs.carla_env import CarlaEnvConfig
 from rollout_workers.exploration import ExplorationConfig
 from rollout_workers.worker import RolloutWorker, WorkerConfig
 from tests.fake_carla_server import probe, server_pid
-from tests.procs import alive
+from tests.procs import alive, free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
@@ -170,7 +170,7 @@ def test_server_recycled_after_n_episodes(tmp_path: Path) -> None:
 
 def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                               ) -> None:
-    port = random.randrange(40000, 50000)
+    (port,) = free_ports(1)  # a random pick once collided with a port in use (CI, 2026-11-29)
     monkeypatch.setenv("CARLA_HOSTS", f"127.0.0.1:{port}")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the claim's lock file
     cfg = _server_cfg(tmp_path)
@@ -306,7 +306,7 @@ def test_fleet_train_cli_attached_to_carla_hosts(tmp_path: Path) -> None:
     """The command of tests/test_carla_live.py, on a fake server listed in CARLA_HOSTS."""
     import json
 
-    port = random.randrange(40000, 50000)
+    (port,) = free_ports(1)  # a random pick once collided with a port in use (CI, 2026-11-29)
     theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "300"])
     try:
         fleet = str(Path(sys.executable).parent / "fleet")
