@@ -1,8 +1,15 @@
 """The one reward design shared by the embedded simulator and the CARLA adapter.
 
-Per step: progress along the route (metres), plus speed tracking, minus
-lane-centre and heading penalties; a fixed penalty and termination on collision
-or leaving the road. Both adapters compute the same `RoadState` and call
+Per step: progress along the route (metres, credited up to the target speed),
+plus speed tracking, minus lane-centre and heading penalties; a fixed penalty
+and termination on collision or leaving the road.
+
+Why progress is capped at the target speed: uncapped, a metre is worth the same
+at any speed, so with discounting a faster driver collects the same route sooner.
+Measured with the scripted driver on 20 seeds of the embedded env (gamma 0.99):
+the discounted return was 129.6 at the 8 m/s target, 155.0 at 12 m/s (10% of
+episodes ending in a collision), so TD3, which maximises the discounted return,
+learned to speed into the slower traffic. Capped, the target speed is the optimum. Both adapters compute the same `RoadState` and call
 `reward()`, so an agent sees the same objective on either simulator.
 """
 
@@ -18,6 +25,8 @@ class RewardConfig:
     """Speed the agent is rewarded for holding, m/s."""
     progress_weight: float = 1.0
     """Reward per metre of progress along the route."""
+    cap_progress: bool = True
+    """Credit at most target_speed * dt metres of progress per step (see the module docstring)."""
     speed_weight: float = 0.1
     """Weight of the speed-tracking term (1 at target speed, 0 at rest or double)."""
     lateral_weight: float = 0.2
@@ -46,12 +55,18 @@ class RoadState:
     """Signed angle between vehicle heading and lane direction, rad."""
     collision: bool
     off_road: bool
+    dt_s: float = 0.0
+    """Simulated seconds of this step; with `cap_progress` the progress credit is capped at
+    target_speed * dt_s (0: no cap)."""
 
 
 def reward(s: RoadState, cfg: RewardConfig) -> float:
     speed_term = max(0.0, 1.0 - abs(s.speed - cfg.target_speed) / cfg.target_speed)
+    progress = s.progress_m
+    if cfg.cap_progress and s.dt_s > 0.0:
+        progress = min(progress, cfg.target_speed * s.dt_s)
     r = (
-        cfg.progress_weight * s.progress_m
+        cfg.progress_weight * progress
         + cfg.speed_weight * speed_term
         - cfg.lateral_weight * abs(s.lateral_m)
         - cfg.heading_weight * abs(_wrap(s.heading_rad))

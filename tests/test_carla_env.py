@@ -18,6 +18,8 @@ from rollout_workers.envs.carla_env import CarlaEnv, CarlaEnvConfig, make_carla_
 from tests.fake_carla import FakeCarla, FakeSim
 
 FAST = CarlaEnvConfig(timeout_s=0.3, sensor_timeout_s=0.3, route_length_m=40.0, warmup_ticks=0)
+# Steps of 0.25 s: the progress credit cap (target 8 m/s x 0.25 s = 2 m) leaves the scripted 1-2 m steps whole.
+SLOW_STEPS = CarlaEnvConfig(**{**vars(FAST), "fixed_delta_seconds": 0.25})
 WHERE = "127.0.0.1:2000"
 
 
@@ -52,7 +54,7 @@ A = (-1, 0)  # unused pedal/steer: scripted poses ignore control
 
 def test_hand_computed_vector_reward_and_termination(sim: FakeSim) -> None:
     sim.spawn_s = [0.0]  # ego at (0, 0), heading +x; the route runs straight along +x for 40 m
-    env = _env(sim)
+    env = _env(sim, SLOW_STEPS)
     obs, info = env.reset()
     check_observation(obs)
     want0 = [0.0, 0.0, 0.0] + [v for k in range(1, 11) for v in (2 * k / 20, 0.0)]
@@ -88,7 +90,7 @@ def test_hand_computed_vector_reward_and_termination(sim: FakeSim) -> None:
 
 def test_off_road_route_complete_and_time_limit(sim: FakeSim) -> None:
     sim.spawn_s = [0.0]
-    env = _env(sim)
+    env = _env(sim, SLOW_STEPS)
     env.reset()
     _scripted(sim, env, {1: (2.0, 2.5, 0.0, 4.0)})
     _, r, term, _, info = env.step(np.array(A, np.float32))

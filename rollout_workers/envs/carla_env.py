@@ -216,7 +216,8 @@ class CarlaEnv(gym.Env):
             self._odometer += math.hypot(x - self._xy[0], y - self._xy[1])
         self._s, self._index, self._xy = rs.s_m, rs.index, (x, y)
         road = RoadState(progress_m=progress, speed=speed, lateral_m=rs.lateral_m, heading_rad=rs.heading_rad,
-                         collision=collision, off_road=bool(abs(rs.lateral_m) > self.config.reward.lane_half_width))
+                         collision=collision, off_road=bool(abs(rs.lateral_m) > self.config.reward.lane_half_width),
+                         dt_s=self.config.fixed_delta_seconds)
         cfg = self.config
         vec = state_vector(speed, rs, self._route, (x, y, yaw), cfg.waypoints, cfg.waypoint_spacing_m,
                            cfg.reward.lane_half_width, cfg.scales)

@@ -257,7 +257,7 @@ class EmbeddedDrivingEnv(gym.Env):
         self._pos = pos
         off_road = abs(proj.lateral) > cfg.reward.lane_half_width
         state = RoadState(progress, float(ego.speed), proj.lateral, float(wrap(ego.heading - proj.heading)),
-                          bool(ego.crashed), off_road)
+                          bool(ego.crashed), off_road, dt_s=1.0 / cfg.policy_frequency)
         completion = self._completion()
         done = terminated(state, completion)
         truncated = not done and self._steps >= cfg.max_episode_steps
