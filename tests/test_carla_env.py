@@ -66,8 +66,8 @@ def test_hand_computed_vector_reward_and_termination(sim: FakeSim) -> None:
     check_step(step)
     obs, r, term, trunc, info = step
     # progress 1 m, speed term 1 - |5 - 8| / 8, lateral 0.5 m, heading 10 deg:
-    # 1.0 + 0.1 * 0.625 - 0.2 * 0.5 - 0.2 * 0.17453293 = 0.92759341
-    assert r == pytest.approx(0.92759341, abs=1e-6)
+    # 1.0 + 1.0 * 0.625 - 0.2 * 0.5 - 0.2 * 0.17453293 = 1.49009341
+    assert r == pytest.approx(1.49009341, abs=1e-6)
     assert (term, trunc) == (False, False)
     v = obs["vector"]
     # speed / 20 m/s, lateral / lane_half_width 2 m, heading / (pi / 2): as the embedded env
@@ -82,8 +82,8 @@ def test_hand_computed_vector_reward_and_termination(sim: FakeSim) -> None:
                     "speed": pytest.approx(5.0), "collision": False, "off_road": False}
 
     obs, r, term, trunc, info = env.step(np.array(A, np.float32))
-    # progress 2 m, at target speed (term 0.1), on the centre line, minus the collision penalty
-    assert r == pytest.approx(2.0 + 0.1 - 10.0, abs=1e-6)
+    # progress 2 m, at target speed (term 1.0), on the centre line, minus the collision penalty
+    assert r == pytest.approx(2.0 + 1.0 - 10.0, abs=1e-6)
     assert term and not trunc and info["collision"] is True
     env.close()
 
@@ -94,8 +94,8 @@ def test_off_road_route_complete_and_time_limit(sim: FakeSim) -> None:
     env.reset()
     _scripted(sim, env, {1: (2.0, 2.5, 0.0, 4.0)})
     _, r, term, _, info = env.step(np.array(A, np.float32))
-    # 2 + 0.1 * 0.5 - 0.2 * 2.5 - 10
-    assert info["off_road"] and term and r == pytest.approx(2.0 + 0.05 - 0.5 - 10.0)
+    # 2 + 1.0 * 0.5 - 0.2 * 2.5 - 10
+    assert info["off_road"] and term and r == pytest.approx(2.0 + 0.5 - 0.5 - 10.0)
     env.reset()
     # the projection searches near the last one (a route may pass close to itself): move 14 m a step
     _scripted(sim, env, {1: (14.0, 0.0, 0.0, 8.0), 2: (28.0, 0.0, 0.0, 8.0), 3: (40.7, 0.0, 0.0, 8.0)})
