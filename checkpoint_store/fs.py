@@ -33,12 +33,18 @@ class StoreUriError(ValueError):
 
 
 def redact(uri: str) -> str:
-    """The URI with any credentials in its query string replaced, safe to log or print."""
-    parts = urlsplit(uri)
-    if not parts.query:
+    """The URI with every credential replaced by ***, safe to log, print or store in a manifest:
+    the user-info part (`s3://KEY:SECRET@bucket`) and secret query parameters."""
+    if "://" not in uri:
         return uri
-    query = [(k, "***" if k in _SECRET_KEYS else v) for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-    return urlunsplit(parts._replace(query=urlencode(query, safe=":/")))
+    parts = urlsplit(uri)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
+    if parts.query:
+        query = [(k, "***" if k.lower() in _SECRET_KEYS else v)
+                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
+        parts = parts._replace(query=urlencode(query, safe=":/*"))
+    return urlunsplit(parts)
 
 
 @dataclass(frozen=True)
@@ -111,13 +117,17 @@ class Root:
         tmp = target.with_name(f"{target.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, target)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a failed write (full disk, read-only, I/O error) leaves no partial file
+            raise
         # The rename is durable only once the directory entry is on disk.
         dfd = os.open(target.parent, os.O_RDONLY)
         try:
@@ -149,6 +159,49 @@ class Root:
             self.fs.delete_file(self._abs(rel))
         except FileNotFoundError:
             pass
+
+
+PROBE_TIMEOUT_S = 20.0
+
+
+def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """Check at the start of a run that the store answers: open (creating it), write, list and
+    delete a probe object, all within `timeout_s`. Raises StoreUriError naming the (redacted) URI and
+    what to check, instead of a run that stalls for minutes at its first snapshot (issue 18)."""
+    import threading
+
+    outcome: list[BaseException | None] = []
+
+    def attempt() -> None:
+        try:
+            root = Root(uri, create=True)
+            name = f"probes/probe{TMP_MARK}{uuid.uuid4().hex}"  # its own folder: listing it stays cheap
+            root.write_atomic(name, b"carla-fleet store probe")
+            try:
+                if not any(e.path == name for e in root.list("probes")):
+                    raise OSError("a probe object written there was not listed back")
+            finally:
+                root.delete(name)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            outcome.append(exc)
+
+    worker = threading.Thread(target=attempt, name="store-probe", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    shown = redact(uri)
+    if not outcome:
+        raise StoreUriError(
+            f"snapshot store {shown!r} did not answer within {timeout_s:.0f} s (open, write, list, delete a probe "
+            f"object): check that its server is up and reachable (for S3 the endpoint_override host:port), and "
+            f"its credentials (AWS_* or GOOGLE_APPLICATION_CREDENTIALS in the environment, or an instance role)")
+    exc = outcome[0]
+    if isinstance(exc, StoreUriError):
+        raise exc
+    if exc is not None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StoreUriError(f"snapshot store {shown!r} cannot be written: {first[:300]}. Check the location, its "
+                            f"permissions and free space, and the store's credentials") from exc
 
 
 def _open(uri: str, create: bool) -> tuple[pafs.FileSystem, str, bool]:

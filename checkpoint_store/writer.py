@@ -108,10 +108,14 @@ class CheckpointWriter:
     """Saves states to a SnapshotStore in a background thread; at most one save in flight."""
 
     def __init__(self, store_uri: str, retention: RetentionPolicy | None = None,
-                 get_timeout_s: float = 600.0) -> None:
+                 get_timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 2.0) -> None:
         self.store = SnapshotStore(store_uri)
         self.retention = retention
         self.get_timeout_s = get_timeout_s
+        self.retries = retries
+        """Further attempts of a save whose store write failed with an I/O error (OSError)."""
+        self.backoff_s = backoff_s
+        """Wait before the first retry; doubled before each next one."""
         self._cond = threading.Condition()
         self._pending: _Request | None = None
         self._in_flight = False
@@ -119,7 +123,7 @@ class CheckpointWriter:
         self._last: Manifest | None = None
         self._last_error: str | None = None
         self._last_failed = False
-        self._stats = {"saves_done": 0, "superseded": 0, "errors": 0, "last_save_s": None,
+        self._stats = {"saves_done": 0, "superseded": 0, "errors": 0, "retries": 0, "last_save_s": None,
                        "last_save_bytes": None, "last_latency_s": None}
         self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
         self._thread.start()
@@ -158,7 +162,8 @@ class CheckpointWriter:
         """Last version, saves done, superseded count, last save seconds and bytes, errors."""
         with self._cond:
             return {**self._stats, "last_version": self._last.version if self._last else None,
-                    "last_error": self._last_error, "in_flight": self._in_flight,
+                    "last_error": self._last_error, "last_failed": self._last_failed, "max_retries": self.retries,
+                    "in_flight": self._in_flight,
                     "pending": self._pending is not None, "store": self.store.uri}
 
     def close(self, timeout: float | None = 60.0) -> None:
@@ -185,6 +190,23 @@ class CheckpointWriter:
             req, self._pending, self._in_flight = self._pending, None, True
             return req
 
+    def _put(self, state: Any, req: _Request) -> Manifest:
+        """store.put, retried with exponential backoff on I/O errors (a full disk, a store that is
+        briefly unreachable). The store itself leaves no partial file behind a failed write."""
+        for attempt in range(self.retries + 1):
+            try:
+                return self.store.put(state, req.meta, req.files, req.tags)
+            except OSError as exc:
+                if attempt == self.retries:
+                    raise
+                delay = self.backoff_s * 2 ** attempt
+                log.warning("snapshot save failed (%s); retry %d of %d in %.0f s", _one_line(exc), attempt + 1,
+                            self.retries, delay)
+                with self._cond:
+                    self._stats["retries"] += 1
+                time.sleep(delay)
+        raise AssertionError("unreachable")
+
     def _save(self, req: _Request) -> None:
         t0 = time.perf_counter()
         try:
@@ -192,13 +214,13 @@ class CheckpointWriter:
             # Drop every reference to the shared-memory object now, so Ray frees it before the
             # learner's next ray.put, which then reuses memory its process has already mapped.
             req.state = None
-            manifest = self.store.put(state, req.meta, req.files, req.tags)
+            manifest = self._put(state, req)
             del state
             written = self.store.last_put_bytes
             if self.retention is not None:
                 self.store.apply_retention(self.retention)
         except Exception as exc:  # noqa: BLE001 - any failure must reach status()/wait(), not kill the thread
-            log.exception("snapshot save failed")
+            log.error("snapshot save at %s updates failed: %s", req.meta.get("learner_updates"), _one_line(exc))
             with self._cond:
                 self._stats["errors"] += 1
                 self._last_error = f"{type(exc).__name__}: {exc}"
@@ -208,6 +230,11 @@ class CheckpointWriter:
             self._last, self._last_failed = manifest, False
             self._stats.update(saves_done=self._stats["saves_done"] + 1, last_save_s=time.perf_counter() - t0,
                                last_save_bytes=written, last_latency_s=time.monotonic() - req.submitted)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def _materialize(state: Any, timeout_s: float) -> Any:

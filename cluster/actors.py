@@ -15,7 +15,6 @@ import ray
 import torch
 
 from checkpoint_store.writer import submit_snapshot
-from cluster.config import to_dict
 from cluster.envs import make_factory
 from learner.learner import Learner
 from learner.replay import BoundedSender
@@ -44,8 +43,10 @@ class WeightsPoller:
 
 
 class WorkerActor:
-    def __init__(self, worker_id: int, cfg: Any, replay: Any, learner: Any) -> None:
+    def __init__(self, worker_id: int, cfg: Any, replay_name: str, learner_name: str) -> None:
+        """`replay_name` and `learner_name` name actors of this job; a restarted worker finds them again."""
         self.cfg = cfg
+        replay, learner = ray.get_actor(replay_name), ray.get_actor(learner_name)
         self.learner = learner
         learner.register_worker.remote(worker_id)  # every (re)start is counted: restarts = starts - workers
         self.worker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network, cfg.exploration,
@@ -130,7 +131,7 @@ class LearnerActor:
         # previous={}: a superseded save may never have stored the last export's segments; the store
         # still skips every blob whose sha256 it already holds, so bytes written stay incremental.
         files = self.replay.export.remote({}) if self.cfg.learner.save_replay else None
-        self._last_submit = submit_snapshot(self.writer, state, dict(meta, config=to_dict(self.cfg)), files)
+        self._last_submit = submit_snapshot(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
         self.snapshots += 1
 
     def run(self) -> dict[str, Any]:
@@ -141,10 +142,11 @@ class LearnerActor:
     def stop(self) -> None:
         self._stop.set()
 
-    def catch_up(self, timeout_s: float) -> dict[str, Any]:
-        """After the workers stop: finish the updates the ratio still owes, then a final snapshot."""
+    def catch_up(self, timeout_s: float, updates: bool = True) -> dict[str, Any]:
+        """After the workers stop: finish the updates the ratio still owes (unless `updates` is False,
+        as on an interrupt), then a final snapshot."""
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while updates and time.monotonic() < deadline:
             done = self.learner.step(self._pull, self._sink)
             if not done and self._pending is None and not self.learner.updates_allowed():
                 break
@@ -166,9 +168,7 @@ class LearnerActor:
         learner lags behind the replay, the workers are held back instead of running on unbounded.
         """
         self.collected += collected
-        lrn = self.learner
-        consumed = (lrn.updates - lrn._updates_at_start) / lrn.cfg.replay_ratio
-        return max(int(max(self.collected, lrn.env_steps) - lrn.cfg.learning_starts - consumed), 0)
+        return self.learner.steps_ahead(self.collected)
 
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)
@@ -184,6 +184,7 @@ class LearnerActor:
         out = self.learner.stats()
         out["worker_restarts"] = sum(n - 1 for n in self.worker_starts.values())
         out["collected_steps"] = self.collected
+        out["steps_ahead"] = self.learner.steps_ahead(self.collected)
         return out
 
 

@@ -80,9 +80,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (UserError, ConfigError) as exc:
+    except user_errors() as exc:
         print(f"fleet: error: {exc}", file=sys.stderr)
         return 2
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean "fix your input or setup": one line and exit status 2, never a traceback.
+
+    A snapshot that is not there, a store that cannot be opened, written or does not verify, a
+    snapshot whose shapes do not fit the config, a file that is not a legacy checkpoint.
+    """
+    from checkpoint_store.codec import CodecError
+    from checkpoint_store.fs import StoreUriError
+    from checkpoint_store.legacy import LegacyImportError
+    from checkpoint_store.manifest import ManifestError
+    from checkpoint_store.store import IntegrityError, SnapshotNotFound
+    from checkpoint_store.writer import CheckpointError
+    from learner.state import StateError
+
+    return (UserError, ConfigError, StoreUriError, SnapshotNotFound, IntegrityError, ManifestError,
+            LegacyImportError, CodecError, StateError, CheckpointError)
 
 
 class UserError(Exception):

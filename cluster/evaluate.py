@@ -2,32 +2,63 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from checkpoint_store.fs import redact
 from checkpoint_store.store import SnapshotStore
+from cluster.cli import UserError
 from cluster.envs import make_factory
-from cluster.experiment import from_manifest
+from cluster.experiment import ExperimentConfig, for_evaluation, load
 from cluster.runtime import Resume
-from learner.networks import POLICY_COMPONENTS
+from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 
 
 def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = None,
-                      local: bool = False, address: str | None = None) -> EvalReport:
-    """Policy-only load of `URI[@version]`, then `episodes` deterministic episodes on held-out seeds."""
+                      local: bool = False, address: str | None = None,
+                      base: ExperimentConfig | None = None, overrides: dict[str, Any] | None = None,
+                      say: Callable[[str], None] = print) -> EvalReport:
+    """Policy-only load of `URI[@version]`, then `episodes` deterministic episodes on held-out seeds.
+
+    What runs comes from `base` (the user's config; default: the packaged one), never from the
+    snapshot's manifest (see `experiment.for_evaluation`)."""
     where = Resume.parse(ref)
-    store = SnapshotStore(where.uri)
+    store = SnapshotStore(where.uri, create=False)  # a reader: never creates the location
     snap = store.get(where.version, components=list(POLICY_COMPONENTS))
-    cfg = from_manifest(snap.manifest.config)
+    cfg, notes = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
+    for note in notes:
+        say(note)
     weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
     first = cfg.eval.seed if seed is None else seed
     seeds = [first + i for i in range(episodes)]
-    label = f"{where.uri}@{snap.manifest.version}"
+    label = f"{redact(where.uri)}@{snap.manifest.version}"
     if local or workers <= 1:
         worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
         worker.load(weights)
         return summarize(worker.run(seeds), label)
     return summarize(_on_ray(cfg, weights, seeds, workers, address), label)
+
+
+def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: ExperimentConfig | None = None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One deterministic episode of the snapshot's policy as an animated GIF (rollout_workers.video)."""
+    from rollout_workers.video import record_episode
+
+    where = Resume.parse(ref)
+    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(POLICY_COMPONENTS))
+    cfg, _ = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
+    policy = Policy(cfg.network)
+    policy.load_components({name: snap.state[name] for name in POLICY_COMPONENTS})
+    env = make_factory(cfg, 0)(cfg.eval.seed if seed is None else seed)
+    try:
+        if not hasattr(env, "overview"):
+            raise UserError(f"--video draws the embedded simulator's top-down view; env {cfg.run.env!r} has none")
+        return record_episode(env, lambda obs: policy.act(obs["image"], obs["vector"]),
+                              cfg.eval.seed if seed is None else seed, path)
+    finally:
+        env.close()
 
 
 def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from checkpoint_store.fs import redact
 from checkpoint_store.retention import RetentionPolicy
-from cluster.config import ConfigError, from_dict, load_yaml
+from cluster.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from learner.learner import LearnerConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
@@ -22,6 +25,10 @@ from rollout_workers.worker import WorkerConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "embedded.yaml"
+
+
+LOCAL_PROCESSES_PER_CORE = 4
+"""A one-machine run refuses more rollout and evaluation workers than this many per core."""
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,14 @@ class RunConfig:
     """Env steps the workers may run ahead of what the learner's replay ratio has consumed."""
     progress_every_s: float = 5.0
     """Seconds between progress lines."""
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ConfigError(f"run.workers must be >= 1 (a run needs a rollout worker), got {self.workers}")
+        if self.total_env_steps < 1 or self.collect_steps < 1:
+            raise ConfigError("run.total_env_steps and run.collect_steps must be >= 1")
+        if self.max_minutes < 0 or self.progress_every_s <= 0:
+            raise ConfigError("run.max_minutes must be >= 0 and run.progress_every_s > 0")
 
 
 @dataclass(frozen=True)
@@ -91,6 +106,17 @@ class ExperimentConfig:
                 f"({self.network.waypoints}): the vector size follows from it"
             )
 
+    def check_local_capacity(self, cores: int) -> None:
+        """Refuse a one-machine run with far more processes than cores: each worker is a process
+        stepping a simulator, and 1000 of them on 2 cores starve the machine (issue 18)."""
+        evaluators = self.eval.workers if self.eval.every_updates > 0 else 0
+        limit = LOCAL_PROCESSES_PER_CORE * cores
+        if self.run.workers + evaluators > limit:
+            raise ConfigError(
+                f"run.workers ({self.run.workers}) + eval.workers ({evaluators}) is more than this machine's "
+                f"{cores} cores can run ({limit}, {LOCAL_PROCESSES_PER_CORE} per core): lower --workers, or "
+                f"run on a cluster (run.ray_address / ray job submit), where Ray places workers on its nodes")
+
     def worker_resources(self) -> dict[str, float]:
         """The custom resources of one rollout worker actor."""
         name = self.run.worker_resource
@@ -104,6 +130,12 @@ class ExperimentConfig:
     def store_uri(self) -> str:
         return self.run.store or str((self.run_dir() / "snapshots").resolve())
 
+    def public_dict(self) -> dict[str, Any]:
+        """The config as a dict with credentials redacted: what a manifest, a summary or a log may hold."""
+        out = to_dict(self)
+        out["run"]["store"] = redact(out["run"]["store"])
+        return out
+
 
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """The packaged default config, or `path`, with dotted-key overrides; a run name is filled in."""
@@ -114,5 +146,46 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 
 
 def from_manifest(config: dict[str, Any]) -> ExperimentConfig:
-    """Rebuild the experiment config a snapshot was written with."""
+    """Rebuild the experiment config a snapshot was written with (to show it; never to run from it:
+    see `for_evaluation`)."""
     return from_dict(ExperimentConfig, config)
+
+
+CARLA_CONNECTION_KEYS = ("host", "port", "tm_port", "timeout_s", "load_timeout_s", "sensor_timeout_s")
+"""Where a CARLA env connects: always the user's, never a manifest's."""
+
+
+def for_evaluation(manifest: dict[str, Any], base: ExperimentConfig,
+                   overrides: Mapping[str, Any] | None = None) -> tuple[ExperimentConfig, list[str]]:
+    """The config to evaluate a snapshot with, and notes to show the user.
+
+    Whoever can write a store can write its manifests, and a checksum is not authentication, so a
+    manifest is read as data only: the network's shape (to build the layers its weights fill) and the
+    simulator's parameters (route, traffic, reward, camera). What runs -- the env factory (`run.env`),
+    CARLA server commands and client modules, Ray addresses, where a CARLA env connects -- comes from
+    `base`, the user's own config and command line. `overrides` (the user's `--set`) win over the
+    manifest's simulator parameters, e.g. `embedded.route_length_m=600` to evaluate on longer routes.
+    """
+    network, notes = base.network, []
+
+    def section(name: str) -> dict[str, Any]:
+        data = copy.deepcopy(manifest[name])
+        prefix = name + "."
+        return apply_overrides(data, {k[len(prefix):]: v for k, v in (overrides or {}).items() if k.startswith(prefix)})
+
+    if "network" in manifest:
+        network = from_dict(NetworkConfig, manifest["network"], "snapshot manifest: network")
+    elif isinstance(manifest.get("vector_dim"), int):  # a legacy import records the vector size only
+        network = replace(base.network, waypoints=(manifest["vector_dim"] - 3) // 2)
+    embedded = replace(base.embedded, waypoints=network.waypoints)
+    if "embedded" in manifest:
+        embedded = from_dict(EmbeddedEnvConfig, section("embedded"), "snapshot manifest: embedded")
+    carla = replace(base.carla, waypoints=network.waypoints)
+    if "carla" in manifest:
+        scene = from_dict(CarlaEnvConfig, section("carla"), "snapshot manifest: carla")
+        carla = replace(scene, **{k: getattr(base.carla, k) for k in CARLA_CONNECTION_KEYS})
+    trained_on = manifest.get("run", {}).get("env") if isinstance(manifest.get("run"), dict) else None
+    if trained_on is not None and trained_on != base.run.env:
+        notes.append(f"the snapshot's manifest says it was trained on env {str(trained_on)[:80]!r}; nothing a "
+                     f"manifest names is run: evaluating on {base.run.env!r} (your config; choose with --env)")
+    return replace(base, network=network, embedded=embedded, carla=carla), notes

@@ -16,11 +16,12 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from checkpoint_store.fs import probe, redact
 from checkpoint_store.store import SnapshotStore
-from checkpoint_store.writer import CheckpointWriter, snapshot_state
-from cluster.config import to_dict
+from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
 from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
@@ -35,10 +36,30 @@ log = logging.getLogger(__name__)
 RAY_SYSTEM_CONFIG = {"task_events_max_num_task_in_gcs": 20_000}
 
 
-def init_local_ray(num_cpus: int, resources: dict[str, float] | None = None, log_to_driver: bool = True) -> None:
-    """A one-node Ray instance for this process, without the dashboard."""
+def route_ray_logs(log_file: Path | None) -> None:
+    """Send the INFO and WARNING lines of Ray's Python side (start-up chatter such as "Started a local
+    Ray instance" and the token-authentication notice) to `log_file`; the terminal keeps Ray's errors."""
+    import ray  # noqa: F401 - importing ray installs the handlers of its "ray" logger
+
+    logger = logging.getLogger("ray")
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.ERROR)
+    if log_file is not None and not any(isinstance(h, logging.FileHandler) and h.baseFilename == str(log_file)
+                                        for h in logger.handlers):
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(file_handler)
+
+
+def init_local_ray(num_cpus: int, resources: dict[str, float] | None = None, log_to_driver: bool = True,
+                   log_file: Path | None = None) -> None:
+    """A one-node Ray instance for this process, without the dashboard; Ray's start-up chatter goes to
+    `log_file` (see `route_ray_logs`)."""
     import ray
 
+    route_ray_logs(log_file)
     ray.init(num_cpus=num_cpus, resources=resources or None, include_dashboard=False,
              log_to_driver=log_to_driver, _system_config=RAY_SYSTEM_CONFIG)
 
@@ -75,7 +96,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def load_resume(resume: Resume) -> tuple[dict[str, Any], dict[str, bytes], Any]:
-    store = SnapshotStore(resume.uri)
+    store = SnapshotStore(resume.uri, create=False)
     snap = store.get(resume.version)
     files = {name: store.read_file(snap.manifest.version, name) for name in snap.manifest.files}
     return snap.state, files, snap.manifest
@@ -92,9 +113,10 @@ def best_eval(restored: tuple | None) -> float:
 def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = False,
           quiet: bool = False) -> dict[str, Any]:
     """Run one training job; returns the summary also written to runs/<name>/summary.json."""
+    restored = load_resume(resume) if resume else None
+    probe(cfg.store_uri())  # a store that cannot be written fails the run now, not at its first snapshot
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    restored = load_resume(resume) if resume else None
     metrics = MetricsLog(run_dir)
     status = Status(total_env_steps=cfg.run.total_env_steps)
     progress = Progress(cfg.run.progress_every_s, quiet=quiet)
@@ -102,52 +124,93 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
+    store_error: CheckpointError | None = None
     deadline = started + 60 * cfg.run.max_minutes if cfg.run.max_minutes > 0 else float("inf")
-    with ExitStack() as signals:
-        try:
-            runner.start()
-            # After start: ray.init installs its own SIGTERM handler (a bare exit), ours replaces it.
-            signals.enter_context(sigterm_as_interrupt())
-            evaluator = runner.evaluator(best_eval(restored))
-            while max(status.env_steps, status.collected) < cfg.run.total_env_steps \
-                    and time.monotonic() < deadline:
-                runner.poll(status, metrics)
-                evaluator.poll(status, metrics)
-                progress.maybe_print(status)
-        except KeyboardInterrupt:
-            interrupted = True
-            print("\ninterrupted: stopping workers, writing a final snapshot ...", flush=True)
-        finally:
+    status.phase = "starting Ray and the actors" if not local else "starting"
+    progress.start(status)
+    try:
+        with ExitStack() as signals:
             try:
-                final = runner.finish(status, metrics)
-                if evaluator is not None and not interrupted:
-                    evaluator.finish(status, metrics)  # the final version too, so `best` considers it
+                runner.start()
+                # After start: ray.init installs its own SIGTERM handler (a bare exit), ours replaces it.
+                signals.enter_context(sigterm_as_interrupt())
+                evaluator = runner.evaluator(best_eval(restored))
+                while max(status.env_steps, status.collected) < cfg.run.total_env_steps \
+                        and time.monotonic() < deadline:
+                    runner.poll(status, metrics)
+                    evaluator.poll(status, metrics)
+                    status.phase = phase(status, cfg)
+            except KeyboardInterrupt:
+                interrupted = True
+                status.phase = "interrupted: stopping the workers, writing a final snapshot"
+            except CheckpointError as exc:  # reported by the CLI once the summary is written
+                store_error = exc
+                status.phase = "the store failed: stopping"
             finally:
-                if evaluator is not None:
-                    evaluator.backend.close()
-                runner.close()
-                metrics.close()
-    progress.maybe_print(status, force=True)
-    summary = {
-        "run": cfg.run.name, "interrupted": interrupted, "env_steps": status.env_steps,
-        "collected_steps": max(status.collected, status.env_steps),
-        "learner_updates": status.updates, "episodes": status.episodes,
-        "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
-        "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
-        "snapshot_block_ms_median": status.snapshot_block_ms,
-        "store": cfg.store_uri(), "wall_s": round(time.monotonic() - started, 1),
-        "resumed_from": f"{resume.uri}@{resume.version}" if resume else None,
-    }
-    if evaluator is not None and evaluator.reports:
-        summary["last_eval"] = status.last_eval
-        summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
-        summary["final_eval"] = eval_figures(evaluator.reports[-1])
-        if cfg.run.env == "embedded":
-            summary["scripted_reference"] = scripted_reference(cfg)
+                try:
+                    if not interrupted and store_error is None:
+                        status.phase = "stopping the workers, catching up the replay ratio, writing the final snapshot"
+                    # Interrupted (Ctrl-C, SIGTERM from `ray job stop` or a scheduler, which give ~30 s): the
+                    # final snapshot first, without catching up the updates the ratio still owes.
+                    final = runner.finish(status, metrics, catch_up=not interrupted, snapshot=store_error is None)
+                    if evaluator is not None and not interrupted and store_error is None:
+                        status.phase = f"evaluating the final snapshot {status.last_snapshot}"
+                        evaluator.finish(status, metrics)  # the final version too, so `best` considers it
+                finally:
+                    if evaluator is not None:
+                        evaluator.backend.close()
+                    runner.close()
+                    metrics.close()
+        summary = {
+            "run": cfg.run.name, "interrupted": interrupted, "env_steps": status.env_steps,
+            "collected_steps": max(status.collected, status.env_steps),
+            "learner_updates": status.updates, "episodes": status.episodes,
+            "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
+            "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
+            "snapshot_block_ms_median": status.snapshot_block_ms,
+            "store": redact(cfg.store_uri()), "wall_s": round(time.monotonic() - started, 1),
+            "resumed_from": f"{redact(resume.uri)}@{resume.version}" if resume else None,
+        }
+        if store_error is not None:
+            summary["error"] = str(store_error)
+        if evaluator is not None and evaluator.reports:
+            summary["last_eval"] = status.last_eval
+            summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
+            summary["final_eval"] = eval_figures(evaluator.reports[-1])
+            if cfg.run.env == "embedded":
+                status.phase = "the scripted driver on the same evaluation episodes, for reference"
+                summary["scripted_reference"] = scripted_reference(cfg)
+    finally:
+        progress.stop()  # also when a failure propagates: the terminal is left clean for its message
     if final.get("placement"):
         summary["placement"] = final["placement"]
+        summary["placement_text"] = final.get("placement_text", [])
     progress.summary(summary, run_dir)
+    if store_error is not None:
+        raise store_error  # after the summary: the CLI prints it as one line, exit status 2
     return summary
+
+
+def phase(status: Status, cfg: ExperimentConfig) -> str:
+    """What the run is doing, in words, with the reason when workers wait."""
+    learning_starts = cfg.learner.learning_starts
+    if status.env_steps < learning_starts:
+        return f"warm-up: exploring until {learning_starts:,} env steps, then learning"
+    if status.steps_ahead > cfg.run.max_ahead_steps:
+        return (f"waiting for the learner: workers {status.steps_ahead:,} env steps ahead of replay ratio "
+                f"{cfg.learner.replay_ratio:g}")
+    return "learning"
+
+
+def raise_if_store_failed(writer: dict[str, Any]) -> None:
+    """Stop the run when the checkpoint writer's last save failed after its retries (issue 18): a run
+    that trains on without being able to save loses everything after its last stored version."""
+    if writer.get("last_failed"):
+        kept = writer.get("last_version") or "none"
+        raise CheckpointError(
+            f"saving a snapshot to {writer.get('store')} failed after {writer.get('max_retries', 0)} retries "
+            f"({writer.get('last_error')}); the run stops here. Versions stored before are kept (latest: {kept}): "
+            f"fix the store (space, permissions, reachability), then continue with --resume {writer.get('store')}")
 
 
 def eval_figures(report: Any) -> dict[str, float]:
@@ -222,7 +285,7 @@ class LocalRun:
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         files = self.learner.memory.export({}) if self.cfg.learner.save_replay else None
-        meta = dict(meta, config=to_dict(self.cfg))
+        meta = dict(meta, config=self.cfg.public_dict())
         self.writer.submit(snapshot_state(state), meta, files)
 
     def poll(self, status: Status, metrics: MetricsLog) -> None:
@@ -239,7 +302,7 @@ class LocalRun:
                 pass
         self._update(status, metrics)
 
-    def _update(self, status: Status, metrics: MetricsLog) -> None:
+    def _update(self, status: Status, metrics: MetricsLog, check_store: bool = True) -> None:
         stats = self.learner.stats()
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
         status.snapshot_block_ms = stats.get("snapshot_block_ms_median", status.snapshot_block_ms)
@@ -247,18 +310,24 @@ class LocalRun:
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
-        last = self.writer.status().get("last_version")
-        status.last_snapshot = last or "-"
+        writer = self.writer.status()
+        status.last_snapshot = writer.get("last_version") or "-"
+        if check_store:
+            raise_if_store_failed(writer)
 
-    def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
+    def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
+               snapshot: bool = True) -> dict[str, Any]:
         for w in self.workers:
             w.flush(self._chunks.append)
             w.close()
-        while self.learner.step(self._source, self._sink):
+        if not snapshot:  # the store is failing: nothing more to write there
+            self._update(status, metrics, check_store=False)
+            return {}
+        while catch_up and self.learner.step(self._source, self._sink):
             pass
         self.learner.snapshot(self._sink)
         manifest = self.writer.wait(timeout=600)
-        self._update(status, metrics)
+        self._update(status, metrics, check_store=False)
         return {"version": manifest.version if manifest else "-"}
 
 
@@ -273,6 +342,7 @@ class RayRun:
         self.workers: list[Any] = []
         self._runs: dict[Any, int] = {}
         self.placement: dict[str, Any] = {}
+        self._learner_gpu = False
 
     def start(self) -> None:
         import ray
@@ -283,10 +353,12 @@ class RayRun:
         cfg = self.cfg
         if not ray.is_initialized():
             if cfg.run.ray_address:
+                route_ray_logs(cfg.run_dir() / "ray.log")
                 ray.init(address=cfg.run.ray_address, log_to_driver=True)
             else:
                 # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
                 # cores (they then share them) -- otherwise some workers would never be scheduled.
+                cfg.check_local_capacity(os.cpu_count() or 1)
                 evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
                 needed = cfg.run.workers + 1 + evaluators
                 if cfg.run.env == "carla":  # one node, this environment: fail now, with what to set
@@ -295,9 +367,10 @@ class RayRun:
                     check_carla_setup(cfg)
                 # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
                 custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
-                init_local_ray(max(os.cpu_count() or 1, needed), custom)
+                init_local_ray(max(os.cpu_count() or 1, needed), custom, log_file=cfg.run_dir() / "ray.log")
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
+        self._learner_gpu = bool(gpus)
         state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)
         name = cfg.run.name
         # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
@@ -309,17 +382,19 @@ class RayRun:
         node = ray.get(probe)
         affinity = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         replay_cls = ray.remote(num_cpus=0, max_concurrency=4)(ReplayActor)
-        self.replay = replay_cls.options(scheduling_strategy=affinity).remote(
+        self.replay = replay_cls.options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
             cfg.replay, cfg.network.vector_dim, cfg.agent.gamma, files=files or None, seed=cfg.run.seed)
-        self.learner = learner_cls.options(scheduling_strategy=affinity).remote(
+        self.learner = learner_cls.options(name=f"{name}-learner", scheduling_strategy=affinity).remote(
             cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()
         resources = cfg.worker_resources()
         # A killed worker is restarted by Ray, and its interrupted loop call re-run on the new instance.
         worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=-1,
                                 max_concurrency=2)(WorkerActor)
-        self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(i, cfg, self.replay, self.learner)
-                        for i in range(cfg.run.workers)]
+        # By name, not handle: a handle in a restartable actor's constructor arguments is a reference Ray
+        # cannot restore (ray-project/ray#53727), and it says so with an ERROR line at every start.
+        self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(
+            i, cfg, f"{name}-replay", f"{name}-learner") for i in range(cfg.run.workers)]
         self._runs = {w.run.remote(): i for i, w in enumerate(self.workers)}
         self.placement = self._placement()
 
@@ -334,6 +409,24 @@ class RayRun:
         out: dict[str, Any] = {k: ray.get(v, timeout=300) for k, v in refs.items()}
         out["workers"] = ray.get([where(w) for w in self.workers], timeout=300)
         return out
+
+    def placement_text(self) -> list[str]:
+        """Where each actor runs, by node address and host name, with the resources it holds."""
+        import ray
+
+        cfg, p = self.cfg, self.placement
+        if not p:
+            return []
+        nodes = {n["NodeID"]: f"{n.get('NodeManagerAddress', '?')} ({n.get('NodeManagerHostname', '?')})"
+                 for n in ray.nodes()}
+        learner_res = "1 CPU" + (", 1 GPU" if self._learner_gpu else "") + f", {cfg.learner.threads()} torch threads"
+        worker_res = ", ".join(["1 CPU"] + [f"{v:g} {k}" for k, v in cfg.worker_resources().items()])
+        lines = [f"learner      on {nodes.get(p['learner'], p['learner'])}: {learner_res}",
+                 f"replay       on {nodes.get(p['replay'], p['replay'])}: 0 CPU",
+                 f"checkpoint   on {nodes.get(p['checkpoint'], p['checkpoint'])}: 0 CPU"]
+        for node in sorted(set(p["workers"])):
+            lines.append(f"{p['workers'].count(node)} worker(s) on {nodes.get(node, node)}: {worker_res} each")
+        return lines
 
     def poll(self, status: Status, metrics: MetricsLog) -> None:
         import ray
@@ -362,7 +455,7 @@ class RayRun:
         _absorb_reports(reports, status, metrics, self._returns)
         self._update(status, metrics)
 
-    def _update(self, status: Status, metrics: MetricsLog) -> None:
+    def _update(self, status: Status, metrics: MetricsLog, check_store: bool = True) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -373,6 +466,7 @@ class RayRun:
         status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
         status.worker_restarts = stats["worker_restarts"]
         status.collected = stats["collected_steps"]
+        status.steps_ahead = stats["steps_ahead"]
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
         try:
@@ -380,11 +474,14 @@ class RayRun:
         except (RayActorError, GetTimeoutError):  # the writer is restarting: keep the last known version
             return
         status.last_snapshot = writer.get("last_version") or status.last_snapshot
+        if check_store:
+            raise_if_store_failed(writer)
 
-    def finish(self, status: Status, metrics: MetricsLog) -> dict[str, Any]:
+    def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
+               snapshot: bool = True) -> dict[str, Any]:
         import ray
 
-        result: dict[str, Any] = {"placement": self.placement}
+        result: dict[str, Any] = {"placement": self.placement, "placement_text": self.placement_text()}
         if not self.workers:
             return result
         for w in self.workers:
@@ -392,7 +489,10 @@ class RayRun:
         ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
-        final = ray.get(self.learner.catch_up.remote(timeout_s=600))["learner_updates"]
+        if not snapshot:  # the store is failing: nothing more to write there
+            self._update(status, metrics, check_store=False)
+            return result
+        final = ray.get(self.learner.catch_up.remote(timeout_s=600, updates=catch_up))["learner_updates"]
         for _ in range(3):
             manifest = self._writer("wait", 600)
             if manifest is not None and manifest.learner_updates >= final:
@@ -401,11 +501,11 @@ class RayRun:
             # so the learner submits the final snapshot again (catch_up has no updates left to do).
             log.warning("final snapshot not in the store (writer has %s); submitting it again",
                         manifest.version if manifest else "nothing")
-            ray.get(self.learner.catch_up.remote(timeout_s=600))
+            ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False))
         else:
             raise RuntimeError(f"the final snapshot ({final} updates) was not saved by the checkpoint writer")
         result["version"] = manifest.version
-        self._update(status, metrics)
+        self._update(status, metrics, check_store=False)
         return result
 
     def _writer(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:

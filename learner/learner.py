@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -89,6 +89,8 @@ class Learner:
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._updates_at_start = 0
+        self._anchor = (0, 0)
+        """(env_steps, updates) the replay-ratio schedule counts from: (0, 0), or a restored snapshot's."""
         self.last_snapshot_update = -1
         self._snapshot_at = time.monotonic()
         self.snapshot_block_ms: list[float] = []
@@ -114,8 +116,19 @@ class Learner:
         """How many updates the replay ratio allows now (0 during warm-up)."""
         if self.env_steps < self.cfg.learning_starts or len(self.memory) < self.agent.cfg.batch_size:
             return 0
-        due = int(self.cfg.replay_ratio * (self.env_steps - self.cfg.learning_starts + 1))
-        return max(0, due - (self.updates - self._updates_at_start))
+        # Updates owed since the anchor; before a restore (or a restore during warm-up) this is
+        # int(ratio * (env_steps - learning_starts + 1)), so a resumed run keeps the uninterrupted schedule.
+        anchor_steps, anchor_updates = self._anchor
+        start = max(anchor_steps, self.cfg.learning_starts - 1)
+        due = anchor_updates + int(self.cfg.replay_ratio * (self.env_steps - start))
+        return max(0, due - self.updates)
+
+    def steps_ahead(self, collected: int) -> int:
+        """Env steps collected (by the workers' count, or pulled, whichever is more) beyond what the
+        replay-ratio schedule has consumed so far: workers pause while this exceeds a bound."""
+        anchor_steps, anchor_updates = self._anchor
+        consumed = max(anchor_steps, self.cfg.learning_starts - 1) + (self.updates - anchor_updates) / self.cfg.replay_ratio
+        return max(int(max(collected, self.env_steps) - consumed), 0)
 
     def step(self, source: DataSource, sink: SnapshotSink | None = None) -> int:
         """Pull new data, run the updates the ratio allows (at most updates_per_call). Returns updates done."""
@@ -197,8 +210,9 @@ class Learner:
         self.policy_version = int(own["policy_version"])
         self.best_eval = own.get("best_eval")
         self._updates_at_start = self.updates
-        # Updates already done stand for the data already seen: the ratio counts from here.
-        self.cfg = replace(self.cfg, learning_starts=min(self.cfg.learning_starts, self.env_steps))
+        # The updates already done stand for the data already seen: the schedule continues from here
+        # (no burst of catch-up updates, whatever learning_starts and the ratio were).
+        self._anchor = (self.env_steps, self.updates) if self.env_steps >= self.cfg.learning_starts else (0, 0)
         self.publish()
 
     def stats(self) -> dict[str, Any]:

@@ -67,3 +67,25 @@ def test_fleet_config_show_and_help():
         assert cmd in helped.stdout
     bad = subprocess.run([fleet, "train", "--set", "agent.gama=1"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "agent.gama" in bad.stderr
+
+
+@pytest.mark.parametrize("workers, needle", [("0", "run.workers must be >= 1"), ("-3", "run.workers must be >= 1"),
+                                             ("1000", "cores can run")])
+def test_fleet_train_refuses_impossible_worker_counts_in_seconds(tmp_path: Path, workers: str, needle: str) -> None:
+    # Issue 18: --workers 0 looped forever at `env 0/500`; --workers 1000 spawned 114 processes on 2 cores.
+    fleet = str(Path(sys.executable).parent / "fleet")
+    proc = subprocess.run([fleet, "train", "--workers", workers, "--set", f"run.runs_dir={tmp_path}"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert needle in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())  # refused before a run folder or Ray existed
+
+
+def test_local_capacity_counts_rollout_and_evaluation_workers() -> None:
+    per_core = experiment.LOCAL_PROCESSES_PER_CORE
+    cfg = experiment.load(None, {"run.workers": 4 * per_core, "eval.every_updates": 0})
+    cfg.check_local_capacity(4)  # exactly at the limit
+    with pytest.raises(ConfigError, match="cores can run"):
+        experiment.load(None, {"run.workers": 4 * per_core, "eval.every_updates": 100,
+                               "eval.workers": 1}).check_local_capacity(4)

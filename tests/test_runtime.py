@@ -60,7 +60,9 @@ def test_local_resume_continues_counters_and_keeps_the_replay(tmp_path):
     cfg2 = make_cfg(tmp_path, **{"run.name": "t2", "run.total_env_steps": 1800})
     second = train(cfg2, resume=Resume.parse(cfg.store_uri()), local=True, quiet=True)
     assert second["env_steps"] >= 1800 > first["env_steps"]
-    assert second["learner_updates"] > first["learner_updates"]
+    # The same schedule as an uninterrupted run: no burst of updates on resume (issue 18, item 5).
+    assert first["learner_updates"] == owed_updates(cfg, first["env_steps"])
+    assert abs(second["learner_updates"] - owed_updates(cfg2, second["env_steps"])) <= 1
     latest = SnapshotStore(cfg.store_uri()).get("latest")
     assert latest.manifest.env_steps == second["env_steps"]
     assert latest.manifest.learner_updates == second["learner_updates"]
@@ -152,6 +154,15 @@ def test_best_tag_moves_only_when_the_score_beats_the_best_so_far(tmp_path):
 
     cfg = make_cfg(tmp_path, **{"run.name": "pe", "eval.every_updates": 1, "eval.episodes": 2})
     train(cfg, local=True, quiet=True)
+    # The run's TensorBoard folder, read by TensorBoard's own reader: learner, episode and evaluation scalars.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(cfg.run_dir() / "tb"))
+    tb.Reload()
+    tags = tb.Tags()["scalars"]
+    for wanted in ("learner/critic_loss", "learner/dq_dthrottle", "episode/return", "eval/driving_score"):
+        assert wanted in tags, (wanted, tags)
+    assert len(tb.Scalars("learner/critic_loss")) >= 2
     versions = [m.version for m in SnapshotStore(cfg.store_uri()).list()][:4]
     calls = []
     ev = PeriodicEval(cfg, PresetBackend([0.5, 0.3, 0.8, 0.8]), lambda v, s: calls.append((v, s)), 0.4)
@@ -175,6 +186,23 @@ def test_learner_snapshot_carries_the_best_evaluation_score(tmp_path):
     fresh = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
     fresh.restore(saved)
     assert fresh.best_eval == 0.625
+
+
+def test_a_restored_learner_keeps_the_schedule_and_paces_workers_from_where_it_was(tmp_path, monkeypatch):
+    cfg = make_cfg(tmp_path, **{"learner.learning_starts": 100, "learner.replay_ratio": 0.5})
+    lrn = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    assert lrn.steps_ahead(300) == 300 - 99  # nothing consumed yet past the warm-up
+    lrn.env_steps, lrn.agent.total_it.value = 1000, 450  # on schedule: int(0.5 * (1000 - 100 + 1)) = 450
+    assert lrn.steps_ahead(1000) == 0
+    saved = {}
+    lrn.snapshot(lambda state, meta: saved.update(state))
+    fresh = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    fresh.restore(saved)
+    assert (fresh.env_steps, fresh.updates) == (1000, 450)
+    assert fresh.steps_ahead(1000) == 0 and fresh.steps_ahead(1100) == 100  # not the whole run again
+    fresh.env_steps = 1100
+    monkeypatch.setattr(type(fresh.memory), "__len__", lambda self: 10**6)  # a full memory, as if restored
+    assert fresh.updates_allowed() == 50  # 0.5 per new step, no burst (issue 18, item 5)
 
 
 def test_carla_run_on_a_ray_it_starts_fails_fast_naming_what_to_set(tmp_path):

@@ -21,6 +21,8 @@ def register(cli: Commands) -> None:
                    help="minutes of training between the evaluated policies")
     p.add_argument("--episodes", type=int, default=20, help="held-out evaluation episodes per point")
     p.add_argument("--baselines", default="sb3", help="comma-separated baselines: 'sb3' or 'none'")
+    p.add_argument("--baseline-seeds", type=int, metavar="N",
+                   help="train the baselines on the first N seeds only (default: every seed)")
     p.add_argument("--config", help="experiment YAML (default: the packaged default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every system (e.g. agent.batch_size=32)")
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.minutes <= 0 or args.eval_every <= 0 or args.episodes < 1:
         raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
+    if args.baseline_seeds is not None and not 0 <= args.baseline_seeds <= args.seeds:
+        raise UserError(f"--baseline-seeds must be between 0 and --seeds ({args.seeds})")
     baselines = [b for b in args.baselines.split(",") if b and b != "none"]
     unknown = sorted(set(baselines) - {"sb3"})
     if unknown:
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     for seed in range(args.seeds):
         curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
         curves.append(lb.finish_curve(curve, level))
-        if "sb3" in baselines:
+        if "sb3" in baselines and seed < (args.seeds if args.baseline_seeds is None else args.baseline_seeds):
             curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes)
             curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
@@ -74,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 def _argv(args: argparse.Namespace) -> list[str]:
     out = [f"--seeds {args.seeds}", f"--minutes {args.minutes:g}", f"--eval-every {args.eval_every:g}",
            f"--episodes {args.episodes}", f"--baselines {args.baselines}"]
+    if args.baseline_seeds is not None:
+        out.append(f"--baseline-seeds {args.baseline_seeds}")
     out += [f"--set {s}" for s in args.set]
     return out
 

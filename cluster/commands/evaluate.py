@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cluster.cli import Commands
@@ -19,14 +20,26 @@ def register(cli: Commands) -> None:
                    "else a local Ray instance)")
     p.add_argument("--local", action="store_true", help="evaluate in this process, without Ray")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--video", action="store_true",
+                   help="also write episode.gif: one episode from the top, the network's frames and its actions")
+    p.add_argument("--config", help="experiment YAML whose env and servers to evaluate on (default: the packaged "
+                   "one); the snapshot contributes only its network shape and simulator parameters")
+    p.add_argument("--env", help="env to evaluate on: embedded, carla or package.module:function (overrides run.env)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set carla_server.gpus=[0] (YAML value syntax)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from cluster import experiment
+    from cluster.commands.train import overrides
     from cluster.evaluate import evaluate_snapshot
     from rollout_workers.evaluation import write_report
 
+    over = overrides(args, flags=(("env", "run.env"),))
+    base = experiment.load(args.config, over)
     report = evaluate_snapshot(args.snapshot, args.workers, args.episodes, seed=args.seed, local=args.local,
-                               address=args.address)
+                               address=args.address, base=base, overrides=over,
+                               say=lambda line: print(line, file=sys.stderr))
     out = Path(args.out or f"runs/eval-{report.snapshot.rsplit('@', 1)[-1]}")
     json_path, png_path = write_report(report, out)
     if args.json:
@@ -40,4 +53,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  off-road rate        {report.off_road_rate:.3f}")
         print(f"  mean speed (m/s)     {report.mean_speed:.2f}")
         print(f"report: {json_path} {png_path}")
+    if args.video:
+        from cluster.evaluate import video_of_snapshot
+
+        video = video_of_snapshot(args.snapshot, out / "episode.gif", seed=args.seed, base=base, overrides=over)
+        print(f"video: {video['path']} ({video['frames']} frames, {video['size'][0]}x{video['size'][1]}, "
+              f"route completion {video['route_completion']:.2f})", file=sys.stderr if args.json else sys.stdout)
     return 0

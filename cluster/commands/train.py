@@ -24,7 +24,13 @@ def register(cli: Commands) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress lines")
 
 
-def overrides(args: argparse.Namespace) -> dict[str, Any]:
+TRAIN_FLAGS = (("env", "run.env"), ("workers", "run.workers"), ("steps", "run.total_env_steps"),
+               ("store", "run.store"), ("name", "run.name"))
+"""Command-line flags of `fleet train` that set a config key."""
+
+
+def overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...] = TRAIN_FLAGS) -> dict[str, Any]:
+    """The config overrides of `--set KEY=VALUE` and of the `flags` (flag, key) given on the command line."""
     import yaml
 
     out: dict[str, Any] = {}
@@ -33,14 +39,14 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
         if not sep:
             raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. agent.batch_size=128")
         out[key] = yaml.safe_load(value)
-    for flag, key in (("env", "run.env"), ("workers", "run.workers"), ("steps", "run.total_env_steps"),
-                      ("store", "run.store"), ("name", "run.name")):
+    for flag, key in flags:
         if getattr(args, flag, None) is not None:
             out[key] = getattr(args, flag)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
+    from checkpoint_store.fs import redact
     from cluster import experiment
     from cluster.runtime import Resume, train
 
@@ -51,7 +57,11 @@ def run(args: argparse.Namespace) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, run=replace(cfg.run, store=resume.uri))
+    if not cfg.run.ray_address:  # one machine: at most a few processes per core (a cluster places its own)
+        import os
+
+        cfg.check_local_capacity(os.cpu_count() or 1)
     print(f"run {cfg.run.name}: env={cfg.run.env} workers={cfg.run.workers} steps={cfg.run.total_env_steps:,} "
-          f"store={cfg.store_uri()}" + (" (local, no Ray)" if args.local else ""), flush=True)
+          f"store={redact(cfg.store_uri())}" + (" (local, no Ray)" if args.local else ""), flush=True)
     summary = train(cfg, resume=resume, local=args.local, quiet=args.quiet)
     return 130 if summary["interrupted"] else 0

@@ -217,6 +217,7 @@ class EmbeddedDrivingEnv(gym.Env):
         self._hint = 0
         self._steps = 0
         self._pos = np.zeros(2)
+        self._overview: FrameRenderer | None = None
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is None and self._pending_seed is not None:
@@ -296,6 +297,27 @@ class EmbeddedDrivingEnv(gym.Env):
             "lateral_m": float(proj.lateral),
             "route_lane": self._sim.route_lane,
         }
+
+    def overview(self, size: int = 256, resolution_m: float = 0.3) -> np.ndarray:
+        """A top-down RGB view around the ego for videos, larger than the network's 84x84 input: the
+        road and other vehicles (gray), the ego (red), the route ahead (green). (size, size, 3) uint8."""
+        if self._overview is None or self._overview.size != size or self._overview.res != resolution_m:
+            assets = self._sim.assets
+            self._overview = FrameRenderer(assets.world, assets.spec, size, resolution_m, int(size * 0.7))
+        view, ego = self._overview, self._sim.vehicle
+        others = np.array([(v.position[0], v.position[1], v.heading) for v in self._sim.road.vehicles
+                           if v is not ego]).reshape(-1, 3)
+        gray = view.render(ego.position, float(ego.heading), others)
+        rgb = np.repeat(gray[:, :, None], 3, axis=2)
+        pts, _ = self._route.sample(self._s + np.arange(2.0, 80.0, 2.0))
+        local = to_ego(pts, ego.position, float(ego.heading))
+        rows = np.round(view.ego_row - local[:, 0] / view.res).astype(int)
+        cols = np.round((size - 1) / 2 + local[:, 1] / view.res).astype(int)
+        for r, c in zip(rows, cols):
+            if 1 <= r < size - 1 and 1 <= c < size - 1:
+                rgb[r - 1:r + 2, c - 1:c + 2] = (40, 200, 60)
+        rgb[view.ego_mask] = (220, 40, 40)
+        return rgb
 
     def render(self) -> np.ndarray | None:
         """The newest frame as RGB (rgb_array mode), for videos and debugging."""
