@@ -42,6 +42,10 @@ FileValue = bytes | str
 """Bytes to store, or 'sha256:<hex>' naming a blob already in the store."""
 
 
+HIGH_WATER = "refs/high-water"
+"""The last version id handed out (ids are never reused)."""
+
+
 class SnapshotNotFound(LookupError):
     """No version matches the reference; the message lists what the store has."""
 
@@ -98,6 +102,7 @@ class SnapshotStore:
             metrics=dict(meta.get("metrics", {})), notes=[notes] if isinstance(notes, str) else list(notes),
         )
         data = manifest.to_bytes()
+        self.root.write_atomic(HIGH_WATER, manifest.version.encode())  # before the id can be seen anywhere
         self.root.write_atomic(_manifest_path(manifest.version), data)  # the commit point
         self._hook(_manifest_path(manifest.version))
         self.last_put_bytes += len(data)
@@ -136,8 +141,19 @@ class SnapshotStore:
         return BlobRef(m.group(1), entry.size)
 
     def _next_seq(self) -> int:
+        """One more than any version id this store ever handed out: manifests, pointers and the
+        high-water mark, so an id is never reused even when a manifest was deleted by hand (a tag
+        or an old report naming it must never come to mean other content)."""
         seqs = [int(e.path[len("versions/v"):][:8]) for e in self.root.list("versions")
                 if re.fullmatch(r"versions/v\d{8}\.json", e.path)]
+        for ref in [HIGH_WATER, "refs/latest", *(f"refs/tags/{e.path.rsplit('/', 1)[-1]}"
+                                                 for e in self.root.list("refs/tags"))]:
+            try:
+                text = self.root.read(ref).decode().strip()
+            except (FileNotFoundError, UnicodeDecodeError):
+                continue
+            if re.fullmatch(r"v\d{8}", text):
+                seqs.append(int(text[1:]))
         return max(seqs, default=0) + 1
 
     def get(self, ref: str = "latest", components: Iterable[str] | None = None) -> Snapshot:

@@ -204,3 +204,14 @@ def test_encode_holds_no_reference_to_the_leaves_once_it_returns():
         assert alive() is None
     finally:
         gc.enable()
+
+
+def test_a_version_id_is_never_reused_after_its_manifest_is_deleted_by_hand(store_uri: str):
+    store = SnapshotStore(store_uri)
+    store.put(small_state(1))
+    v2 = store.put(small_state(2), tags=["mine"]).version
+    store.root.delete(f"versions/{v2}.json")  # as someone cleaning up by hand would
+    store.root.delete("refs/tags/mine")
+    store.root.delete("refs/latest")
+    v3 = SnapshotStore(store_uri).put(small_state(3)).version
+    assert v3 > v2  # a report or tag that named v2 never comes to mean other content
