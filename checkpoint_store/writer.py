@@ -154,6 +154,13 @@ class CheckpointWriter:
                 raise CheckpointError(f"last snapshot save failed: {self._last_error}")
             return self._last
 
+    def stored_files(self) -> dict[str, str]:
+        """The files of the last version this writer stored, as {name: "sha256:<hex>"}: what an
+        incremental replay export may reference instead of sending again ({} before the first save)."""
+        with self._cond:
+            last = self._last
+        return {name: f"sha256:{ref.sha256}" for name, ref in last.files.items()} if last else {}
+
     def tag(self, ref: str, name: str) -> str:
         """Point tag `name` at version `ref` (e.g. `best` after an evaluation); returns the version."""
         return self.store.tag(ref, name)

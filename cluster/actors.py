@@ -128,9 +128,11 @@ class LearnerActor:
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         # The replay's export ref is a top-level argument: the writer's call waits for it, not the learner.
-        # previous={}: a superseded save may never have stored the last export's segments; the store
-        # still skips every blob whose sha256 it already holds, so bytes written stay incremental.
-        files = self.replay.export.remote({}) if self.cfg.learner.save_replay else None
+        # The export encodes only segments changed since the writer's last *stored* version (a superseded
+        # save stored nothing, so its segments are sent again); the writer's answer is itself a top-level
+        # argument of export, so the learner waits for neither.
+        previous = self.writer.stored_files.remote()
+        files = self.replay.export.remote(previous) if self.cfg.learner.save_replay else None
         self._last_submit = submit_snapshot(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
         self.snapshots += 1
 

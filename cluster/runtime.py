@@ -284,7 +284,8 @@ class LocalRun:
         return out
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        files = self.learner.memory.export({}) if self.cfg.learner.save_replay else None
+        # Only segments changed since the last stored version are encoded; the rest are references.
+        files = self.learner.memory.export(self.writer.stored_files()) if self.cfg.learner.save_replay else None
         meta = dict(meta, config=self.cfg.public_dict())
         self.writer.submit(snapshot_state(state), meta, files)
 
@@ -519,11 +520,13 @@ class RayRun:
             try:
                 return ray.get(getattr(self.writer, method).remote(*args))
             except RayActorError as exc:  # ActorUnavailableError included: restarting
-                if time.monotonic() > deadline:
+                # Past the patience, wait on only while Ray says the writer is coming back: a restart on a
+                # loaded machine may take minutes, a dead actor never returns.
+                if time.monotonic() > deadline and _actor_state(self.writer) not in ("RESTARTING", "PENDING_CREATION"):
                     raise
                 if not warned:
-                    log.warning("checkpoint writer unavailable (%s); retrying for up to %.0f s",
-                                type(exc).__name__, patience_s)
+                    log.warning("checkpoint writer unavailable (%s); waiting while Ray restarts it",
+                                type(exc).__name__)
                     warned = True
                 time.sleep(0.5)
 
@@ -545,6 +548,16 @@ class RayRun:
                 ray.kill(actor)
         if self._started_ray:
             ray.shutdown()
+
+
+def _actor_state(actor: Any) -> str:
+    """Ray's state of an actor (ALIVE, RESTARTING, DEAD, ...), or UNKNOWN when it cannot be read."""
+    try:  # the GCS's actor table: works without the dashboard that ray.util.state needs
+        from ray._private.state import state
+
+        return str(state.actor_table(actor._actor_id.hex()).get("State", "UNKNOWN"))
+    except Exception:  # noqa: BLE001 - a private API, read best effort
+        return "UNKNOWN"
 
 
 def _node_id() -> str:

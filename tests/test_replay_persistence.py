@@ -111,3 +111,37 @@ def test_restore_rejects_other_layouts_and_missing_segments() -> None:
         ReplayMemory.restore(ReplayConfig(capacity=32, segment_steps=16), V, 0.9, files)
     with pytest.raises(ValueError, match="header"):
         ReplayMemory.restore(ReplayConfig(capacity=32), V, 0.9, {"actor.tensors": b""})
+
+
+def test_consecutive_snapshots_send_only_the_segments_changed_since_the_last_stored_one(tmp_path) -> None:
+    """Issue 16: callers passed previous={}, so every snapshot re-encoded and shipped the whole replay."""
+    from checkpoint_store.writer import CheckpointWriter
+
+    def sent(files: dict) -> int:
+        return sum(len(v) for v in files.values() if isinstance(v, bytes))
+
+    mem = ReplayMemory(ReplayConfig(capacity=8192, segment_steps=128), V, 0.9)
+    for c in episode_chunks(4000, chunk_steps=50, p_end=0.0):
+        mem.add(c)
+    writer = CheckpointWriter(str(tmp_path / "store"))
+    state = {"net": {"w": torch.zeros(3)}}
+    try:
+        first = mem.export(writer.stored_files())
+        assert writer.stored_files() == {}
+        writer.submit(state, {"learner_updates": 1}, first)
+        writer.wait(timeout=60)
+        for c in episode_chunks(60, chunk_steps=20, p_end=0.0, seed=7):
+            mem.add(c)
+        second = mem.export(writer.stored_files())
+        assert 0 < sent(second) < 0.1 * sent(first), (sent(second), sent(first))
+        # A save that never reached the store (superseded, failed): its segments are sent again next time.
+        for c in episode_chunks(60, chunk_steps=20, p_end=0.0, seed=8):
+            mem.add(c)
+        dropped = mem.export(writer.stored_files())
+        again = mem.export(writer.stored_files())
+        assert {k for k, v in again.items() if isinstance(v, bytes)} >= \
+            {k for k, v in dropped.items() if isinstance(v, bytes) and k != "replay/header.json"}
+        writer.submit(state, {"learner_updates": 2}, again)
+        writer.wait(timeout=60)
+    finally:
+        writer.close()
