@@ -48,10 +48,15 @@ def load_legacy(path: str | Path, allow_missing_cnn: bool = False) -> LegacyImpo
     path = Path(path)
     if not path.is_file():
         raise LegacyImportError(f"{path} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise LegacyImportError(f"{path} is empty: expected a torch checkpoint (.pth) of the old system")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types (UnpicklingError, RuntimeError, ...)
-        raise LegacyImportError(f"{path} is not a readable torch checkpoint of plain tensors: {exc}") from exc
+        detail = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise LegacyImportError(
+            f"{path} is not a readable torch checkpoint of plain tensors ({type(exc).__name__}"
+            f"{': ' + detail if len(detail) > 8 else ''}); expected the .pth file the old system saved") from exc
     if not isinstance(ckpt, dict) or "actor_state_dict" not in ckpt:
         raise LegacyImportError(f"{path} is not a legacy TD3 checkpoint: no 'actor_state_dict' key "
                                 f"(keys: {sorted(ckpt)[:12] if isinstance(ckpt, dict) else type(ckpt).__name__})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from test_store import assert_same, trained_agent
 
@@ -66,3 +67,15 @@ def test_vector_size_is_inferred_from_the_actor(tmp_path):
     snap = SnapshotStore(store_dir).get("latest", components=["actor"])
     assert snap.state["actor"]["fc1.weight"].shape[1] == 512 + 11
     assert snap.manifest.config["vector_dim"] == 11
+
+
+def test_files_that_are_not_legacy_checkpoints_are_named_in_one_clear_line(tmp_path):
+    from checkpoint_store.legacy import LegacyImportError, load_legacy
+
+    (tmp_path / "empty.pth").write_bytes(b"")
+    (tmp_path / "text.pth").write_text("hello\n")
+    with pytest.raises(LegacyImportError, match="empty.pth is empty"):
+        load_legacy(tmp_path / "empty.pth")
+    with pytest.raises(LegacyImportError, match=r"text.pth is not a readable torch checkpoint .*\.pth file") as err:
+        load_legacy(tmp_path / "text.pth")
+    assert "\n" not in str(err.value) and "pop from empty list" not in str(err.value)
