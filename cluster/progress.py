@@ -293,20 +293,23 @@ def learning_plot(run_dir: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    ax1.set(xlabel="env steps", ylabel="return", title="training episodes (with exploration noise)")
     if episodes:
         steps, returns = zip(*episodes)
         ax1.plot(steps, returns, ".", alpha=0.4, label="training episode")
         k = max(1, len(returns) // 20)
         smooth = [sum(returns[max(0, i - k):i + 1]) / len(returns[max(0, i - k):i + 1]) for i in range(len(returns))]
         ax1.plot(steps, smooth, "-", label=f"mean of last {k + 1}")
-    ax1.set(xlabel="env steps", ylabel="return", title="training episodes (with exploration noise)")
-    ax1.legend(loc="lower right")
+        ax1.legend(loc="lower right")
+    ax2.set(xlabel="learner updates", ylabel="fraction", ylim=(-0.02, 1.02), title="evaluation (deterministic)")
     if evals:
         upd, completion, score = zip(*evals)
         ax2.plot(upd, completion, "o-", label="route completion")
         ax2.plot(upd, score, "s--", label="driving score")
-    ax2.set(xlabel="learner updates", ylabel="fraction", ylim=(-0.02, 1.02), title="evaluation (deterministic)")
-    ax2.legend(loc="lower right")
+        ax2.legend(loc="lower right")
+    else:
+        ax2.text(0.5, 0.5, "no evaluation during this run\n(eval.every_updates = 0)", ha="center", va="center",
+                 transform=ax2.transAxes)
     fig.tight_layout()
     path = run_dir / "learning.png"
     fig.savefig(path, dpi=90)

@@ -18,6 +18,8 @@ PolicyFn = Callable[[dict[str, np.ndarray]], np.ndarray]
 
 PANEL = 2 * 84 + 4
 """Width of the right panel: the four frames in a 2 x 2 grid."""
+HEIGHT = 2 * 88 + 6 + 2 * 28 + 34
+"""Least frame height: the four frames, two action bars and two lines of text."""
 
 
 def record_episode(env: Any, act: PolicyFn, seed: int, path: Path, fps: int = 5, max_steps: int = 10_000,
@@ -48,7 +50,7 @@ def _compose(overview: np.ndarray, stack: np.ndarray, action: np.ndarray, info: 
     from PIL import Image, ImageDraw
 
     side = overview.shape[0]
-    canvas = Image.new("RGB", (side + PANEL + 8, max(side, 2 * 84 + 4 + 90)), (24, 24, 24))
+    canvas = Image.new("RGB", (side + PANEL + 8, max(side, HEIGHT)), (24, 24, 24))
     canvas.paste(Image.fromarray(overview), (0, 0))
     x0 = side + 8
     for k in range(stack.shape[0]):  # oldest first, as the network gets them

@@ -113,4 +113,4 @@ def test_fleet_evaluate_video_writes_an_animated_gif_of_one_episode(tmp_path: Pa
     steps = json.loads((out / "report.json").read_text())["episodes"][0]["steps"]
     assert gif.n_frames == steps + 1 and 2 <= gif.n_frames <= 41
     assert f"{gif.n_frames} frames" in ev.stdout
-    assert gif.size == (256 + 8 + 2 * 84 + 4, 256)  # overview, then the network's four frames
+    assert gif.size == (256 + 8 + 2 * 84 + 4, 272)  # overview, then the network's four frames and its actions
