@@ -88,14 +88,15 @@ def test_worker_survives_a_server_crash_by_restarting_it(tmp_path: Path) -> None
     [watchdog] = [p for p in group_members(fake) if p != fake]  # and a watchdog in it
     assert server_pid(session.server.endpoint.host, session.server.endpoint.port, 1.0) == fake
 
+    held = session.server.endpoint.port  # port_base's block, or a later one when its ports were busy
     os.kill(fake, signal.SIGKILL)  # the server crashes mid-run
     second = worker.collect(30, chunks.append)
     assert second.env_steps == 30 and second.env_failures == 1 and worker.total_failures == 1
     old, new = _fake_pids(tmp_path)
     assert session.server.restarts == 1 and session.server.pid == new
     assert old == fake and not alive(old) and alive(new)
-    assert session.server.endpoint.port == cfg.port_base  # restarted on the block it holds
-    assert server_pid("127.0.0.1", cfg.port_base, 1.0) == new
+    assert session.server.endpoint.port == held  # restarted on the block it holds
+    assert server_pid("127.0.0.1", held, 1.0) == new
     assert len(second.episodes) >= 1  # collection went on on the new server
 
     worker.close()  # the worker is done: its server is stopped once idle_stop_s passes

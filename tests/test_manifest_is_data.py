@@ -14,6 +14,7 @@ from cluster import experiment
 
 REPO = Path(__file__).resolve().parents[1]
 FLEET = str(Path(sys.executable).parent / "fleet")
+ENV = dict(os.environ, PYTHONPATH=str(REPO))  # runs import the env double from tests/
 
 
 def _tamper(store: Path, marker: Path) -> None:
@@ -56,7 +57,7 @@ def test_fleet_evaluate_never_runs_what_a_rewritten_manifest_names(tmp_path: Pat
         [FLEET, "train", "--local", "--steps", "200", "--name", "m", "--store", str(store), "--quiet",
          "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.env=tests.env_double:make",
          "--set", "learner.learning_starts=100", "--set", "agent.batch_size=16", "--set", "eval.every_updates=0"],
-        capture_output=True, text=True, timeout=300, cwd=REPO)
+        capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
     assert train.returncode == 0, train.stderr[-2000:]
     _tamper(store, marker)
     verify = subprocess.run([FLEET, "snapshots", "verify", str(store)], capture_output=True, text=True, timeout=120)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -11,9 +12,12 @@ import pyarrow.fs as pafs
 import pytest
 
 from checkpoint_store.fs import redact
+from tests.s3_server import DUMMY_ENV
 
 SECRET = "S3CR3T-must-not-appear"
 KEY_ID = "AKIA-KEY-ID-must-not-appear"
+# The test server (SeaweedFS, no identities configured) accepts the test suite's dummy pair only.
+SERVER_KEY_ID, SERVER_SECRET = DUMMY_ENV["AWS_ACCESS_KEY_ID"], DUMMY_ENV["AWS_SECRET_ACCESS_KEY"]
 
 
 @pytest.mark.parametrize("uri, shown", [
@@ -36,15 +40,18 @@ def _all_text(root: Path) -> dict[str, bytes]:
 @pytest.mark.integration
 def test_a_run_on_s3_with_credentials_in_the_uri_writes_them_nowhere(tmp_path: Path, s3_server) -> None:
     prefix = f"secrets-{uuid.uuid4().hex[:8]}"
-    clean = s3_server.uri("fleet-test", prefix)
-    uri = clean.replace("s3://", f"s3://{KEY_ID}:{SECRET}@", 1)  # SeaweedFS here accepts any identity
+    clean = s3_server.uri("secrets-test", prefix)  # a bucket not named like the key id, so grepping means something
+    uri = clean.replace("s3://", f"s3://{SERVER_KEY_ID}:{SERVER_SECRET}@", 1)
     fleet = str(Path(sys.executable).parent / "fleet")
+    repo = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    env["PYTHONPATH"] = str(repo)  # the env double lives in tests/
     proc = subprocess.run(
         [fleet, "train", "--local", "--steps", "300", "--name", "sec", "--store", uri,
          "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.env=tests.env_double:make",
          "--set", "learner.learning_starts=100", "--set", "agent.batch_size=16", "--set", "learner.snapshot_every=40",
          "--set", "eval.every_updates=0", "--set", "run.progress_every_s=0.5"],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+        capture_output=True, text=True, timeout=300, cwd=repo, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "***@" in proc.stdout  # the banner shows the redacted form
     written = _all_text(tmp_path / "runs")
@@ -55,7 +62,7 @@ def test_a_run_on_s3_with_credentials_in_the_uri_writes_them_nowhere(tmp_path: P
     for f in objects:
         with fs.open_input_stream(f.path) as stream:
             written[f.path] = stream.read()
-    for text in (SECRET, KEY_ID):
+    for text in (SERVER_SECRET, f"{SERVER_KEY_ID}:", f"{SERVER_KEY_ID}@"):
         assert text not in proc.stdout and text not in proc.stderr
         leaks = [name for name, data in written.items() if text.encode() in data]
         assert leaks == [], f"{text} written to {leaks}"

@@ -4,6 +4,7 @@ stored earlier lost, no temporary files left (issue 18, item 3). Real tmpfs moun
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -41,7 +42,8 @@ def _train(tmp_path: Path, store: Path, steps: int) -> subprocess.CompletedProce
             "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.env=tests.env_double:make",
             "--set", "learner.learning_starts=100", "--set", "agent.batch_size=16",
             "--set", "learner.snapshot_every=20", "--set", "eval.every_updates=0", "--set", "learner.save_replay=false"]
-    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO)
+    env = dict(os.environ, PYTHONPATH=str(REPO))  # the env double lives in tests/
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_a_summary_keeping_what_was_stored(tmp_path: Path,
