@@ -20,11 +20,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from learner.errors import StoreError
+
 TENSOR, TUPLE, ITEMS = "$tensor", "$tuple", "$items"
 _TAGS = {TENSOR, TUPLE, ITEMS}
 
 
-class CodecError(ValueError):
+class CodecError(StoreError, ValueError):
     """A state leaf cannot be stored, or stored bytes do not decode; names the dotted path."""
 
 

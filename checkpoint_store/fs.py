@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from learner.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
@@ -28,7 +30,7 @@ URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoi
             "or gs://bucket/prefix")
 
 
-class StoreUriError(ValueError):
+class StoreUriError(StoreError, ValueError):
     """The store URI cannot be opened; the message says what is wrong and what to do."""
 
 

@@ -21,6 +21,7 @@ import torch
 
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
+from learner.errors import StoreError
 from learner.networks import NetworkConfig
 from learner.td3 import NETWORKS, TD3Agent, TD3Config
 
@@ -32,7 +33,7 @@ _HPARAMS = {"discount": ("gamma",), "gamma": ("gamma",), "tau": ("tau",), "polic
             "lr": ("actor_lr", "critic_lr"), "actor_lr": ("actor_lr",), "critic_lr": ("critic_lr",)}
 
 
-class LegacyImportError(ValueError):
+class LegacyImportError(StoreError, ValueError):
     """The legacy file cannot be imported; the message says why and what to do."""
 
 

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from learner.errors import StoreError
+
 FORMAT = "carla-fleet.snapshot/1"
 VERSION_RE = re.compile(r"^v\d{8}$")
 
 
-class ManifestError(ValueError):
+class ManifestError(StoreError, ValueError):
     """A manifest is missing, unreadable or does not verify."""
 
 

@@ -33,6 +33,7 @@ from checkpoint_store.manifest import (
     version_id,
 )
 from checkpoint_store.retention import RetentionPolicy, RetentionReport, select
+from learner.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +47,11 @@ HIGH_WATER = "refs/high-water"
 """The last version id handed out (ids are never reused)."""
 
 
-class SnapshotNotFound(LookupError):
+class SnapshotNotFound(StoreError, LookupError):
     """No version matches the reference; the message lists what the store has."""
 
 
-class IntegrityError(ValueError):
+class IntegrityError(StoreError, ValueError):
     """A blob is missing or its size or sha256 differs from the manifest; names blob and version."""
 
 

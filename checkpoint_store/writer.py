@@ -35,6 +35,7 @@ import torch
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
+from learner.errors import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch
                  torch.int8, torch.uint8, torch.bool}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(StoreError, RuntimeError):
     """The most recent save failed; the message carries its error."""
 
 

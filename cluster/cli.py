@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import cluster.commands
-from cluster.config import ConfigError
+from learner.errors import FleetError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -80,31 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except user_errors() as exc:
+    except FleetError as exc:  # bad input, config, store, simulator setup or state: one line, never a traceback
         print(f"fleet: error: {exc}", file=sys.stderr)
         return 2
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean "fix your input or setup": one line and exit status 2, never a traceback.
-
-    A snapshot that is not there, a store that cannot be opened, written or does not verify, a
-    snapshot whose shapes do not fit the config, a file that is not a legacy checkpoint.
-    """
-    from checkpoint_store.codec import CodecError
-    from checkpoint_store.fs import StoreUriError
-    from checkpoint_store.legacy import LegacyImportError
-    from checkpoint_store.manifest import ManifestError
-    from checkpoint_store.store import IntegrityError, SnapshotNotFound
-    from checkpoint_store.writer import CheckpointError
-    from learner.state import StateError
-
-    return (UserError, ConfigError, StoreUriError, SnapshotNotFound, IntegrityError, ManifestError,
-            LegacyImportError, CodecError, StateError, CheckpointError)
-
-
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+class UserError(FleetError):
+    """A problem with the user's input found by a command itself (a flag, a path)."""
 
 
 if __name__ == "__main__":

@@ -21,11 +21,9 @@ from typing import Any, TypeVar
 
 import yaml
 
+from learner.errors import ConfigError  # noqa: F401  (the config loader's error; importers use this name)
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config value or key is invalid; the message names the dotted key."""
 
 
 @functools.cache

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from learner.errors import FleetError
 from learner.replay_chunks import Chunk
 from learner.replay_memory import ReplayConfig, ReplayMemory
 from learner.td3 import Batch
@@ -24,7 +25,7 @@ from learner.td3 import Batch
 log = logging.getLogger(__name__)
 
 
-class ReplayLagError(RuntimeError):
+class ReplayLagError(FleetError, RuntimeError):
     """A mirror asked for chunks the actor's log no longer holds."""
 
 

@@ -16,15 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from learner.errors import StateError  # noqa: F401  (raised here; importers use this name)
+
 State = dict[str, Any]
 """Nested dict whose leaves are tensors or JSON values (str, int, float, bool, None, lists)."""
-
-
-class StateError(KeyError):
-    """A state does not fit the agent: names every missing, extra or mis-shaped key."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
-        return str(self.args[0])
 
 
 class Part(Protocol):

@@ -22,6 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from learner.errors import FleetError, SimulatorError  # noqa: F401  (SimulatorError: adapters import it from here)
+
 FRAMES = 4
 IMAGE_SIZE = 84
 DEFAULT_WAYPOINTS = 10
@@ -32,7 +34,7 @@ VECTOR_BOUND = 5.0
 INFO_KEYS = ("route_completion", "collision", "off_road", "distance_m", "speed")
 
 
-class ContractError(ValueError):
+class ContractError(FleetError, ValueError):
     """An environment broke the contract; the message says which field and how."""
 
 
@@ -125,12 +127,3 @@ def _describe(x: Any) -> str:
     if isinstance(x, np.ndarray):
         return f"{x.dtype} {x.shape}"
     return type(x).__name__
-
-
-class SimulatorError(RuntimeError):
-    """The simulator hung, died or could not be reached.
-
-    Raised by adapters for every timeout or lost connection; a rollout worker
-    answers it by closing the episode as truncated and recreating the env (for
-    CARLA: restarting its server), never by ending the run.
-    """
