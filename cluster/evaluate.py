@@ -11,7 +11,7 @@ from checkpoint_store.store import SnapshotStore
 from cluster.cli import UserError
 from cluster.envs import make_factory
 from cluster.experiment import ExperimentConfig, for_evaluation, load
-from cluster.runtime import Resume
+from cluster.runtime import Resume, init_ray
 from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 
@@ -24,16 +24,9 @@ def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = 
 
     What runs comes from `base` (the user's config; default: the packaged one), never from the
     snapshot's manifest (see `experiment.for_evaluation`)."""
-    where = Resume.parse(ref)
-    store = SnapshotStore(where.uri, create=False)  # a reader: never creates the location
-    snap = store.get(where.version, components=list(POLICY_COMPONENTS))
-    cfg, notes = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
-    for note in notes:
-        say(note)
-    weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
+    cfg, weights, label = _policy_of(ref, base, overrides, say)
     first = cfg.eval.seed if seed is None else seed
     seeds = [first + i for i in range(episodes)]
-    label = f"{redact(where.uri)}@{snap.manifest.version}"
     if local or workers <= 1:
         worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
         worker.load(weights)
@@ -46,11 +39,9 @@ def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: Exper
     """One deterministic episode of the snapshot's policy as an animated GIF (rollout_workers.video)."""
     from rollout_workers.video import record_episode
 
-    where = Resume.parse(ref)
-    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(POLICY_COMPONENTS))
-    cfg, _ = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
+    cfg, weights, _ = _policy_of(ref, base, overrides, lambda note: None)
     policy = Policy(cfg.network)
-    policy.load_components({name: snap.state[name] for name in POLICY_COMPONENTS})
+    policy.load_components(weights)
     env = make_factory(cfg, 0)(cfg.eval.seed if seed is None else seed)
     try:
         if not hasattr(env, "overview"):
@@ -59,6 +50,20 @@ def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: Exper
                               cfg.eval.seed if seed is None else seed, path)
     finally:
         env.close()
+
+
+def _policy_of(ref: str, base: ExperimentConfig | None, overrides: dict[str, Any] | None,
+               say: Callable[[str], None]) -> tuple[ExperimentConfig, dict[str, Any], str]:
+    """The evaluation config, the policy weights and a `uri@version` label of snapshot `ref`.
+
+    Loads the policy components only; a reader never creates the store location."""
+    where = Resume.parse(ref)
+    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(POLICY_COMPONENTS))
+    cfg, notes = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
+    for note in notes:
+        say(note)
+    weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
+    return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 
 def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
@@ -74,9 +79,8 @@ def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None
-        custom = {k: float(workers) for k in cfg.worker_resources()} if address is None else {}
-        ray.init(address=address, include_dashboard=False,
-                 **({"num_cpus": max(os.cpu_count() or 1, workers), "resources": custom} if address is None else {}))
+        init_ray(address, num_cpus=max(os.cpu_count() or 1, workers),
+                 resources={k: float(workers) for k in cfg.worker_resources()})
     try:
         cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
         actors = [cls.remote(cfg, i) for i in range(min(workers, len(seeds)))]
