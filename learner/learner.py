@@ -118,17 +118,22 @@ class Learner:
             return 0
         # Updates owed since the anchor; before a restore (or a restore during warm-up) this is
         # int(ratio * (env_steps - learning_starts + 1)), so a resumed run keeps the uninterrupted schedule.
-        anchor_steps, anchor_updates = self._anchor
-        start = max(anchor_steps, self.cfg.learning_starts - 1)
+        start, anchor_updates = self._schedule_start()
         due = anchor_updates + int(self.cfg.replay_ratio * (self.env_steps - start))
         return max(0, due - self.updates)
 
     def steps_ahead(self, collected: int) -> int:
         """Env steps collected (by the workers' count, or pulled, whichever is more) beyond what the
         replay-ratio schedule has consumed so far: workers pause while this exceeds a bound."""
-        anchor_steps, anchor_updates = self._anchor
-        consumed = max(anchor_steps, self.cfg.learning_starts - 1) + (self.updates - anchor_updates) / self.cfg.replay_ratio
+        start, anchor_updates = self._schedule_start()
+        consumed = start + (self.updates - anchor_updates) / self.cfg.replay_ratio
         return max(int(max(collected, self.env_steps) - consumed), 0)
+
+    def _schedule_start(self) -> tuple[int, int]:
+        """(env steps, updates) from which the replay-ratio schedule counts: the anchor (a restore), or
+        the step before learning_starts."""
+        anchor_steps, anchor_updates = self._anchor
+        return max(anchor_steps, self.cfg.learning_starts - 1), anchor_updates
 
     def step(self, source: DataSource, sink: SnapshotSink | None = None) -> int:
         """Pull new data, run the updates the ratio allows (at most updates_per_call). Returns updates done."""
