@@ -53,15 +53,25 @@ def route_ray_logs(log_file: Path | None) -> None:
         logger.addHandler(file_handler)
 
 
-def init_local_ray(num_cpus: int, resources: dict[str, float] | None = None, log_to_driver: bool = True,
-                   log_file: Path | None = None) -> None:
-    """A one-node Ray instance for this process, without the dashboard; Ray's start-up chatter goes to
-    `log_file` (see `route_ray_logs`)."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict[str, float] | None = None,
+             log_to_driver: bool = True, log_file: Path | None = None, object_store_mb: int | None = None,
+             system_config: dict[str, Any] | None = None) -> None:
+    """The one place this package starts or joins Ray. Ray's start-up chatter goes to `log_file` (see
+    `route_ray_logs`).
+
+    With `address`: join that cluster (its own settings hold; the other arguments are ignored).
+    Without: a one-node instance for this process, without the dashboard, with `num_cpus` logical
+    CPUs (default: the machine's), the custom `resources` it should advertise, and Ray's system
+    settings `RAY_SYSTEM_CONFIG` plus `system_config`."""
     import ray
 
     route_ray_logs(log_file)
-    ray.init(num_cpus=num_cpus, resources=resources or None, include_dashboard=False,
-             log_to_driver=log_to_driver, _system_config=RAY_SYSTEM_CONFIG)
+    if address:
+        ray.init(address=address, log_to_driver=log_to_driver)
+        return
+    ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
+             log_to_driver=log_to_driver, _system_config={**RAY_SYSTEM_CONFIG, **(system_config or {})},
+             object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None)
 
 
 @dataclass(frozen=True)
@@ -316,6 +326,14 @@ class LocalRun:
         if check_store:
             raise_if_store_failed(writer)
 
+    def stop_workers(self, timeout_s: float = 60.0) -> None:
+        """Ask every rollout worker to end its loop, and wait (bounded) until the loops have ended."""
+        import ray
+
+        for w in self.workers:
+            w.stop.remote()
+        ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)
+
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
                snapshot: bool = True) -> dict[str, Any]:
         for w in self.workers:
@@ -354,8 +372,7 @@ class RayRun:
         cfg = self.cfg
         if not ray.is_initialized():
             if cfg.run.ray_address:
-                route_ray_logs(cfg.run_dir() / "ray.log")
-                ray.init(address=cfg.run.ray_address, log_to_driver=True)
+                init_ray(cfg.run.ray_address, log_file=cfg.run_dir() / "ray.log")
             else:
                 # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
                 # cores (they then share them) -- otherwise some workers would never be scheduled.
@@ -368,7 +385,8 @@ class RayRun:
                     check_carla_setup(cfg)
                 # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
                 custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
-                init_local_ray(max(os.cpu_count() or 1, needed), custom, log_file=cfg.run_dir() / "ray.log")
+                init_ray(num_cpus=max(os.cpu_count() or 1, needed), resources=custom,
+                         log_file=cfg.run_dir() / "ray.log")
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         self._learner_gpu = bool(gpus)
@@ -485,9 +503,7 @@ class RayRun:
         result: dict[str, Any] = {"placement": self.placement, "placement_text": self.placement_text()}
         if not self.workers:
             return result
-        for w in self.workers:
-            w.stop.remote()
-        ray.wait(list(self._runs), num_returns=len(self._runs), timeout=60)
+        self.stop_workers()
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
         if not snapshot:  # the store is failing: nothing more to write there

@@ -240,8 +240,8 @@ def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
     import sys
 
     probe = ("import ray\n"
-             "from cluster.runtime import RAY_SYSTEM_CONFIG, init_local_ray\n"
-             "init_local_ray(1)\n"
+             "from cluster.runtime import RAY_SYSTEM_CONFIG, init_ray\n"
+             "init_ray(num_cpus=1)\n"
              "cap = ray.get(ray.remote(lambda: ray._config.task_events_max_num_task_in_gcs()).remote())\n"
              "print(cap, RAY_SYSTEM_CONFIG['task_events_max_num_task_in_gcs'])\n"
              "ray.shutdown()\n")

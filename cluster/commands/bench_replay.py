@@ -97,11 +97,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 def actor_sampling(cfg: Any, chunks: list[Any], repeats: int) -> float:
     import ray
 
+    from cluster.runtime import init_ray
     from learner.replay import ReplayActor
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        init_ray(num_cpus=2, log_to_driver=False)
     try:
         actor = ray.remote(ReplayActor).remote(cfg, VECTOR_DIM, 0.99)
         ray.get([actor.add.remote(c) for c in chunks[-(cfg.capacity // 64):]])

@@ -74,7 +74,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
 
     from cluster import experiment
     from cluster.progress import MetricsLog, Status
-    from cluster.runtime import RayRun, init_local_ray
+    from cluster.runtime import RayRun, init_ray
 
     base = {
         "run.name": "bench-rollout", "run.env": "embedded", "run.workers": workers,
@@ -85,7 +85,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
         base.update({"run.runs_dir": tmp, "run.store": str(Path(tmp) / "store")})
         cfg = experiment.load(None, {**base, **overrides})
-        init_local_ray(max(os.cpu_count() or 1, workers + 1), log_to_driver=False)
+        init_ray(num_cpus=max(os.cpu_count() or 1, workers + 1), log_to_driver=False)
         runner = RayRun(cfg, None)
         status, metrics = Status(total_env_steps=cfg.run.total_env_steps), MetricsLog(Path(tmp) / "metrics")
         try:
@@ -111,9 +111,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
             # No runner.finish(): with pacing lifted the learner owes thousands of updates, and its
             # catch-up (up to 10 minutes) measures nothing. The workers' loops end first, so that
             # close() below kills no running loop (Ray would print that on stdout, into the JSON).
-            for w in runner.workers:
-                w.stop.remote()
-            ray.wait(list(runner._runs), num_returns=len(runner._runs), timeout=60)
+            runner.stop_workers()
             runner.learner.stop.remote()
             ray.wait([runner.learner_run], timeout=120)
         finally:

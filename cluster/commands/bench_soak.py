@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> int:
         return analyse(Path(args.analyse), args.json)
     import ray
 
-    from cluster.runtime import init_local_ray, train
+    from cluster.runtime import init_ray, train
 
     if args.minutes <= 0 or args.sample_s <= 0 or args.workers < 1:
         raise UserError("--minutes and --sample-s must be > 0, --workers >= 1")
@@ -316,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = soak_config(args, out)
     evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
     # Logical CPUs for the learner, every worker and evaluator, even on 2 cores (they share them).
-    init_local_ray(max(os.cpu_count() or 1, cfg.run.workers + 1 + evaluators))
+    init_ray(num_cpus=max(os.cpu_count() or 1, cfg.run.workers + 1 + evaluators))
     monitor = Monitor(cfg.run.name, cfg.run.workers, args.sample_s,
                       dump_at_s=60 * args.minutes - 1.5 * args.sample_s, dump_path=out / "ray_memory.txt")
     t0_wall = time.time()

@@ -85,12 +85,14 @@ def _load_s3_helper() -> Any:
 def _blocking(agent: TD3Agent, workdir: Path, repeats: int) -> dict[str, Any]:
     import ray
 
+    from cluster.runtime import init_ray
+
     # Preallocation faults the shared memory in once at start instead of on every put; the object
     # store holds a few snapshots, and the warm-up rounds cycle through it once so that the learner
     # process has mapped all of it, as it has after the first few snapshots of any real run.
     store_mb = 512
-    ray.init(num_cpus=2, object_store_memory=store_mb * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False, _system_config={"preallocate_plasma_memory": True})
+    init_ray(num_cpus=2, object_store_mb=store_mb, log_to_driver=False,
+             system_config={"preallocate_plasma_memory": True})
     warmup = int(store_mb * 1e6 // _tensor_bytes(agent.state())) + 1
     try:
         writer = ray.remote(max_concurrency=2)(CheckpointWriter).remote(str(workdir / "ray-store"))
