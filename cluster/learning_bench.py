@@ -104,6 +104,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     say(f"ours, seed {seed}: training {minutes:g} min with the Ray runtime ({run_cfg.run.workers} workers)")
     started = time.time()
     summary = train(run_cfg, quiet=True)
+    trained_min = (time.time() - started) / 60  # less than `minutes` when the run was interrupted
     say(f"ours, seed {seed}: {summary['env_steps']:,} env steps, {summary['learner_updates']:,} updates; "
         "evaluating its snapshots")
     store = SnapshotStore(run_cfg.store_uri())
@@ -112,7 +113,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     curve = Curve("ours", seed)
     for mark in marks(minutes, interval_min):
         held = [m for m in manifests if m.created - started <= 60 * mark]
-        if not held:
+        if not held or mark > trained_min + 0.5:  # no point for a mark the training never reached
             continue
         m = held[-1]
         snap = store.get(m.version, components=list(POLICY_COMPONENTS))
