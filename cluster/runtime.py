@@ -326,14 +326,6 @@ class LocalRun:
         if check_store:
             raise_if_store_failed(writer)
 
-    def stop_workers(self, timeout_s: float = 60.0) -> None:
-        """Ask every rollout worker to end its loop, and wait (bounded) until the loops have ended."""
-        import ray
-
-        for w in self.workers:
-            w.stop.remote()
-        ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)
-
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
                snapshot: bool = True) -> dict[str, Any]:
         for w in self.workers:
@@ -495,6 +487,14 @@ class RayRun:
         status.last_snapshot = writer.get("last_version") or status.last_snapshot
         if check_store:
             raise_if_store_failed(writer)
+
+    def stop_workers(self, timeout_s: float = 60.0) -> None:
+        """Ask every rollout worker to end its loop, and wait (bounded) until the loops have ended."""
+        import ray
+
+        for w in self.workers:
+            w.stop.remote()
+        ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)
 
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
                snapshot: bool = True) -> dict[str, Any]:
