@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = 
 
     What runs comes from `base` (the user's config; default: the packaged one), never from the
     snapshot's manifest (see `experiment.for_evaluation`)."""
-    cfg, weights, label = _policy_of(ref, base, overrides, say)
+    cfg, weights, label = load_for_evaluation(ref, base, overrides, say)
     first = cfg.eval.seed if seed is None else seed
     seeds = [first + i for i in range(episodes)]
     if local or workers <= 1:
@@ -39,7 +39,7 @@ def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: Exper
     """One deterministic episode of the snapshot's policy as an animated GIF (rollout_workers.video)."""
     from rollout_workers.video import record_episode
 
-    cfg, weights, _ = _policy_of(ref, base, overrides, lambda note: None)
+    cfg, weights, _ = load_for_evaluation(ref, base, overrides, lambda note: None)
     policy = Policy(cfg.network)
     policy.load_components(weights)
     env = make_factory(cfg, 0)(cfg.eval.seed if seed is None else seed)
@@ -52,17 +52,18 @@ def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: Exper
         env.close()
 
 
-def _policy_of(ref: str, base: ExperimentConfig | None, overrides: dict[str, Any] | None,
-               say: Callable[[str], None]) -> tuple[ExperimentConfig, dict[str, Any], str]:
-    """The evaluation config, the policy weights and a `uri@version` label of snapshot `ref`.
+def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict[str, Any] | None,
+                        say: Callable[[str], None], components: Sequence[str] = POLICY_COMPONENTS,
+                        ) -> tuple[ExperimentConfig, dict[str, Any], str]:
+    """The evaluation config, the weights of `components` and a `uri@version` label of snapshot `ref`.
 
-    Loads the policy components only; a reader never creates the store location."""
+    Loads only those components (by default the policy's); a reader never creates the store location."""
     where = Resume.parse(ref)
-    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(POLICY_COMPONENTS))
+    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(components))
     cfg, notes = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
     for note in notes:
         say(note)
-    weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
+    weights = {name: snap.state[name] for name in components}
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 
