@@ -1,10 +1,18 @@
 """Exploration: the warm-up action distribution and the Gaussian noise schedule.
 
-The system this project replaces warmed up with uniform actions; uniform
-throttle_brake averages zero, so the car barely moved and the replay filled with
-a standing car. Warm-up here draws throttle_brake from U(low, high) with a positive
-mean (default U(-0.2, 1): mean 0.4, brakes 1 time in 6) and steers gently, so
+Uniform warm-up actions average zero throttle_brake, so the car barely moves and the
+replay fills with a standing car. Most warm-up steps here draw throttle_brake from
+U(low, high) with a positive mean (default U(-0.2, 1): mean 0.4) and steer gently, so
 warm-up episodes drive forward and reach curves, traffic and the road's edge.
+
+A fraction of warm-up steps (`warmup_uniform_prob`) can be drawn from the whole action
+box instead. Without them the replay holds no steer beyond +-0.3 and no brake beyond
+-0.2, and early in training the critic's Q is linear in steer over [-1, 1]; the actor
+follows that slope to full lock, leaves the road, and with fast value propagation the
+critic then learns that moving ends in a crash and the actor brakes to a standstill.
+Covering the box did not stop that slide on its own (the actor follows the critic's
+early, nearly flat slope wherever it points), so it is off by default; see
+docs/benchmarks.md, "Faster value propagation, and why it made the agent stand still again".
 """
 
 from __future__ import annotations
@@ -17,7 +25,12 @@ import numpy as np
 @dataclass(frozen=True)
 class ExplorationConfig:
     warmup_steer_scale: float = 0.3
-    """Warm-up steer ~ U(-scale, scale); full-lock random steering leaves the lane within a second."""
+    """Warm-up steer ~ U(-scale, scale) on the gentle steps; full-lock random steering at every step
+    leaves the lane within a second."""
+    warmup_uniform_prob: float = 0.0
+    """Fraction of warm-up steps drawn uniformly from the whole action box [-1, 1]^2, so that the
+    critic has seen every action the actor can take. Off by default: on its own it did not stop the
+    actor's slide to full lock (see the module docstring)."""
     warmup_throttle_low: float = -0.2
     """Warm-up throttle_brake ~ U(low, high); keep the mean positive so the car moves."""
     warmup_throttle_high: float = 1.0
@@ -41,6 +54,8 @@ class ExplorationConfig:
             )
         if not 0.0 <= self.warmup_steer_scale <= 1.0:
             raise ValueError(f"warmup_steer_scale must be in [0, 1], got {self.warmup_steer_scale}")
+        if not 0.0 <= self.warmup_uniform_prob <= 1.0:
+            raise ValueError(f"warmup_uniform_prob must be in [0, 1], got {self.warmup_uniform_prob}")
         if self.noise_std_initial < 0 or self.noise_std_final < 0 or self.noise_decay_steps < 0:
             raise ValueError("noise stds and noise_decay_steps must be >= 0")
         if len(self.noise_scale) != 2 or min(self.noise_scale) < 0:
@@ -48,11 +63,16 @@ class ExplorationConfig:
 
     @property
     def warmup_throttle_mean(self) -> float:
-        return (self.warmup_throttle_low + self.warmup_throttle_high) / 2
+        """Mean warm-up throttle_brake (the uniform steps average 0)."""
+        gentle = (self.warmup_throttle_low + self.warmup_throttle_high) / 2
+        return (1.0 - self.warmup_uniform_prob) * gentle
 
 
 def warmup_action(rng: np.random.Generator, cfg: ExplorationConfig) -> np.ndarray:
-    """A random warm-up action (steer, throttle_brake), float32 (2,) in [-1, 1], biased to throttle."""
+    """A random warm-up action (steer, throttle_brake), float32 (2,) in [-1, 1]: from the whole box with
+    probability warmup_uniform_prob, else gentle steer and throttle-biased."""
+    if cfg.warmup_uniform_prob > 0.0 and rng.random() < cfg.warmup_uniform_prob:  # no draw when off: same stream
+        return rng.uniform(-1.0, 1.0, 2).astype(np.float32)
     steer = rng.uniform(-cfg.warmup_steer_scale, cfg.warmup_steer_scale)
     throttle = rng.uniform(cfg.warmup_throttle_low, cfg.warmup_throttle_high)
     return np.array([steer, throttle], dtype=np.float32)

@@ -65,7 +65,7 @@ def test_run_episodes_stops_an_endless_env():
 
 
 def test_warmup_actions_are_biased_toward_throttle():
-    cfg = ExplorationConfig()
+    cfg = ExplorationConfig(warmup_uniform_prob=0.0)
     rng = np.random.default_rng(0)
     actions = np.stack([warmup_action(rng, cfg) for _ in range(20_000)])
     assert actions.dtype == np.float32 and actions.shape == (20_000, 2)
@@ -75,6 +75,19 @@ def test_warmup_actions_are_biased_toward_throttle():
     assert actions[:, 0].mean() == pytest.approx(0.0, abs=0.01)
     assert np.abs(actions[:, 0]).max() <= cfg.warmup_steer_scale
     assert (actions[:, 1] < 0).mean() == pytest.approx(0.2 / 1.2, abs=0.02)  # brakes 1 time in 6
+
+
+def test_warmup_covers_the_whole_action_box_and_stays_mostly_gentle():
+    """The critic must have seen every action the actor can output (full lock, full brake)."""
+    cfg = ExplorationConfig(warmup_uniform_prob=0.2)
+    rng = np.random.default_rng(0)
+    actions = np.stack([warmup_action(rng, cfg) for _ in range(20_000)])
+    assert np.all(np.abs(actions) <= 1.0)
+    grid, _, _ = np.histogram2d(actions[:, 0], actions[:, 1], bins=8, range=[[-1, 1], [-1, 1]])
+    assert grid.min() >= 0.5 * 20_000 * cfg.warmup_uniform_prob / 64  # every cell of the box visited
+    gentle = np.abs(actions[:, 0]) <= cfg.warmup_steer_scale
+    assert gentle.mean() == pytest.approx(1 - cfg.warmup_uniform_prob * (1 - cfg.warmup_steer_scale), abs=0.02)
+    assert actions[:, 1].mean() == pytest.approx(cfg.warmup_throttle_mean, abs=0.02) and cfg.warmup_throttle_mean > 0.3
 
 
 def test_warmup_drives_the_car_where_uniform_actions_do_not():
