@@ -2,7 +2,7 @@
 
 A transition costs about 7.8 KB (each 84x84 uint8 frame stored once, stacks
 rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
-(the float32 buffer of the system this replaces).
+(float32 stacked obs + next obs).
 
 - `chunks`: `Chunk` and the worker-side `ChunkBuilder` (each new frame sent once).
 - `memory`: `ReplayConfig`, `ReplayMemory` (rings, n-step, uniform or prioritized sampling).
