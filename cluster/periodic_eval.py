@@ -138,15 +138,15 @@ class InlineEval:
 
 
 class RayEval:
-    """Evaluation actors, created once per run; episodes split across them."""
+    """Evaluation actors, created once (per run, or per `fleet evaluate`); episodes split across them."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, workers: int | None = None) -> None:
         import ray
 
         from cluster.actors import EvaluatorActor
 
         cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
-        self.actors = [cls.remote(cfg, i) for i in range(max(cfg.eval.workers, 1))]
+        self.actors = [cls.remote(cfg, i) for i in range(max(cfg.eval.workers if workers is None else workers, 1))]
 
     def start(self, weights: dict[str, Any], seeds: list[int]) -> list[Any]:
         import ray
@@ -155,7 +155,7 @@ class RayEval:
         parts = [seeds[i::len(self.actors)] for i in range(len(self.actors))]
         return [a.run.remote(wref, part) for a, part in zip(self.actors, parts) if part]
 
-    def result(self, refs: list[Any], timeout: float = 0) -> list[dict[str, float]] | None:
+    def result(self, refs: list[Any], timeout: float | None = 0) -> list[dict[str, float]] | None:
         import ray
 
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
@@ -163,7 +163,8 @@ class RayEval:
             return None
         return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
 
-    def wait(self, refs: list[Any], timeout_s: float = 900.0) -> list[dict[str, float]]:
+    def wait(self, refs: list[Any], timeout_s: float | None = 900.0) -> list[dict[str, float]]:
+        """The episodes of `start`, sorted by seed; None as timeout waits as long as they take."""
         out = self.result(refs, timeout=timeout_s)
         if out is None:
             raise TimeoutError(f"evaluation did not finish within {timeout_s:.0f}s (evaluation workers "
