@@ -67,7 +67,7 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 
-def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
+def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], workers: int,
             address: str | None = None) -> list[dict[str, float]]:
     """On evaluation actors. The cluster is `address`, else $RAY_ADDRESS, else a local instance: never the
     address the snapshot was trained on, which may be long gone."""

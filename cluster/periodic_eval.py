@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint_store.store import SnapshotStore
 from cluster.progress import MetricsLog, Status
 from learner.networks import POLICY_COMPONENTS
 from rollout_workers.evaluation import EvalReport, summarize
+
+if TYPE_CHECKING:
+    from cluster.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ OnBest = Callable[[str, float], Any]
 class PeriodicEval:
     """Decides when to evaluate, runs it through a backend, keeps the best score."""
 
-    def __init__(self, cfg: Any, backend: Any, on_best: OnBest, best_score: float = float("-inf")) -> None:
+    def __init__(self, cfg: ExperimentConfig, backend: Any, on_best: OnBest, best_score: float = float("-inf")) -> None:
         self.cfg = cfg
         self.every = cfg.eval.every_updates
         self.backend = backend
@@ -140,7 +143,7 @@ class InlineEval:
 class RayEval:
     """Evaluation actors, created once (per run, or per `fleet evaluate`); episodes split across them."""
 
-    def __init__(self, cfg: Any, workers: int | None = None) -> None:
+    def __init__(self, cfg: ExperimentConfig, workers: int | None = None) -> None:
         import ray
 
         from cluster.actors import EvaluatorActor

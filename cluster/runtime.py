@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from checkpoint_store.fs import probe, redact
+from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
@@ -105,18 +106,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def load_resume(resume: Resume) -> tuple[dict[str, Any], dict[str, bytes], Any]:
+class Restored(NamedTuple):
+    """What a resumed run starts from: a snapshot's full state, its files (the replay) and manifest."""
+
+    state: dict[str, Any]
+    files: dict[str, bytes]
+    manifest: Manifest
+
+
+def load_resume(resume: Resume) -> Restored:
     store = SnapshotStore(resume.uri, create=False)
     snap = store.get(resume.version)
     files = {name: store.read_file(snap.manifest.version, name) for name in snap.manifest.files}
-    return snap.state, files, snap.manifest
+    return Restored(snap.state, files, snap.manifest)
 
 
-def best_eval(restored: tuple | None) -> float:
+def best_eval(restored: Restored | None) -> float:
     """The best evaluation score a resumed run must beat before it moves the `best` tag."""
     if restored is None:
         return float("-inf")
-    score = restored[0].get("learner", {}).get("best_eval")
+    score = restored.state.get("learner", {}).get("best_eval")
     return float("-inf") if score is None else float(score)
 
 
@@ -255,7 +264,7 @@ def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, ret
 class LocalRun:
     """Everything in this process: workers step in turn, the learner updates between them."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
         from cluster.envs import make_factory
         from learner.learner import Learner
         from rollout_workers.worker import RolloutWorker
@@ -263,7 +272,7 @@ class LocalRun:
         self.cfg = cfg
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
         if restored:
-            state, files, _ = restored
+            state, files = restored.state, restored.files
             self.learner.restore(state, files)
         self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
                                       seed=cfg.run.seed) for i in range(cfg.run.workers)]
@@ -345,7 +354,7 @@ class LocalRun:
 class RayRun:
     """Actors on a Ray cluster; this process only orchestrates and reports."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
         self.cfg = cfg
         self.restored = restored
         self._started_ray = False
@@ -382,7 +391,7 @@ class RayRun:
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         self._learner_gpu = bool(gpus)
-        state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)
+        state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
         name = cfg.run.name
         # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
