@@ -77,6 +77,8 @@ def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], wo
 
     from cluster.periodic_eval import RayEval
 
+    if not seeds:
+        return []
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None

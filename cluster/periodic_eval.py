@@ -158,7 +158,7 @@ class RayEval:
         parts = [seeds[i::len(self.actors)] for i in range(len(self.actors))]
         return [a.run.remote(wref, part) for a, part in zip(self.actors, parts) if part]
 
-    def result(self, refs: list[Any], timeout: float | None = 0) -> list[dict[str, float]] | None:
+    def result(self, refs: list[Any], timeout: float = 0) -> list[dict[str, float]] | None:
         import ray
 
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
@@ -168,6 +168,10 @@ class RayEval:
 
     def wait(self, refs: list[Any], timeout_s: float | None = 900.0) -> list[dict[str, float]]:
         """The episodes of `start`, sorted by seed; None as timeout waits as long as they take."""
+        if timeout_s is None:
+            import ray
+
+            return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
         out = self.result(refs, timeout=timeout_s)
         if out is None:
             raise TimeoutError(f"evaluation did not finish within {timeout_s:.0f}s (evaluation workers "

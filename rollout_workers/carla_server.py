@@ -35,7 +35,7 @@ from typing import Any
 
 from rollout_workers import procfs
 from rollout_workers.contract import SimulatorError
-from rollout_workers.procfs import group_members
+from rollout_workers.procfs import group_members  # also what tests import from here
 
 log = logging.getLogger(__name__)
 

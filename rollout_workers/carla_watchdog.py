@@ -21,8 +21,11 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import procfs  # noqa: E402  (a sibling file: this runs isolated, outside the package)
+if __package__:  # imported as rollout_workers.carla_watchdog (tests, tools)
+    from rollout_workers import procfs
+else:  # run by file path in an isolated interpreter: procfs is the sibling file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import procfs  # type: ignore[no-redef]
 
 
 def _supervisor_alive(parent: int, birth: str | None) -> bool:

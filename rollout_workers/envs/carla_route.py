@@ -51,8 +51,6 @@ class RouteState:
     """Route segment the ego projects onto."""
 
 
-
-
 class Route:
     """A polyline of route points with cumulative arc length."""
 
