@@ -63,13 +63,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     With `address`: join that cluster (its own settings hold; the other arguments are ignored).
     Without: a one-node instance for this process, without the dashboard, with `num_cpus` logical
     CPUs (default: the machine's), the custom `resources` it should advertise, and Ray's system
-    settings `RAY_SYSTEM_CONFIG` plus `system_config`."""
+    settings `RAY_SYSTEM_CONFIG` plus `system_config`.
+
+    A local instance's services listen on every interface (Ray has no setting to bind its gRPC
+    servers to loopback), so it always runs with Ray's token authentication: a client needs the
+    token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN) to connect. `RAY_AUTH_MODE=disabled` in the
+    environment turns that off, and is reported (docs/security.md)."""
     import ray
 
     route_ray_logs(log_file)
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit: Ray's default, without its warning
+    if mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: this run's Ray services accept connections from any host that "
+                    "reaches this machine, without a token (see docs/security.md)", mode)
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
              log_to_driver=log_to_driver, _system_config={**RAY_SYSTEM_CONFIG, **(system_config or {})},
              object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None)
