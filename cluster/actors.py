@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -20,6 +20,9 @@ from learner.learner import Learner
 from learner.replay import BoundedSender
 from rollout_workers.evaluation import EvaluationWorker
 from rollout_workers.worker import RolloutWorker, WorkerReport
+
+if TYPE_CHECKING:
+    from cluster.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ class WeightsPoller:
 
 
 class WorkerActor:
-    def __init__(self, worker_id: int, cfg: Any, replay_name: str, learner_name: str) -> None:
+    def __init__(self, worker_id: int, cfg: ExperimentConfig, replay_name: str, learner_name: str) -> None:
         """`replay_name` and `learner_name` name actors of this job; a restarted worker finds them again."""
         self.cfg = cfg
         replay, learner = ray.get_actor(replay_name), ray.get_actor(learner_name)
@@ -90,7 +93,7 @@ class WorkerActor:
 class LearnerActor:
     """Runs the learner loop in a thread of the actor so stats and weights stay answerable."""
 
-    def __init__(self, cfg: Any, replay: Any, writer: Any, restore: dict[str, Any] | None = None,
+    def __init__(self, cfg: ExperimentConfig, replay: Any, writer: Any, restore: dict[str, Any] | None = None,
                  files: dict[str, bytes] | None = None) -> None:
         self.cfg = cfg
         self.replay = replay
@@ -191,7 +194,7 @@ class LearnerActor:
 
 
 class EvaluatorActor:
-    def __init__(self, cfg: Any, worker_index: int) -> None:
+    def __init__(self, cfg: ExperimentConfig, worker_index: int) -> None:
         self.worker = EvaluationWorker(make_factory(cfg, worker_index), cfg.network)
 
     def run(self, weights: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:

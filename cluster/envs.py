@@ -19,7 +19,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
@@ -33,6 +33,9 @@ from rollout_workers.carla_server import (
     parse_carla_hosts,
 )
 from rollout_workers.contract import SimulatorError
+
+if TYPE_CHECKING:
+    from cluster.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -297,7 +300,7 @@ def carla_env(config: Any, server: ServerConfig, worker_index: int, seed: int, s
     return SupervisedCarlaEnv(session, build)
 
 
-def check_carla_setup(cfg: Any, environ: dict[str, str] | None = None, count_workers: bool = True) -> None:
+def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = None, count_workers: bool = True) -> None:
     """ConfigError saying what to set when a CARLA run has no server to attach to and none to launch.
 
     `environ` is the environment the workers see: this process's where they run (`--local`, a Ray
@@ -339,7 +342,7 @@ def check_carla_setup(cfg: Any, environ: dict[str, str] | None = None, count_wor
         raise ConfigError(str(exc)) from exc
 
 
-def make_factory(cfg: Any, worker_index: int = 0) -> EnvFactory:
+def make_factory(cfg: ExperimentConfig, worker_index: int = 0) -> EnvFactory:
     """From an ExperimentConfig; a CARLA run without servers to use is a ConfigError here."""
     if cfg.run.env == "carla":
         check_carla_setup(cfg, count_workers=not cfg.run.ray_address)

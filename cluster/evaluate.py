@@ -67,7 +67,7 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 
-def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
+def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], workers: int,
             address: str | None = None) -> list[dict[str, float]]:
     """On evaluation actors. The cluster is `address`, else $RAY_ADDRESS, else a local instance: never the
     address the snapshot was trained on, which may be long gone."""
@@ -75,22 +75,21 @@ def _on_ray(cfg: Any, weights: dict[str, Any], seeds: list[int], workers: int,
 
     import ray
 
-    from cluster.actors import EvaluatorActor
+    from cluster.periodic_eval import RayEval
 
+    if not seeds:
+        return []
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None
         init_ray(address, num_cpus=max(os.cpu_count() or 1, workers),
                  resources={k: float(workers) for k in cfg.worker_resources()})
     try:
-        cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
-        actors = [cls.remote(cfg, i) for i in range(min(workers, len(seeds)))]
-        wref = ray.put(weights)
-        parts = [seeds[i::len(actors)] for i in range(len(actors))]
-        results = ray.get([a.run.remote(wref, part) for a, part in zip(actors, parts)])
-        for a in actors:
-            ray.kill(a)
+        evaluators = RayEval(cfg, workers=min(workers, len(seeds)))
+        try:
+            return evaluators.wait(evaluators.start(weights, seeds), timeout_s=None)
+        finally:
+            evaluators.close()
     finally:
         if started:
             ray.shutdown()
-    return sorted((ep for part in results for ep in part), key=lambda ep: ep["seed"])

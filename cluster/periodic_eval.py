@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint_store.store import SnapshotStore
 from cluster.progress import MetricsLog, Status
 from learner.networks import POLICY_COMPONENTS
 from rollout_workers.evaluation import EvalReport, summarize
+
+if TYPE_CHECKING:
+    from cluster.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ OnBest = Callable[[str, float], Any]
 class PeriodicEval:
     """Decides when to evaluate, runs it through a backend, keeps the best score."""
 
-    def __init__(self, cfg: Any, backend: Any, on_best: OnBest, best_score: float = float("-inf")) -> None:
+    def __init__(self, cfg: ExperimentConfig, backend: Any, on_best: OnBest, best_score: float = float("-inf")) -> None:
         self.cfg = cfg
         self.every = cfg.eval.every_updates
         self.backend = backend
@@ -138,15 +141,15 @@ class InlineEval:
 
 
 class RayEval:
-    """Evaluation actors, created once per run; episodes split across them."""
+    """Evaluation actors, created once (per run, or per `fleet evaluate`); episodes split across them."""
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: ExperimentConfig, workers: int | None = None) -> None:
         import ray
 
         from cluster.actors import EvaluatorActor
 
         cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
-        self.actors = [cls.remote(cfg, i) for i in range(max(cfg.eval.workers, 1))]
+        self.actors = [cls.remote(cfg, i) for i in range(max(cfg.eval.workers if workers is None else workers, 1))]
 
     def start(self, weights: dict[str, Any], seeds: list[int]) -> list[Any]:
         import ray
@@ -163,7 +166,12 @@ class RayEval:
             return None
         return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
 
-    def wait(self, refs: list[Any], timeout_s: float = 900.0) -> list[dict[str, float]]:
+    def wait(self, refs: list[Any], timeout_s: float | None = 900.0) -> list[dict[str, float]]:
+        """The episodes of `start`, sorted by seed; None as timeout waits as long as they take."""
+        if timeout_s is None:
+            import ray
+
+            return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
         out = self.result(refs, timeout=timeout_s)
         if out is None:
             raise TimeoutError(f"evaluation did not finish within {timeout_s:.0f}s (evaluation workers "

@@ -17,9 +17,10 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from checkpoint_store.fs import probe, redact
+from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
@@ -62,13 +63,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     With `address`: join that cluster (its own settings hold; the other arguments are ignored).
     Without: a one-node instance for this process, without the dashboard, with `num_cpus` logical
     CPUs (default: the machine's), the custom `resources` it should advertise, and Ray's system
-    settings `RAY_SYSTEM_CONFIG` plus `system_config`."""
+    settings `RAY_SYSTEM_CONFIG` plus `system_config`.
+
+    A local instance's services listen on every interface (Ray has no setting to bind its gRPC
+    servers to loopback), so it always runs with Ray's token authentication: a client needs the
+    token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN) to connect. `RAY_AUTH_MODE=disabled` in the
+    environment turns that off, and is reported (docs/security.md)."""
     import ray
 
     route_ray_logs(log_file)
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return
+    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit: Ray's default, without its warning
+    if mode.lower() != "token":
+        log.warning("RAY_AUTH_MODE=%s: this run's Ray services accept connections from any host that "
+                    "reaches this machine, without a token (see docs/security.md)", mode)
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
              log_to_driver=log_to_driver, _system_config={**RAY_SYSTEM_CONFIG, **(system_config or {})},
              object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None)
@@ -105,18 +115,26 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def load_resume(resume: Resume) -> tuple[dict[str, Any], dict[str, bytes], Any]:
+class Restored(NamedTuple):
+    """What a resumed run starts from: a snapshot's full state, its files (the replay) and manifest."""
+
+    state: dict[str, Any]
+    files: dict[str, bytes]
+    manifest: Manifest
+
+
+def load_resume(resume: Resume) -> Restored:
     store = SnapshotStore(resume.uri, create=False)
     snap = store.get(resume.version)
     files = {name: store.read_file(snap.manifest.version, name) for name in snap.manifest.files}
-    return snap.state, files, snap.manifest
+    return Restored(snap.state, files, snap.manifest)
 
 
-def best_eval(restored: tuple | None) -> float:
+def best_eval(restored: Restored | None) -> float:
     """The best evaluation score a resumed run must beat before it moves the `best` tag."""
     if restored is None:
         return float("-inf")
-    score = restored[0].get("learner", {}).get("best_eval")
+    score = restored.state.get("learner", {}).get("best_eval")
     return float("-inf") if score is None else float(score)
 
 
@@ -255,7 +273,7 @@ def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, ret
 class LocalRun:
     """Everything in this process: workers step in turn, the learner updates between them."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
         from cluster.envs import make_factory
         from learner.learner import Learner
         from rollout_workers.worker import RolloutWorker
@@ -263,7 +281,7 @@ class LocalRun:
         self.cfg = cfg
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
         if restored:
-            state, files, _ = restored
+            state, files = restored.state, restored.files
             self.learner.restore(state, files)
         self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
                                       seed=cfg.run.seed) for i in range(cfg.run.workers)]
@@ -345,7 +363,7 @@ class LocalRun:
 class RayRun:
     """Actors on a Ray cluster; this process only orchestrates and reports."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: tuple | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
         self.cfg = cfg
         self.restored = restored
         self._started_ray = False
@@ -382,7 +400,7 @@ class RayRun:
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         self._learner_gpu = bool(gpus)
-        state, files = (self.restored[0], self.restored[1]) if self.restored else (None, None)
+        state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
         name = cfg.run.name
         # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(

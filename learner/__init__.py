@@ -1,0 +1,3 @@
+"""The learning side: TD3 (`td3`), its networks (`networks`), the learner loop that paces updates
+to the replay ratio (`learner`), the agent's state registry (`state`), the replay (`replay/`) and
+the one error root of the project (`errors`)."""

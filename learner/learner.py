@@ -91,7 +91,6 @@ class Learner:
         self._updates_at_start = 0
         self._anchor = (0, 0)
         """(env_steps, updates) the replay-ratio schedule counts from: (0, 0), or a restored snapshot's."""
-        self.last_snapshot_update = -1
         self._snapshot_at = time.monotonic()
         self.snapshot_block_ms: list[float] = []
         """How long each snapshot held the learner's loop, ms (the run summary shows the median)."""
@@ -200,7 +199,6 @@ class Learner:
         self.snapshot_block_ms.append(blocked)
         with self._lock:
             self._metrics["snapshot_block_ms"] = blocked
-        self.last_snapshot_update = self.updates
         self._snapshot_at = time.monotonic()
 
     def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:

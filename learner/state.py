@@ -1,10 +1,9 @@
 """One registry of everything an agent must save to continue bit-for-bit.
 
-The system this project replaces kept a hand-written list of attribute names to
-checkpoint and silently lost the CNN weights when a network was added without
-updating it. Here every stateful object is registered once, where it is created,
-and `state()` / `load_state()` iterate that registry; a test checks that no
-module or optimizer attribute escapes it.
+A hand-kept list of attribute names to checkpoint silently loses whatever is added
+without updating it (a network's weights, an optimizer). Here every stateful object
+is registered once, where it is created, and `state()` / `load_state()` iterate
+that registry; a test checks that no module or optimizer attribute escapes it.
 """
 
 from __future__ import annotations

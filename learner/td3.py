@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from learner.networks import NetworkConfig, act_with, build_networks
+from learner.replay.batch import Batch
 from learner.state import Counter, Registry, State
 
 NETWORKS = ("actor_cnn", "actor", "critic_cnn", "critic")
@@ -57,22 +57,6 @@ class TD3Config:
             raise ValueError("gamma must be in [0, 1]")
         if self.policy_freq < 1 or self.batch_size < 1:
             raise ValueError("policy_freq and batch_size must be >= 1")
-
-
-class Batch(NamedTuple):
-    """Transitions for one update. `discount` is gamma^n * (1 - terminated): truncation bootstraps."""
-
-    image: torch.Tensor  # uint8 (B, 4, 84, 84)
-    vector: torch.Tensor  # float32 (B, V)
-    action: torch.Tensor  # float32 (B, 2)
-    reward: torch.Tensor  # float32 (B,), n-step discounted sum when n > 1
-    discount: torch.Tensor  # float32 (B,)
-    next_image: torch.Tensor  # uint8 (B, 4, 84, 84)
-    next_vector: torch.Tensor  # float32 (B, V)
-    weight: torch.Tensor | None = None  # importance weights (prioritized replay), else None
-
-    def to(self, device: torch.device) -> Batch:
-        return Batch(*(None if t is None else t.to(device, non_blocking=True) for t in self))
 
 
 def scaled_images(image: torch.Tensor) -> torch.Tensor:

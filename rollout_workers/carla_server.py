@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rollout_workers import procfs
 from rollout_workers.contract import SimulatorError
+from rollout_workers.procfs import group_members  # also what tests import from here
 
 log = logging.getLogger(__name__)
 
@@ -229,92 +231,17 @@ def carla_probe(host: str, port: int, timeout_s: float) -> bool:
 WATCHDOG_POLL_S = 0.2
 """How often a server's watchdog checks that its supervisor lives."""
 
-# Run as `python -c` in place of the server: it forks the watchdog into the new process group, then
-# execs the server (so the supervisor's child *is* the server). argv: supervisor pid, grace s, poll s,
-# container name, server argv. The watchdog is no child of the supervisor: Ray kills a dead worker's
-# children, which would otherwise take the watchdog down before it acts. It polls the supervisor's pid
-# and start time rather than using PR_SET_PDEATHSIG, which fires when the forking *thread* exits (a Ray
-# actor's thread may end while the process lives) and reaches only the direct child, while
-# CarlaUE4.sh runs the server binary as a grandchild. It leaves once it is alone in the group.
-_LAUNCHER = """
-import os, signal, subprocess, sys, time
-parent, grace, poll, container = int(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-
-def stat(pid):
-    try:
-        text = open(f"/proc/{pid}/stat").read()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2:].split()
-
-def others():
-    me, group = os.getpid(), os.getpgid(0)
-    return [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me
-            and (f := stat(p)) is not None and f[0] != "Z" and int(f[2]) == group]
-
-def supervisor_alive(birth):
-    f = stat(parent)
-    return birth is not None and f is not None and f[19] == birth
-
-birth = (stat(parent) or [None] * 20)[19]
-if os.fork() == 0:
-    try:
-        while supervisor_alive(birth):
-            if not others():
-                os._exit(0)
-            time.sleep(poll)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        sys.stderr.write(f"carla-fleet watchdog: supervisor {parent} is gone; stopping the server\\n")
-        sys.stderr.flush()
-        os.killpg(0, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while others() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if container:
-            subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60)
-        os.killpg(0, signal.SIGKILL)
-    finally:
-        os._exit(0)
-try:
-    os.execvp(sys.argv[5], sys.argv[5:])
-except OSError as exc:
-    sys.stderr.write(f"cannot start {sys.argv[5]}: {exc}\\n")
-    os._exit(127)
-"""
-
 
 def watched(argv: list[str], grace_s: float, container: str = "") -> list[str]:
-    """`argv` with a watchdog in its process group that stops the group if this process dies first."""
-    return [sys.executable, "-I", "-S", "-c", _LAUNCHER, str(os.getpid()), str(grace_s), str(WATCHDOG_POLL_S),
-            container, *argv]
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of a process group, from /proc."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            out.append(int(entry))
-    return out
+    """`argv` with a watchdog in its process group that stops the group if this process dies first
+    (rollout_workers/carla_watchdog.py, run isolated by file path)."""
+    return [sys.executable, "-I", "-S", str(Path(__file__).with_name("carla_watchdog.py")), str(os.getpid()),
+            str(grace_s), str(WATCHDOG_POLL_S), container, *argv]
 
 
 def group_rss_mb(pgid: int) -> float:
-    total_kb = 0
-    for pid in group_members(pgid):
-        try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total_kb += int(line.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024.0
+    """Resident memory of a process group's live members, MB."""
+    return sum((procfs.rss_mb(pid) or (0.0, 0.0))[0] for pid in group_members(pgid))
 
 
 class CarlaServer:

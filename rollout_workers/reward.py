@@ -15,8 +15,9 @@ learned to speed into the slower traffic. Capped, the target speed is the optimu
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+from rollout_workers.envs.ego import wrap_angle
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def reward(s: RoadState, cfg: RewardConfig) -> float:
         cfg.progress_weight * progress
         + cfg.speed_weight * speed_term
         - cfg.lateral_weight * abs(s.lateral_m)
-        - cfg.heading_weight * abs(_wrap(s.heading_rad))
+        - cfg.heading_weight * abs(wrap_angle(s.heading_rad))
     )
     if s.collision:
         r -= cfg.collision_penalty
@@ -82,7 +83,3 @@ def reward(s: RoadState, cfg: RewardConfig) -> float:
 
 def terminated(s: RoadState, route_completion: float) -> bool:
     return bool(s.collision or s.off_road or route_completion >= 1.0)
-
-
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from s3_server import DUMMY_ENV, S3ServerError, SeaweedS3, find_weed  # noqa: E402
+from checkpoint_store.local_s3 import DUMMY_ENV, S3ServerError, SeaweedS3, find_weed
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.s3_server import free_ports  # self-contained there: `fleet bench store` loads that file alone
+from checkpoint_store.local_s3 import free_ports
 
 __all__ = ["alive", "free_ports"]
 

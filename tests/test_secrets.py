@@ -12,7 +12,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from checkpoint_store.fs import redact
-from tests.s3_server import DUMMY_ENV
+from checkpoint_store.local_s3 import DUMMY_ENV
 
 SECRET = "S3CR3T-must-not-appear"
 KEY_ID = "AKIA-KEY-ID-must-not-appear"

@@ -9,11 +9,14 @@ import os
 import platform
 import statistics
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cluster.cli import Commands
+
+if TYPE_CHECKING:
+    from learner.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def actor_sampling(cfg: Any, chunks: list[Any], repeats: int) -> float:
+def actor_sampling(cfg: ReplayConfig, chunks: list[Any], repeats: int) -> float:
     import ray
 
     from cluster.runtime import init_ray

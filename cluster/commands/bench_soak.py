@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.cli import Commands, UserError
+from rollout_workers import procfs
 
 log = logging.getLogger(__name__)
 
@@ -104,42 +105,6 @@ def trend(times_s: list[float], values_mb: list[float], run_start_s: float, run_
     return Trend(len(half), values_mb[0], values_mb[-1], median, slope, ls_slope, rel, threshold, verdict)
 
 
-def _proc_status(pid: int) -> dict[str, str]:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
-    except OSError:  # gone between listing and reading
-        return {}
-
-
-def _rss_mb(pid: int) -> tuple[float, float] | None:
-    """(VmRSS, RssAnon) in MB, or None when the process is gone."""
-    st = _proc_status(pid)
-    if "VmRSS" not in st:
-        return None
-    kb = lambda key: float(st.get(key, "0 kB").split()[0])  # noqa: E731
-    return kb("VmRSS") / 1024, kb("RssAnon") / 1024
-
-
-def _children(parent: int) -> dict[int, str]:
-    """pid -> process title of the direct children of `parent` (from /proc)."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            # The ppid follows the parenthesised command name, which may itself contain spaces.
-            if int(stat.rsplit(")", 1)[1].split()[1]) != parent:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                out[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, ValueError):
-            continue
-    return out
-
-
 class Monitor(threading.Thread):
     """Samples memory of this Ray instance's processes every `every_s` until stopped."""
 
@@ -196,7 +161,7 @@ class Monitor(threading.Thread):
         t = round(time.monotonic() - self.t0, 1)
         procs = dict(self.system)
         counts: dict[str, int] = {}
-        kids = {pid: title for pid, title in _children(self.raylet).items()
+        kids = {pid: title for pid, title in procfs.children(self.raylet).items()
                 if title.startswith("ray::") and title[5:].split(".")[0].split(" ")[0] in ACTOR_CLASSES}
         if any(title.startswith("ray::WorkerActor") and pid not in self._named for pid, title in kids.items()):
             self._name_workers()
@@ -211,7 +176,7 @@ class Monitor(threading.Thread):
                 label += f"-{counts[label] - 1}" if label == "evaluator" else ""
             procs[label if label not in procs else f"{label}.{pid}"] = pid
         for label, pid in procs.items():
-            mem = _rss_mb(pid)
+            mem = procfs.rss_mb(pid)
             if mem is not None:
                 self.rows.append({"t_s": t, "process": label, "pid": pid, "rss_mb": round(mem[0], 2),
                                   "anon_mb": round(mem[1], 2)})

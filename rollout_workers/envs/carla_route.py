@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from rollout_workers.contract import VECTOR_BOUND
+from rollout_workers.envs.ego import to_ego, wrap_angle
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,6 @@ class RouteState:
     """Ego yaw minus route yaw at the projection, wrapped to [-pi, pi)."""
     index: int
     """Route segment the ego projects onto."""
-
-
-def _wrap(angle: float) -> float:
-    return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
 class Route:
@@ -86,7 +83,7 @@ class Route:
         cross = float(d[0] * (y - a[1]) - d[1] * (x - a[0]))
         lateral = cross / n if n > 0 else float(np.linalg.norm(p - a))
         seg_yaw = math.atan2(d[1], d[0]) if n > 0 else float(self.yaw[i])
-        heading = _wrap(math.radians(yaw_deg) - seg_yaw)
+        heading = wrap_angle(math.radians(yaw_deg) - seg_yaw)
         return RouteState(float(self.s[i] + t * n), lateral, heading, i)
 
     def ahead(self, s_m: float, spacing_m: float, count: int) -> np.ndarray:
@@ -97,20 +94,13 @@ class Route:
         return self.xy[i] + (self.xy[i + 1] - self.xy[i]) * t[:, None]
 
 
-def ego_frame(points: np.ndarray, x: float, y: float, yaw_deg: float) -> np.ndarray:
-    """World points (N, 2) to the ego frame: +x ahead, +y to the right."""
-    c, s = math.cos(math.radians(yaw_deg)), math.sin(math.radians(yaw_deg))
-    d = points - np.array([x, y])
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1)
-
-
 def state_vector(
     speed: float, rs: RouteState, route: Route, pose: tuple[float, float, float],
     waypoints: int, spacing_m: float, lane_half_width: float, scales: VectorScales,
 ) -> np.ndarray:
     """The contract's (3 + 2W,) float32 vector: speed, lateral, heading, W waypoints ahead (ego frame)."""
     x, y, yaw_deg = pose
-    local = ego_frame(route.ahead(rs.s_m, spacing_m, waypoints), x, y, yaw_deg) / (spacing_m * waypoints)
+    local = to_ego(route.ahead(rs.s_m, spacing_m, waypoints), np.array([x, y]), math.radians(yaw_deg)) / (spacing_m * waypoints)
     head = [speed / scales.speed, rs.lateral_m / lane_half_width, rs.heading_rad / scales.heading]
     vec = np.concatenate([np.array(head), local.reshape(-1)]).astype(np.float32)
     return np.clip(vec, -VECTOR_BOUND, VECTOR_BOUND)
@@ -128,7 +118,7 @@ def build_route(start_waypoint: Any, length_m: float, spacing_m: float) -> Route
         if not branches:
             break
         yaw = wps[-1].transform.rotation.yaw
-        wps.append(min(branches, key=lambda w: abs(_wrap(math.radians(w.transform.rotation.yaw - yaw)))))
+        wps.append(min(branches, key=lambda w: abs(wrap_angle(math.radians(w.transform.rotation.yaw - yaw)))))
     xy = np.array([[w.transform.location.x, w.transform.location.y] for w in wps])
     yaw_deg = np.array([w.transform.rotation.yaw for w in wps])
     return Route(xy, yaw_deg)

@@ -33,13 +33,12 @@ from highway_env.envs.racetrack_env import RacetrackEnv  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from rollout_workers import contract  # noqa: E402
+from rollout_workers.envs.ego import to_ego, wrap_angle  # noqa: E402
 from rollout_workers.envs.geometry import (  # noqa: E402
     GridRoadNetwork,
     GridSpec,
     LaneGrid,
     RouteLine,
-    to_ego,
-    wrap,
 )
 from rollout_workers.envs.render import FrameRenderer, paint_track  # noqa: E402
 from rollout_workers.reward import RewardConfig, RoadState, reward, terminated  # noqa: E402
@@ -257,7 +256,7 @@ class EmbeddedDrivingEnv(gym.Env):
         self._odometer += float(np.hypot(*(pos - self._pos)))
         self._pos = pos
         off_road = abs(proj.lateral) > cfg.reward.lane_half_width
-        state = RoadState(progress, float(ego.speed), proj.lateral, float(wrap(ego.heading - proj.heading)),
+        state = RoadState(progress, float(ego.speed), proj.lateral, float(wrap_angle(ego.heading - proj.heading)),
                           bool(ego.crashed), off_road, dt_s=1.0 / cfg.policy_frequency)
         completion = self._completion()
         done = terminated(state, completion)
@@ -281,7 +280,7 @@ class EmbeddedDrivingEnv(gym.Env):
         vec = np.empty(contract.vector_dim(cfg.waypoints), dtype=np.float32)
         vec[0] = ego.speed / cfg.max_speed
         vec[1] = proj.lateral / cfg.reward.lane_half_width
-        vec[2] = wrap(ego.heading - proj.heading) / (math.pi / 2)
+        vec[2] = wrap_angle(ego.heading - proj.heading) / (math.pi / 2)
         pts, _ = self._route.sample(proj.s + self._wp_offsets)
         vec[3:] = (to_ego(pts, ego.position, float(ego.heading)) / self._wp_scale).ravel()
         np.clip(vec, -contract.VECTOR_BOUND, contract.VECTOR_BOUND, out=vec)

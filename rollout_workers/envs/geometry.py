@@ -22,6 +22,8 @@ import numpy as np
 from highway_env.road.lane import AbstractLane, CircularLane, StraightLane
 from highway_env.road.road import LaneIndex, RoadNetwork
 
+from rollout_workers.envs.ego import wrap_angle
+
 
 def lane_local(lane: AbstractLane, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(longitudinal, lateral) of points (n, 2) on `lane`, as highway-env's `local_coordinates`."""
@@ -31,7 +33,7 @@ def lane_local(lane: AbstractLane, pts: np.ndarray) -> tuple[np.ndarray, np.ndar
     if isinstance(lane, CircularLane):
         delta = pts - lane.center
         phi = np.arctan2(delta[:, 1], delta[:, 0])
-        phi = lane.start_phase + wrap(phi - lane.start_phase)
+        phi = lane.start_phase + wrap_angle(phi - lane.start_phase)
         r = np.hypot(delta[:, 0], delta[:, 1])
         return lane.direction * (phi - lane.start_phase) * lane.radius, lane.direction * (lane.radius - r)
     # Other lane kinds are not on our track; stay correct, if slow.
@@ -47,10 +49,6 @@ def lane_points(lane: AbstractLane, s: np.ndarray) -> np.ndarray:
         phi = lane.direction * s / lane.radius + lane.start_phase
         return lane.center + lane.radius * np.stack([np.cos(phi), np.sin(phi)], axis=1)
     return np.array([lane.position(float(x), 0.0) for x in s]).reshape(-1, 2)
-
-
-def wrap(angle: np.ndarray | float) -> np.ndarray | float:
-    return (angle + np.pi) % (2 * np.pi) - np.pi
 
 
 @dataclass(frozen=True)
@@ -146,13 +144,6 @@ def _resample_loop(points: np.ndarray, spacing: float) -> np.ndarray:
     cum = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(closed, axis=0).T))])
     s = np.arange(0.0, cum[-1] - spacing / 2, spacing)
     return np.stack([np.interp(s, cum, closed[:, 0]), np.interp(s, cum, closed[:, 1])], axis=1)
-
-
-def to_ego(points: np.ndarray, pos: np.ndarray, heading: float) -> np.ndarray:
-    """World points (n, 2) in the ego frame (x forward, y right)."""
-    c, s = math.cos(heading), math.sin(heading)
-    d = points - pos
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1)
 
 
 @dataclass(frozen=True)

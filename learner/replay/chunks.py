@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
@@ -106,6 +107,23 @@ def validate_chunk(chunk: Chunk, vector_dim: int, frames: int) -> None:
         raise ValueError(f"chunk.episode_start: step {t} follows an episode end but does not start an episode")
 
 
+class _Step(NamedTuple):
+    """One env step as the builder buffers it until the next flush."""
+
+    obs_end: int
+    """Index (in the stream's frame count) one past the last frame of the observation's stack."""
+    next_end: int
+    """The same for the next observation."""
+    vector: np.ndarray
+    next_vector: np.ndarray
+    action: np.ndarray
+    reward: float
+    terminated: bool
+    truncated: bool
+    episode_start: bool
+    policy_version: int
+
+
 class ChunkBuilder:
     """Worker-side encoder: turns env steps into Chunks, sending each new frame once.
 
@@ -123,7 +141,7 @@ class ChunkBuilder:
         self._seq = 0
         self._sent = 0  # frames sent in earlier chunks
         self._frames: list[np.ndarray] = []
-        self._steps: list[tuple] = []
+        self._steps: list[_Step] = []
         self._stack: np.ndarray | None = None  # image of the current observation
         self._stack_end = 0  # stream position one past the current stack's newest frame
         self._vector: np.ndarray | None = None
@@ -170,9 +188,9 @@ class ChunkBuilder:
             self._frames.extend(np.array(image))
             next_end = obs_end + self.k
         self._unreferenced = 0
-        self._steps.append((obs_end, next_end, self._vector, vector.copy(),
-                            np.asarray(action, dtype=np.float32).reshape(ACTION_DIM), float(reward),
-                            bool(terminated), bool(truncated), self._start, int(policy_version)))
+        self._steps.append(_Step(obs_end, next_end, self._vector, vector.copy(),
+                                 np.asarray(action, dtype=np.float32).reshape(ACTION_DIM), float(reward),
+                                 bool(terminated), bool(truncated), self._start, int(policy_version)))
         self._start = False
         if terminated or truncated:
             self._stack = self._vector = None
@@ -184,8 +202,7 @@ class ChunkBuilder:
         # The last buffered step is the open episode's unless that episode has taken no step yet,
         # or its steps already went out (then the replay closes the episode at the next start).
         if self._stack is not None and not self._start and self._steps:
-            last = self._steps[-1]
-            self._steps[-1] = (*last[:7], True, *last[8:])
+            self._steps[-1] = self._steps[-1]._replace(truncated=True)
         self._drop_unreferenced()
         self._stack = self._vector = None
 
@@ -199,8 +216,9 @@ class ChunkBuilder:
         k, base = self.k, self._sent
         keep = self._unreferenced  # frames of a reset with no step yet go with the next chunk
         out_frames = self._frames[: len(self._frames) - keep]
-        obs_end = np.array([s[0] for s in self._steps], dtype=np.int64) - base
-        next_end = np.array([s[1] for s in self._steps], dtype=np.int64) - base
+        steps = self._steps
+        obs_end = np.array([s.obs_end for s in steps], dtype=np.int64) - base
+        next_end = np.array([s.next_end for s in steps], dtype=np.int64) - base
         offs = np.arange(-k, 0)
         chunk = Chunk(
             stream=self.stream,
@@ -208,14 +226,14 @@ class ChunkBuilder:
             frames=np.stack(out_frames) if out_frames else np.zeros((0, *FRAME_SHAPE), np.uint8),
             obs_frames=(obs_end[:, None] + offs).astype(np.int32),
             next_frames=(next_end[:, None] + offs).astype(np.int32),
-            vector=np.stack([s[2] for s in self._steps]),
-            next_vector=np.stack([s[3] for s in self._steps]),
-            action=np.stack([s[4] for s in self._steps]),
-            reward=np.array([s[5] for s in self._steps], dtype=np.float32),
-            terminated=np.array([s[6] for s in self._steps], dtype=bool),
-            truncated=np.array([s[7] for s in self._steps], dtype=bool),
-            episode_start=np.array([s[8] for s in self._steps], dtype=bool),
-            policy_version=np.array([s[9] for s in self._steps], dtype=np.int64),
+            vector=np.stack([s.vector for s in steps]),
+            next_vector=np.stack([s.next_vector for s in steps]),
+            action=np.stack([s.action for s in steps]),
+            reward=np.array([s.reward for s in steps], dtype=np.float32),
+            terminated=np.array([s.terminated for s in steps], dtype=bool),
+            truncated=np.array([s.truncated for s in steps], dtype=bool),
+            episode_start=np.array([s.episode_start for s in steps], dtype=bool),
+            policy_version=np.array([s.policy_version for s in steps], dtype=np.int64),
         )
         self._seq += 1
         self._sent += len(out_frames)

@@ -1,7 +1,6 @@
 """A throw-away SeaweedFS server with an S3 gateway on loopback, for tests and benchmarks.
 
-Used by the session-scoped `s3_server` fixture in tests/conftest.py and by
-`fleet bench store`. Every port is chosen free and bound to 127.0.0.1 only; the
+Used by `fleet bench store` and by the session-scoped `s3_server` fixture in tests/conftest.py. Every port is chosen free and bound to 127.0.0.1 only; the
 server runs in its own process group so `stop()` ends exactly what `start()`
 launched (SIGTERM, then SIGKILL after a grace period: SeaweedFS exits slowly).
 """
@@ -22,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from learner.errors import StoreError
+
 log = logging.getLogger(__name__)
 
 # Anonymous access works without identities, but the AWS SDK inside pyarrow still wants
@@ -30,7 +31,7 @@ DUMMY_ENV = {"AWS_ACCESS_KEY_ID": "fleet-test", "AWS_SECRET_ACCESS_KEY": "fleet-
              "AWS_EC2_METADATA_DISABLED": "true", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-class S3ServerError(RuntimeError):
+class S3ServerError(StoreError, RuntimeError):
     """The SeaweedFS server could not be found or did not come up."""
 
 

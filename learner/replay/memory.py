@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from learner.replay_chunks import ACTION_DIM, FRAME_SHAPE, Chunk, validate_chunk
-from learner.sum_tree import SumTree
-from learner.td3 import Batch
+from learner.replay.batch import Batch
+from learner.replay.chunks import ACTION_DIM, FRAME_SHAPE, Chunk, validate_chunk
+from learner.replay.sum_tree import SumTree
 
 log = logging.getLogger(__name__)
 
@@ -382,15 +382,15 @@ class ReplayMemory:
                 "episodes": self.episodes, "capacity": self.cfg.capacity}
 
     def export(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
-        """Arrow IPC segments of the memory; see `learner.replay_segments.export`."""
-        from learner.replay_segments import export
+        """Arrow IPC segments of the memory; see `learner.replay.segments.export`."""
+        from learner.replay.segments import export
 
         return export(self, previous)
 
     @classmethod
     def restore(cls, cfg: ReplayConfig, vector_dim: int, gamma: float, files: Mapping[str, bytes],
                 frames: int = 4) -> ReplayMemory:
-        """Rebuild a memory from `export` output (refs resolved to bytes); see `learner.replay_segments`."""
-        from learner.replay_segments import restore
+        """Rebuild a memory from `export` output (refs resolved to bytes); see `learner.replay.segments`."""
+        from learner.replay.segments import restore
 
         return restore(cls(cfg, vector_dim, gamma, frames=frames), files)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from learner.errors import FleetError
-from learner.replay_chunks import Chunk
-from learner.replay_memory import ReplayConfig, ReplayMemory
-from learner.td3 import Batch
+from learner.replay.batch import Batch
+from learner.replay.chunks import Chunk
+from learner.replay.memory import ReplayConfig, ReplayMemory
 
 log = logging.getLogger(__name__)
 

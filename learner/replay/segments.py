@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from learner.replay_memory import ReplayMemory
+    from learner.replay.memory import ReplayMemory
 
 PREFIX = "replay/"
 HEADER = PREFIX + "header.json"
@@ -132,7 +132,7 @@ def export(mem: ReplayMemory, previous: Mapping[str, str] | None = None) -> dict
 
 def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
     """Load `files` (from `export`, refs resolved to bytes) into the freshly built, empty `mem`."""
-    from learner.replay_memory import _Stream
+    from learner.replay.memory import _Stream
 
     if HEADER not in files:
         raise ValueError(f"no {HEADER} among the snapshot's files ({sorted(files)[:5]}...): not a saved replay")

@@ -1,0 +1,22 @@
+"""Frame-deduplicating replay: the one import point for workers, learner and wiring.
+
+A transition costs about 7.8 KB (each 84x84 uint8 frame stored once, stacks
+rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
+(float32 stacked obs + next obs).
+
+- `chunks`: `Chunk` and the worker-side `ChunkBuilder` (each new frame sent once).
+- `memory`: `ReplayConfig`, `ReplayMemory` (rings, n-step, uniform or prioritized sampling).
+- `batch`: `Batch`, what `ReplayMemory.sample` returns and a TD3 update consumes.
+- `sum_tree`: `SumTree` for proportional prioritization.
+- `segments`: incremental Arrow IPC persistence (`ReplayMemory.export` / `.restore`).
+- `actor`: `ReplayActor` (shared replay + chunk log for mirrors) and `BoundedSender`.
+"""
+
+from learner.replay.actor import BoundedSender, ReplayActor, ReplayLagError
+from learner.replay.batch import Batch
+from learner.replay.chunks import Chunk, ChunkBuilder, validate_chunk
+from learner.replay.memory import ReplayConfig, ReplayMemory
+from learner.replay.sum_tree import SumTree
+
+__all__ = ["Batch", "BoundedSender", "Chunk", "ChunkBuilder", "ReplayActor", "ReplayConfig", "ReplayLagError",
+           "ReplayMemory", "SumTree", "validate_chunk"]
