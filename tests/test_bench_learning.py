@@ -56,6 +56,23 @@ def test_bad_arguments_are_refused(capsys):
     assert main(["bench", "learning", "--seeds", "0"]) == 2
     assert main(["bench", "learning", "--baselines", "rllib"]) == 2
     assert "unknown ['rllib']" in capsys.readouterr().err
+    assert main(["bench", "learning", "--first-seed", "-1"]) == 2
+    assert "--first-seed must be >= 0" in capsys.readouterr().err
+
+
+def test_first_seed_trains_the_seeds_after_it_and_names_itself_in_the_command(monkeypatch, tmp_path, capsys):
+    from cluster import learning_bench as lb
+    from cluster.learning_bench import Curve
+
+    trained = []
+    monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, *a: trained.append(seed) or Curve("ours", seed))
+    monkeypatch.setattr("cluster.runtime.scripted_reference", lambda cfg, n: {"mean_return": 100.0})
+    monkeypatch.setattr(lb, "report", lambda curves, reference, meta, out: {"meta": meta})
+    monkeypatch.setattr(lb, "finish_curve", lambda curve, level: curve)
+    assert main(["bench", "learning", "--first-seed", "2", "--seeds", "2", "--baselines", "none", "--json",
+                 "--out", str(tmp_path)]) == 0
+    assert trained == [2, 3]
+    assert "--seeds 2 --first-seed 2 " in json.loads(capsys.readouterr().out)["meta"]["command"]
 
 
 @pytest.mark.slow

@@ -15,7 +15,9 @@ from cluster.cli import Commands, UserError
 def register(cli: Commands) -> None:
     p = cli.bench("learning", "train ours (Ray runtime) and baselines for the same wall time; curves "
                   "of the deterministic policy on held-out episodes, time to a driving level", run)
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per system (0 .. N-1)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per system (first .. first+N-1)")
+    p.add_argument("--first-seed", type=int, default=0, metavar="S",
+                   help="first training seed (e.g. to add seed 2 to an earlier run of seeds 0-1)")
     p.add_argument("--minutes", type=float, default=45.0, help="training wall time per system and seed")
     p.add_argument("--eval-every", type=float, default=5.0, metavar="MIN",
                    help="minutes of training between the evaluated policies")
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     from cluster.commands.train import overrides
     from cluster.runtime import scripted_reference
 
+    if args.first_seed < 0:
+        raise UserError("--first-seed must be >= 0")
     if args.seeds < 1 or args.minutes <= 0 or args.eval_every <= 0 or args.episodes < 1:
         raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
     if args.baseline_seeds is not None and not 0 <= args.baseline_seeds <= args.seeds:
@@ -59,10 +63,11 @@ def run(args: argparse.Namespace) -> int:
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     curves = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
         curves.append(lb.finish_curve(curve, level))
-        if "sb3" in baselines and seed < (args.seeds if args.baseline_seeds is None else args.baseline_seeds):
+        if "sb3" in baselines and seed - args.first_seed < (args.seeds if args.baseline_seeds is None
+                                                           else args.baseline_seeds):
             curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes)
             curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
@@ -76,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
-    out = [f"--seeds {args.seeds}", f"--minutes {args.minutes:g}", f"--eval-every {args.eval_every:g}",
+    out = [f"--seeds {args.seeds}"] + ([f"--first-seed {args.first_seed}"] if args.first_seed else [])
+    out += [f"--minutes {args.minutes:g}", f"--eval-every {args.eval_every:g}",
            f"--episodes {args.episodes}", f"--baselines {args.baselines}"]
     if args.baseline_seeds is not None:
         out.append(f"--baseline-seeds {args.baseline_seeds}")
