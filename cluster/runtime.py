@@ -66,17 +66,19 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     settings `RAY_SYSTEM_CONFIG` plus `system_config`.
 
     A local instance's services listen on every interface (Ray has no setting to bind its gRPC
-    servers to loopback), so it always runs with Ray's token authentication: a client needs the
-    token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN) to connect. `RAY_AUTH_MODE=disabled` in the
-    environment turns that off, and is reported (docs/security.md)."""
+    servers to loopback); Ray starts it with token authentication unless `RAY_AUTH_MODE` says
+    otherwise, so a client needs the token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN) to connect.
+    A `RAY_AUTH_MODE` other than `token` is reported (docs/security.md). It is not set here: Ray
+    reads it when it is imported, and a value set afterwards leaves this process without the token
+    while the services it starts require one."""
     import ray
 
     route_ray_logs(log_file)
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return
-    mode = os.environ.setdefault("RAY_AUTH_MODE", "token")  # explicit: Ray's default, without its warning
-    if mode.lower() != "token":
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() != "token":
         log.warning("RAY_AUTH_MODE=%s: this run's Ray services accept connections from any host that "
                     "reaches this machine, without a token (see docs/security.md)", mode)
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
