@@ -164,14 +164,14 @@ class RayEval:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
             return None
-        return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
+        return _by_seed(ray.get(refs))
 
     def wait(self, refs: list[Any], timeout_s: float | None = 900.0) -> list[dict[str, float]]:
         """The episodes of `start`, sorted by seed; None as timeout waits as long as they take."""
         if timeout_s is None:
             import ray
 
-            return sorted((ep for part in ray.get(refs) for ep in part), key=lambda ep: ep["seed"])
+            return _by_seed(ray.get(refs))
         out = self.result(refs, timeout=timeout_s)
         if out is None:
             raise TimeoutError(f"evaluation did not finish within {timeout_s:.0f}s (evaluation workers "
@@ -183,3 +183,8 @@ class RayEval:
 
         for a in self.actors:
             ray.kill(a)
+
+
+def _by_seed(parts: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """The evaluators' episodes as one list, sorted by seed."""
+    return sorted((ep for part in parts for ep in part), key=lambda ep: ep["seed"])
