@@ -64,7 +64,7 @@ def test_target_policy_noise_is_clipped_by_noise_clip():
 
 
 def test_actor_and_its_cnn_change_only_every_policy_freq_updates():
-    a = agent(policy_freq=3)
+    a = agent(policy_freq=3, actor_encoder="own")  # the seed's design: the actor CNN is the actor's
     for it in range(1, 7):
         actor, actor_cnn, critic = params(a.actor), params(a.actor_cnn), params(a.critic)
         critic_cnn = params(a.critic_cnn)
@@ -287,15 +287,16 @@ def test_feature_norm_adds_no_state_keys_and_normalises_features():
     assert abs(pre.mean().item()) < 1e-5 and abs(pre.std(unbiased=False).item() - 1) < 2e-2
 
 
-def test_actor_metrics_report_the_critics_action_gradient():
+@pytest.mark.parametrize("encoder", ["own", "critic"])
+def test_actor_metrics_report_the_critics_action_gradient(encoder):
     b = make_batch(3)
-    a = agent(policy_freq=1, actor_preact_penalty=0.0)
+    a = agent(policy_freq=1, actor_preact_penalty=0.0, actor_encoder=encoder)
     m = a.update(b)
     # The actor step sees the critic after its own step: replay that critic step on a twin.
-    ref = agent(policy_freq=1, actor_preact_penalty=0.0)
+    ref = agent(policy_freq=1, actor_preact_penalty=0.0, actor_encoder=encoder)
     ref.update_critic(b)
     with torch.no_grad():
-        action = ref.actor(ref.actor_cnn(b.image), b.vector)
+        action = ref.actor((ref.critic_cnn if encoder == "critic" else ref.actor_cnn)(b.image), b.vector)
         features = ref.critic_cnn(b.image)
     probe = action.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(ref.critic.q1(features, b.vector, probe).sum(), probe)
@@ -304,11 +305,12 @@ def test_actor_metrics_report_the_critics_action_gradient():
     assert 0.0 <= m["actor_saturated"] <= 1.0
 
 
-def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates():
+@pytest.mark.parametrize("encoder", ["own", "critic"])
+def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates(encoder):
     """The yardstick of `fleet bench learner`: any faster path must compute TD3 exactly (fp32, 1e-5)."""
     from cluster.commands.bench_learner import reference_update
 
-    fast, ref = agent(), agent()
+    fast, ref = agent(actor_encoder=encoder), agent(actor_encoder=encoder)
     for i in range(10):
         b = make_batch(i, n=8)
         fast.update(b)
@@ -319,3 +321,39 @@ def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates():
         assert s1[part].keys() == s2[part].keys()
         for key in s1[part]:
             torch.testing.assert_close(s1[part][key], s2[part][key], rtol=0, atol=1e-5, msg=f"{part}.{key}")
+
+
+def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_by_the_td_loss_only():
+    own, shared = agent(), agent(actor_encoder="critic")
+    assert own.state().keys() == shared.state().keys()  # same parts, keys and shapes: checkpoints interchange
+    for name in ("actor_cnn", "actor_cnn_target"):
+        src = name.replace("actor", "critic", 1)
+        assert getattr(shared, name).state_dict().keys() == getattr(own, name).state_dict().keys()
+        for d, s in zip(getattr(shared, name).parameters(), getattr(shared, src).parameters()):
+            assert torch.equal(d, s)
+    # The actor loss leaves the critic's CNN alone: one actor step (after a critic step) changes the
+    # actor head, and the CNN only by what the critic step did.
+    b = make_batch(5)
+    twin = agent(actor_encoder="critic")
+    twin.update_critic(b)
+    shared.update_critic(b)
+    shared.update_actor(b)
+    for p, q in zip(shared.critic_cnn.parameters(), twin.critic_cnn.parameters()):
+        assert torch.equal(p, q)
+    assert any(not torch.equal(p, q) for p, q in zip(shared.actor.parameters(), twin.actor.parameters()))
+    # After full updates the copies still match, so what workers act with is what the actor learned on.
+    for i in range(4):
+        shared.update(make_batch(i))
+    for name in ("actor_cnn", "actor_cnn_target"):
+        for d, s in zip(getattr(shared, name).parameters(), getattr(shared, name.replace("actor", "critic", 1)).parameters()):
+            assert torch.equal(d, s)
+    img, vec = make_batch(9).image, make_batch(9).vector
+    with torch.no_grad():
+        expected = shared.actor(shared.critic_cnn(img), vec)
+    np.testing.assert_allclose(shared.act(img.numpy(), vec.numpy()), expected.numpy(), atol=1e-6)
+    # An own-encoder checkpoint (a seed's) loads; its actor CNN is then replaced by the critic's.
+    shared.load_state(own.state())
+    for d, s in zip(shared.actor_cnn.parameters(), own.critic_cnn.parameters()):
+        assert torch.equal(d, s)
+    with pytest.raises(ValueError, match="actor_encoder"):
+        TD3Config(actor_encoder="mine")

@@ -40,11 +40,14 @@ def reference_update(agent: Any, b: Any) -> None:
     import torch
 
     cfg = agent.cfg
+    shared = cfg.actor_encoder == "critic"  # the actor reads the critic's CNN (and target CNN)
+    actor_cnn = agent.critic_cnn if shared else agent.actor_cnn
+    actor_cnn_target = agent.critic_cnn_target if shared else agent.actor_cnn_target
     agent.total_it.value += 1
     with torch.no_grad():
         noise = (torch.randn(b.action.shape, generator=agent.noise_gen, device=agent.device)
                  * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-        next_action = (agent.actor_target(agent.actor_cnn_target(b.next_image), b.next_vector) + noise).clamp(-1, 1)
+        next_action = (agent.actor_target(actor_cnn_target(b.next_image), b.next_vector) + noise).clamp(-1, 1)
         tq1, tq2 = agent.critic_target(agent.critic_cnn_target(b.next_image), b.next_vector, next_action)
         target = b.reward + b.discount * torch.min(tq1, tq2)
     q1, q2 = agent.critic(agent.critic_cnn(b.image), b.vector, b.action)
@@ -59,25 +62,32 @@ def reference_update(agent: Any, b: Any) -> None:
     agent.critic_optimizer.step()
     agent.critic_cnn_optimizer.step()
     if agent.total_it.value % cfg.policy_freq:
+        agent.sync_actor_encoder()
         return
     with torch.no_grad():
         critic_features = agent.critic_cnn(b.image)
-    pre = agent.actor.preact(agent.actor_cnn(b.image), b.vector)
+        if shared:
+            actor_features = critic_features
+    if not shared:
+        actor_features = agent.actor_cnn(b.image)
+    pre = agent.actor.preact(actor_features, b.vector)
     actor_loss = -agent.critic.q1(critic_features, b.vector, torch.tanh(pre)).mean()
     actor_loss = actor_loss + cfg.actor_preact_penalty * (pre ** 2).mean()
     for opt in (agent.actor_optimizer, agent.actor_cnn_optimizer):
         opt.zero_grad(set_to_none=True)
     actor_loss.backward()
+    actor_params = [*agent.actor.parameters()] + ([] if shared else [*agent.actor_cnn.parameters()])
     if cfg.actor_grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_([*agent.actor_cnn.parameters(), *agent.actor.parameters()],
-                                       cfg.actor_grad_clip)
+        torch.nn.utils.clip_grad_norm_(actor_params, cfg.actor_grad_clip)
     agent.actor_optimizer.step()
-    agent.actor_cnn_optimizer.step()
+    if not shared:
+        agent.actor_cnn_optimizer.step()
     agent.critic.zero_grad(set_to_none=True)
     with torch.no_grad():
-        for name in ("actor_cnn", "actor", "critic_cnn", "critic"):
+        for name in ("actor", "critic_cnn", "critic") if shared else ("actor_cnn", "actor", "critic_cnn", "critic"):
             for t, o in zip(getattr(agent, f"{name}_target").parameters(), getattr(agent, name).parameters()):
                 t.mul_(1 - cfg.tau).add_(o, alpha=cfg.tau)
+    agent.sync_actor_encoder()
 
 
 def flops_per_update(agent: Any, batch: Any) -> int:
