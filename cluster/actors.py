@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 import torch
 
-from checkpoint_store.writer import submit_snapshot
+from checkpoint_store.writer import SnapshotStager
 from cluster.envs import make_factory
 from learner.learner import Learner
 from learner.replay import BoundedSender
@@ -101,14 +101,14 @@ class LearnerActor:
         # Ray sets OMP_NUM_THREADS to the actor's num_cpus (1): a CPU update would use one core.
         torch.set_num_threads(cfg.learner.threads())
         self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=cfg.run.seed)
-        self.learner.snapshot_copies = False  # submit_snapshot's ray.put is the one copy
+        self.learner.snapshot_copies = False  # the stager's copy into its buffers is the one copy
         if restore is not None:
             self.learner.restore(restore, files)
         # The mirror and the replay actor restored from the same files agree on this cursor.
         self._cursor = self.learner.memory.chunks_added
         self.collected = self.learner.env_steps  # steps the workers reported (restored runs: from here)
         self._pending: Any = None
-        self._last_submit: Any = None
+        self._stager = SnapshotStager()
         self._stop = threading.Event()
         self.snapshots = 0
         self.worker_starts: dict[int, int] = {}
@@ -136,7 +136,7 @@ class LearnerActor:
         # argument of export, so the learner waits for neither.
         previous = self.writer.stored_files.remote()
         files = self.replay.export.remote(previous) if self.cfg.learner.save_replay else None
-        self._last_submit = submit_snapshot(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
+        self._stager.submit(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
         self.snapshots += 1
 
     def run(self) -> dict[str, Any]:
@@ -160,7 +160,7 @@ class LearnerActor:
         for attempt in range(3):
             self.learner.snapshot(self._sink)
             try:
-                ray.get(self._last_submit, timeout=max(deadline - time.monotonic(), 60))
+                ray.get(self._stager.wait(), timeout=max(deadline - time.monotonic(), 60))
                 break
             except ray.exceptions.RayActorError as exc:
                 log.warning("final snapshot not accepted by the checkpoint writer (%s); retry %d", exc, attempt + 1)

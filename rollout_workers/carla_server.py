@@ -447,15 +447,49 @@ def parse_carla_hosts(value: str) -> list[Endpoint]:
     return out
 
 
-def server_for_worker(worker_index: int, config: ServerConfig | None = None, probe: Probe | None = None,
-                      environ: Mapping[str, str] | None = None) -> CarlaServer:
-    """Worker i's server: entry i of CARLA_HOSTS (attached) if set, else one to launch on gpus[i % n]."""
-    cfg = config or ServerConfig()
+_claims: dict[tuple[str, int | str], tuple[Any, Endpoint]] = {}
+"""This process's claims: (CARLA_HOSTS, claimant) -> (the open lock file, the server)."""
+
+
+def claim_carla_host(worker_index: int, claimant: str = "", environ: Mapping[str, str] | None = None
+                     ) -> Endpoint | None:
+    """The one policy for CARLA_HOSTS: a server from it that no other worker on this node drives,
+    None when it is unset or empty.
+
+    Workers land on nodes in an order Ray chooses, so assigning entry `worker_index` could send two
+    workers to one server. Each worker claims a free server with a non-blocking file lock (released
+    when the process ends, however it ends), trying its own index first. Two workers in one process
+    (`fleet train --local`) claim two servers: flock conflicts between open files. A `claimant` (a
+    factory's session) keeps its claim; by default the worker index does. RuntimeError when every
+    listed server is taken; ValueError naming a malformed entry.
+    """
     hosts = parse_carla_hosts((os.environ if environ is None else environ).get("CARLA_HOSTS", ""))
-    if hosts:
-        if worker_index >= len(hosts):
-            raise ValueError(f"worker {worker_index} has no CARLA server: CARLA_HOSTS lists {len(hosts)}; each "
-                             "worker needs its own (a synchronous world takes ticks from one client)")
-        ep = hosts[worker_index]
+    if not hosts:
+        return None
+    spec = ",".join(f"{h.host}:{h.port}" for h in hosts)
+    who = claimant or worker_index
+    if (spec, who) in _claims:
+        return _claims[spec, who][1]
+    for k in range(len(hosts)):
+        ep = hosts[(worker_index + k) % len(hosts)]
+        lock = open(os.path.join(tempfile.gettempdir(), f"carla-fleet-{ep.host}-{ep.port}.lock"), "w")  # noqa: SIM115
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            continue
+        _claims[spec, who] = (lock, ep)
+        return ep
+    raise RuntimeError(f"all CARLA servers in CARLA_HOSTS ({spec}) are driven by other workers on this node; "
+                       "start more servers or fewer workers (the node's `carla` resource should equal its servers)")
+
+
+def server_for_worker(worker_index: int, config: ServerConfig | None = None, probe: Probe | None = None,
+                      environ: Mapping[str, str] | None = None, claimant: str = "") -> CarlaServer:
+    """Worker i's server: one claimed from CARLA_HOSTS (attached; `claim_carla_host`) if it is set,
+    else one to launch on gpus[i % n]."""
+    cfg = config or ServerConfig()
+    ep = claim_carla_host(worker_index, claimant, environ)
+    if ep is not None:
         return CarlaServer.attach(ep.host, ep.port, ep.tm_port, probe, cfg.probe_timeout_s)
     return CarlaServer(cfg, probe=probe, gpu=cfg.gpus[worker_index % len(cfg.gpus)])

@@ -150,8 +150,12 @@ def test_server_that_exits_at_startup_reports_its_log(cfg: ServerConfig) -> None
     assert server.pid is None
 
 
-def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path) -> None:
+def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
+
+    from rollout_workers import carla_server
+
+    monkeypatch.setattr(carla_server, "_claims", {})  # its lock file is closed with the claim
 
     port = cfg.port_base + 5
     theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "20"])
@@ -176,12 +180,24 @@ def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path) -> N
     assert time.monotonic() - t0 < cfg.probe_timeout_s + 1.0
 
 
-def test_carla_hosts_parsing_and_worker_assignment() -> None:
+def test_carla_hosts_parsing_and_worker_assignment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from rollout_workers import carla_server
+
     assert parse_carla_hosts(" a:2000, b:2010 ,") == [Endpoint("a", 2000, 8000), Endpoint("b", 2010, 8010)]
     with pytest.raises(ValueError, match="'b:x'"):
         parse_carla_hosts("a:2000,b:x")
-    with pytest.raises(ValueError, match="worker 2 has no CARLA server"):
-        server_for_worker(2, environ={"CARLA_HOSTS": "a:2000,b:2000"})
+    # One policy: each worker claims a server no one else on the node drives, its own index first.
+    monkeypatch.setattr(carla_server, "_claims", {})
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    hosts = {"CARLA_HOSTS": "a:2000,b:2000"}
+    first = server_for_worker(1, environ=hosts)
+    assert first.attached and first.endpoint == Endpoint("b", 2000, 8000)
+    assert server_for_worker(0, environ=hosts).endpoint == Endpoint("a", 2000, 8000)
+    assert server_for_worker(1, environ=hosts).endpoint == first.endpoint  # a claim is kept
+    with pytest.raises(RuntimeError, match="driven by other workers"):
+        server_for_worker(2, environ=hosts)
     launched = server_for_worker(3, ServerConfig(gpus=(0, 1)), environ={})
     assert not launched.attached and launched.gpu == 1
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from cluster import envs, experiment
+from rollout_workers import carla_server, carla_session
 from cluster.config import ConfigError
 from learner.networks import NetworkConfig
 from rollout_workers.carla_server import ServerConfig, group_members
@@ -69,10 +70,10 @@ def _worker(server: ServerConfig | envs.EnvFactory, failures: int = 5, index: in
 def sessions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No CARLA_HOSTS unless a test sets it; every server a test launched is gone after it."""
     monkeypatch.delenv("CARLA_HOSTS", raising=False)
-    monkeypatch.setattr(envs, "_claimed", {})
+    monkeypatch.setattr(carla_server, "_claims", {})
     yield
-    envs.stop_servers()
-    envs._sessions.clear()
+    carla_session.stop_servers()
+    carla_session._sessions.clear()
     assert _wait_gone(_fake_pids(tmp_path), 5.0) == []
 
 
@@ -245,7 +246,7 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
     cfg = replace(experiment.load(None, {"run.env": "carla"}), carla=ENV,
                   carla_server=_server_cfg(tmp_path, "--ignore-sigterm", "--child"))
     factory = envs.make_factory(cfg, 0)
-    assert envs._sessions == {}  # the factory is plain data: nothing started, and it pickles
+    assert carla_session._sessions == {}  # the factory is plain data: nothing started, and it pickles
     helper = _helper(factory, "time.sleep(120)\n")
     try:
         server = int(helper.stdout.readline())
@@ -297,7 +298,7 @@ def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
     ports = sorted(int(p.stem.split("-")[1]) for p in (tmp_path / "logs").iterdir())
     assert len(ports) == 2 and ports[0] >= server.port_base
     assert (ports[1] - ports[0]) % server.port_stride == 0 and ports[1] > ports[0]
-    gpus = sorted(s.server.gpu for s in envs._sessions.values())
+    gpus = sorted(s.server.gpu for s in carla_session._sessions.values())
     assert gpus == [0, 1]
     pids = _fake_pids(tmp_path)
     assert len(pids) == 2 and _wait_gone(pids, 5.0) == []  # workers closed: servers stopped when idle

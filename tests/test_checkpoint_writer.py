@@ -13,10 +13,20 @@ from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import (
     CheckpointError,
     CheckpointWriter,
+    SnapshotStager,
     live_state,
     ray_payload,
+    stage_into,
     submit_snapshot,
 )
+from learner.replay.batch import Batch
+
+
+def trained_batch(seed: int, v: int = 23) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    img = lambda: torch.randint(0, 256, (2, 4, 84, 84), generator=g, dtype=torch.uint8)  # noqa: E731
+    return Batch(img(), torch.rand(2, v, generator=g), torch.rand(2, 2, generator=g) * 2 - 1,
+                 torch.rand(2, generator=g), torch.full((2,), 0.99), img(), torch.rand(2, v, generator=g))
 
 
 def test_live_state_has_the_exact_form_and_values_of_agent_state():
@@ -59,6 +69,43 @@ def test_a_failed_save_is_reported_not_swallowed(tmp_path):
     writer.close()
 
 
+def test_staging_copies_into_the_same_buffers_and_the_hand_over_runs_behind():
+    agent = trained_agent(updates=2)
+    first = stage_into(None, live_state(agent))
+    assert assert_same(agent.state(), first) > 100
+    ptr = first["critic_cnn"]["fc.weight"].data_ptr()
+    agent.update(trained_batch(7))
+    second = stage_into(first, live_state(agent))
+    assert second["critic_cnn"]["fc.weight"].data_ptr() == ptr  # no new allocation
+    assert assert_same(agent.state(), second) > 100
+    assert second["critic_cnn"]["fc.weight"].data_ptr() != agent.critic_cnn.fc.weight.data_ptr()  # a copy
+    assert stage_into({"w": torch.zeros(3)}, {"w": torch.ones(2)})["w"].tolist() == [1.0, 1.0]  # reshaped: new
+
+    gate, calls = threading.Event(), []
+
+    def slow_submit(writer, state, meta, files):
+        gate.wait(10)
+        calls.append((state, meta))
+        return f"ref{meta['n']}"
+
+    stager = SnapshotStager(slow_submit)
+    live = {"w": torch.zeros(4)}
+    stager.submit("writer", live, {"n": 1})  # returns while the hand-over is held
+    live["w"].fill_(5.0)  # the learner goes on updating: the staged copy must not change
+    with pytest.raises(TimeoutError):
+        stager.wait(0.05)
+    gate.set()
+    assert stager.wait(10) == "ref1" and calls[0][0]["w"].tolist() == [0.0] * 4
+
+    def failing(writer, state, meta, files):
+        raise RuntimeError("object store full")
+
+    broken = SnapshotStager(failing)
+    broken.submit("writer", live, {"n": 2})
+    with pytest.raises(RuntimeError, match="object store full"):
+        broken.wait(10)
+
+
 def test_through_a_ray_actor_the_learner_hands_over_an_object_ref(tmp_path):
     ray = pytest.importorskip("ray")
     agent = trained_agent(updates=2)
@@ -70,11 +117,20 @@ def test_through_a_ray_actor_the_learner_hands_over_an_object_ref(tmp_path):
         ray.get(submit_snapshot(writer, live_state(agent), {"learner_updates": 2, "env_steps": 500}))
         manifest = ray.get(writer.wait.remote(60))
         status = ray.get(writer.status.remote())
+        # The runtime's path: staged copies, handed over from a background thread.
+        stager, staged = SnapshotStager(), []
+        for updates in (3, 4):
+            agent.update(trained_batch(updates))
+            staged.append(agent.state())
+            stager.submit(writer, live_state(agent), {"learner_updates": updates, "env_steps": 600})
+        ray.get(stager.wait(60))
+        last = ray.get(writer.wait.remote(60))
     finally:
         ray.shutdown()
     assert manifest.learner_updates == 2 and status["saves_done"] == 1
-    snap = SnapshotStore(str(tmp_path / "store"), create=False).get("latest")
-    assert assert_same(expected, snap.state) > 100
+    store = SnapshotStore(str(tmp_path / "store"), create=False)
+    assert assert_same(expected, store.get(manifest.version).state) > 100
+    assert last.learner_updates == 4 and assert_same(staged[-1], store.get("latest").state) > 100
     # bfloat16 has no numpy dtype: it travels as a tensor.
     payload = ray_payload({"x": torch.ones(2, dtype=torch.bfloat16), "y": torch.ones(2)})
     assert isinstance(payload["x"], torch.Tensor) and not isinstance(payload["y"], torch.Tensor)

@@ -1,4 +1,4 @@
-"""Env factories: CARLA server claims per node, custom factories."""
+"""Env factories and the one CARLA_HOSTS policy: server claims per node, custom factories."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import tempfile
 import pytest
 
 from cluster import envs
+from rollout_workers import carla_server
 
 
 def test_each_worker_process_claims_a_different_carla_server(monkeypatch, tmp_path):
     monkeypatch.setenv("CARLA_HOSTS", "127.0.0.1:42000,127.0.0.1:42010")
     monkeypatch.setenv("TMPDIR", str(tmp_path))
-    code = ("import sys, time; from cluster.envs import carla_host; "
-            "print(carla_host(int(sys.argv[1])), flush=True); time.sleep(3)")
+    code = ("import sys, time; from rollout_workers.carla_server import claim_carla_host as claim; "
+            "e = claim(int(sys.argv[1])); print((e.host, e.port), flush=True); time.sleep(3)")
     # Both processes start from index 0: the second must get the other server, not a shared one.
     procs = [subprocess.Popen([sys.executable, "-c", code, "0"], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
@@ -30,12 +31,12 @@ def test_no_free_carla_server_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("TMPDIR", str(tmp_path))
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # gettempdir() caches its first answer
     holder = subprocess.Popen(
-        [sys.executable, "-c", "from cluster.envs import carla_host; import time; "
-         "print(carla_host(0), flush=True); time.sleep(5)"], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "from rollout_workers.carla_server import claim_carla_host as claim; import time; "
+         "e = claim(0); print((e.host, e.port), flush=True); time.sleep(5)"], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "('127.0.0.1', 42100)"
-    monkeypatch.setattr(envs, "_claimed", {})
+    monkeypatch.setattr(carla_server, "_claims", {})
     with pytest.raises(RuntimeError, match="driven by other workers"):
-        envs.carla_host(0)
+        carla_server.claim_carla_host(0)
     holder.kill()
     holder.wait()
 
