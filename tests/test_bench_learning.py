@@ -96,3 +96,34 @@ def test_a_point_summarises_its_episodes_like_fleet_evaluate():
     p = lb.summarize_point(10, 5000, 2000, eps)
     assert (p.route_completion, p.mean_return, p.mean_speed, p.collision_rate) == (0.75, 200.0, 12.0, 0.5)
     assert p.driving_score == pytest.approx((1.0 + 0.5 * 0.6) / 2)
+
+
+def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatch, tmp_path, capsys):
+    from cluster.learning_bench import Curve
+
+    trained = []
+
+    def fake_ours(cfg, seed, minutes, every, out, episodes):
+        trained.append(("ours", seed))
+        if seed == 1 and len(trained) == 2:
+            raise KeyboardInterrupt  # the first invocation is interrupted during seed 1
+        return Curve("ours", seed, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)])
+
+    monkeypatch.setattr(lb, "train_ours", fake_ours)
+    monkeypatch.setattr("cluster.runtime.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "2", "--minutes", "10", "--baselines", "none", "--json",
+            "--out", str(tmp_path)]
+    assert main(argv) != 0  # interrupted (the CLI turns ^C into an exit status)
+    assert [c["seed"] for c in json.loads((tmp_path / "learning.json").read_text())["curves"]] == [0]
+    # A different command does not continue it, and nothing to continue is an error too.
+    assert main(argv[:-3] + ["--resume", "--json", "--out", str(tmp_path), "--episodes", "5"]) == 2
+    assert "a benchmark continues only with the command that started it" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--out", str(tmp_path / "none")]) == 2
+    capsys.readouterr()
+    assert main(argv + ["--resume"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert trained == [("ours", 0), ("ours", 1), ("ours", 1)]  # seed 0 was kept, seed 1 trained again
+    assert [c["seed"] for c in result["curves"]] == [0, 1]
+    assert result["systems"]["ours"]["seeds_reaching_level"] == 2
+    assert len(result["resumed"]) == 1 and result["revisions"]

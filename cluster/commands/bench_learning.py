@@ -30,6 +30,9 @@ def register(cli: Commands) -> None:
                    help="override a config key for every system (e.g. agent.batch_size=32)")
     p.add_argument("--out", help="output folder (default: runs/bench-learning-<time>)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted benchmark in --out: keep the curves its learning.json "
+                        "holds, train only the systems and seeds it lacks (same command required)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment.load(args.config, overrides(args))
     if cfg.run.env != "embedded":
         raise UserError("fleet bench learning runs on the embedded simulator (run.env = embedded)")
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out, the folder of the benchmark to continue")
     out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
     seeds = cfg.eval.seeds(args.episodes)
     lb.say(f"scripted reference on {len(seeds)} held-out episodes")
@@ -61,13 +66,17 @@ def run(args: argparse.Namespace) -> int:
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
-    curves = []
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
+    curves: list = []
+    if args.resume:
+        meta, curves = _resumed(out, meta)
+    done = {(c.system, c.seed) for c in curves}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
-        curves.append(lb.finish_curve(curve, level))
+        if ("ours", seed) not in done:
+            curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
+            curves.append(lb.finish_curve(curve, level))
         if "sb3" in baselines and seed - args.first_seed < (args.seeds if args.baseline_seeds is None
-                                                           else args.baseline_seeds):
+                                                           else args.baseline_seeds) and ("sb3", seed) not in done:
             curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes)
             curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
@@ -78,6 +87,51 @@ def run(args: argparse.Namespace) -> int:
         print((out / "learning.md").read_text())
         print(f"written: {out / 'learning.json'}, {out / 'learning.md'}, {out / 'learning.png'}")
     return 0
+
+
+def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
+    """The earlier invocation's meta (with this one's revision and start added) and its finished curves."""
+    from cluster import learning_bench as lb
+
+    path = out / "learning.json"
+    if not path.is_file():
+        raise UserError(f"--resume: {path} does not exist (nothing to continue; drop --resume to start)")
+    saved = json.loads(path.read_text())
+    if saved.get("command") != meta["command"]:
+        raise UserError(f"--resume: {path} was written by `{saved.get('command')}`, not `{meta['command']}`; "
+                        "a benchmark continues only with the command that started it")
+    curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"))
+              for c in saved.get("curves", [])]
+    # A curve with a point short of the last mark was cut by an interruption: it is trained again.
+    last = lb.marks(meta["minutes"], meta["eval_every_min"])[-1]
+    cut = [c for c in curves if not c.points or c.points[-1].minutes < last]
+    curves = [c for c in curves if c not in cut]
+    if cut:
+        lb.say("--resume: training again what an interruption cut short: "
+               + ", ".join(f"{c.system} seed {c.seed}" for c in cut))
+    kept = {k: saved[k] for k in ("command", "machine", "minutes", "eval_every_min", "episodes", "started")
+            if k in saved}
+    kept["revisions"] = list(saved.get("revisions", [])) + [r for r in meta["revisions"]
+                                                             if r not in saved.get("revisions", [])]
+    kept["resumed"] = list(saved.get("resumed", [])) + [meta["started"]]
+    lb.say(f"resuming {out}: {len(curves)} finished curve(s) kept "
+           f"({', '.join(f'{c.system} seed {c.seed}' for c in curves) or 'none'})")
+    return kept, curves
+
+
+def _revision() -> str:
+    """The git commit of this checkout ('+' when it has uncommitted changes), or 'unknown'."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev + ("+" if dirty else "")
 
 
 def _argv(args: argparse.Namespace) -> list[str]:
