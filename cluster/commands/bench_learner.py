@@ -41,7 +41,6 @@ def reference_update(agent: Any, b: Any) -> None:
 
     cfg = agent.cfg
     shared = cfg.actor_encoder == "critic"  # the actor reads the critic's CNN (and target CNN)
-    actor_cnn = agent.critic_cnn if shared else agent.actor_cnn
     actor_cnn_target = agent.critic_cnn_target if shared else agent.actor_cnn_target
     agent.total_it.value += 1
     with torch.no_grad():
