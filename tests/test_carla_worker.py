@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from cluster import envs, experiment
-from rollout_workers import carla_server, carla_session
 from cluster.config import ConfigError
 from learner.networks import NetworkConfig
+from rollout_workers import carla_server, carla_session
 from rollout_workers.carla_server import ServerConfig, group_members
 from rollout_workers.envs.carla_env import CarlaEnvConfig
 from rollout_workers.exploration import ExplorationConfig
