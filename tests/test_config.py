@@ -61,7 +61,7 @@ def test_fleet_config_show_and_help():
     fleet = str(Path(sys.executable).parent / "fleet")
     shown = subprocess.run([fleet, "config", "--show"], capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
-    assert yaml.safe_load(shown.stdout)["agent"]["gamma"] == 0.99
+    assert yaml.safe_load(shown.stdout)["agent"]["gamma"] == TD3Config().gamma
     helped = subprocess.run([fleet, "--help"], capture_output=True, text=True, timeout=120)
     for cmd in ("train", "evaluate", "snapshots", "config", "bench"):
         assert cmd in helped.stdout
