@@ -155,6 +155,11 @@ class LearnerActor:
             done = self.learner.step(self._pull, self._sink)
             if not done and self._pending is None and not self.learner.updates_allowed():
                 break
+        # A failed earlier hand-over (reported here) must not keep the final snapshot from being tried.
+        try:
+            self._stager.wait(max(deadline - time.monotonic(), 60))
+        except Exception as exc:
+            log.error("an earlier snapshot did not reach the checkpoint writer: %r", exc)
         # The final snapshot must reach the writer before the driver asks it to drain: calls from two
         # callers are not ordered. A writer restarted meanwhile (killed, node lost) loses the call: resend.
         for attempt in range(3):

@@ -112,7 +112,8 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     worker = EvaluationWorker(make_factory(run_cfg, 0), run_cfg.network)
     curve = Curve("ours", seed)
     for mark in marks(minutes, interval_min):
-        held = [m for m in manifests if m.created - started <= 60 * mark]
+        # Only this training's snapshots: a retrained seed (--resume) writes where a cut one had.
+        held = [m for m in manifests if 0 <= m.created - started <= 60 * mark]
         if not held or mark > trained_min + 0.5:  # no point for a mark the training never reached
             continue
         m = held[-1]

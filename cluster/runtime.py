@@ -26,7 +26,9 @@ from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_
 from cluster.experiment import ExperimentConfig
 from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
+from learner.errors import StateError
 from learner.replay import ReplayActor
+from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +146,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
           quiet: bool = False) -> dict[str, Any]:
     """Run one training job; returns the summary also written to runs/<name>/summary.json."""
     restored = load_resume(resume) if resume else None
+    if restored and cfg.agent.actor_encoder == "critic" and trained_on_own_encoder(restored.state):
+        raise StateError(OWN_ENCODER_STATE)  # before any actor starts: one line, exit 2
     probe(cfg.store_uri())  # a store that cannot be written fails the run now, not at its first snapshot
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from torch import nn
 
 from learner.networks import NetworkConfig, act_with, build_networks
 from learner.replay.batch import Batch
-from learner.state import Counter, Registry, State
+from learner.state import Counter, Registry, State, StateError
 
 NETWORKS = ("actor_cnn", "actor", "critic_cnn", "critic")
 
@@ -43,7 +43,8 @@ class TD3Config:
     batch_size: int = 256
     """Transitions per update."""
     actor_grad_clip: float | None = 1.0
-    """Max global grad norm of actor + actor CNN (null disables)."""
+    """Max global grad norm of the actor's trained parameters: its head, and its CNN when actor_encoder
+    is 'own' (null disables)."""
     critic_grad_clip: float | None = 10.0
     """Max global grad norm of critic + critic CNN (null disables)."""
     actor_preact_penalty: float = 1e-3
@@ -100,6 +101,21 @@ def grad_norm(params: list[nn.Parameter], clip: float | None) -> torch.Tensor:
         return torch.nn.utils.clip_grad_norm_(params, clip)
     grads = [p.grad for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+
+
+OWN_ENCODER_STATE = ("this snapshot's actor was trained on its own CNN (agent.actor_encoder=own: a seed "
+                     "checkpoint, or a run from before the shared encoder); continue it with --set "
+                     "agent.actor_encoder=own")
+
+
+def trained_on_own_encoder(state: State) -> bool:
+    """Whether a saved agent state's actor CNN differs from its critic CNN, i.e. its actor head was
+    trained on features of its own (actor_encoder 'own'): loading it with a shared encoder would
+    hand that head the critic's features."""
+    own, critic = state.get("actor_cnn"), state.get("critic_cnn")
+    if not (isinstance(own, dict) and isinstance(critic, dict)) or own.keys() != critic.keys():
+        return False
+    return not all(torch.equal(torch.as_tensor(own[k]), torch.as_tensor(critic[k])) for k in own)
 
 
 class TD3Agent:
@@ -191,7 +207,8 @@ class TD3Agent:
                 "policy_steer": action.detach()[:, 0].mean(), "policy_throttle": action.detach()[:, 1].mean(),
                 "dq_dsteer": dq_da[0], "dq_dthrottle": dq_da[1]}
 
-    # Targets: Polyak average of all four networks, the CNNs included.
+    # Targets: Polyak average of all four networks, the CNNs included (with a shared encoder the actor
+    # CNN's target is the critic CNN's target, copied by sync_actor_encoder).
     def update_targets(self) -> None:
         for name in NETWORKS:
             if not (self.shared_encoder and name == "actor_cnn"):
@@ -235,7 +252,9 @@ class TD3Agent:
 
     def load_state(self, state: State) -> None:
         """Strict: raises StateError naming every missing, extra or mis-shaped key. With actor_encoder
-        'critic' the actor CNN is then re-copied from the critic's (a seed checkpoint's own actor CNN
-        is loaded, then replaced)."""
+        'critic' a state whose actor was trained on its own CNN (a seed checkpoint, a run before the
+        shared encoder) is refused: its actor head would read features it never saw."""
+        if self.shared_encoder and trained_on_own_encoder(state):
+            raise StateError(OWN_ENCODER_STATE)
         self.parts.load_state(state)
         self.sync_actor_encoder()

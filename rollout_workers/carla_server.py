@@ -484,6 +484,14 @@ def claim_carla_host(worker_index: int, claimant: str = "", environ: Mapping[str
                        "start more servers or fewer workers (the node's `carla` resource should equal its servers)")
 
 
+def release_carla_hosts() -> None:
+    """Give up every CARLA_HOSTS claim of this process (its lock files close), so that other workers
+    on the node may take those servers. A worker process never needs this: its claims end with it."""
+    while _claims:
+        lock, _ep = _claims.pop(next(iter(_claims)))
+        lock.close()
+
+
 def server_for_worker(worker_index: int, config: ServerConfig | None = None, probe: Probe | None = None,
                       environ: Mapping[str, str] | None = None, claimant: str = "") -> CarlaServer:
     """Worker i's server: one claimed from CARLA_HOSTS (attached; `claim_carla_host`) if it is set,

@@ -21,6 +21,7 @@ from rollout_workers.carla_server import (
     ServerConfig,
     group_members,
     parse_carla_hosts,
+    release_carla_hosts,
     server_for_worker,
 )
 from rollout_workers.contract import check_observation, check_step
@@ -63,6 +64,7 @@ def test_a_few_steps_on_each_server_obey_the_contract(worker: int) -> None:
         assert _drive(endpoint, worker) > 0.0  # half throttle for a second moves the car
     finally:
         server.stop()
+        release_carla_hosts()  # the `fleet train` test below claims the first server again
 
 
 @needs_hosts

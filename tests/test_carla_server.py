@@ -152,10 +152,12 @@ def test_server_that_exits_at_startup_reports_its_log(cfg: ServerConfig) -> None
 
 def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import subprocess
+    import tempfile
 
     from rollout_workers import carla_server
 
     monkeypatch.setattr(carla_server, "_claims", {})  # its lock file is closed with the claim
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # and lies in this test's folder
 
     port = cfg.port_base + 5
     theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "20"])
@@ -198,6 +200,9 @@ def test_carla_hosts_parsing_and_worker_assignment(tmp_path: Path, monkeypatch: 
     assert server_for_worker(1, environ=hosts).endpoint == first.endpoint  # a claim is kept
     with pytest.raises(RuntimeError, match="driven by other workers"):
         server_for_worker(2, environ=hosts)
+    carla_server.release_carla_hosts()  # every claim of this process given up: worker 2 gets one now
+    assert server_for_worker(2, environ=hosts).endpoint == Endpoint("a", 2000, 8000)
+    carla_server.release_carla_hosts()
     launched = server_for_worker(3, ServerConfig(gpus=(0, 1)), environ={})
     assert not launched.attached and launched.gpu == 1
 

@@ -13,7 +13,7 @@ from learner.td3 import NETWORKS, TD3Agent, TD3Config
 
 def legacy_file(tmp_path, with_cnn: bool = True, waypoints_agent: TD3Agent | None = None):
     """A .pth as the old system wrote it: plain dicts of tensors, integer optimizer ids, no targets."""
-    src = waypoints_agent or trained_agent(seed=5, updates=2)
+    src = waypoints_agent or trained_agent(seed=5, updates=2, actor_encoder="own")  # the old system's design
     ckpt = {f"{n}_state_dict": {k: v.clone() for k, v in getattr(src, n).state_dict().items()} for n in NETWORKS}
     for n in ("actor", "critic"):
         ckpt[f"{n}_optimizer_state_dict"] = getattr(src, f"{n}_optimizer").state_dict()
@@ -32,7 +32,7 @@ def test_import_legacy_loads_networks_optimizers_and_counter(tmp_path, capsys):
     assert main(["import-legacy", str(path), "--store", store_dir, "--tag", "legacy"]) == 0
     assert "imported" in capsys.readouterr().out
     snap = SnapshotStore(store_dir, create=False).get("legacy")
-    agent = TD3Agent(TD3Config(device="cpu", seed=9))
+    agent = TD3Agent(TD3Config(device="cpu", seed=9, actor_encoder="own"))
     agent.load_state(snap.state)
     for n in NETWORKS:
         assert_same(getattr(src, n).state_dict(), getattr(agent, n).state_dict())

@@ -279,3 +279,19 @@ def test_progress_eta_follows_the_recent_env_step_rate():
     s.env_steps = 10_000
     assert s.eta_s(now=800.0) == 0.0
     assert "(100%) eta 0:00 |" in Status(total_env_steps=5, env_steps=5).line()
+
+
+def test_resuming_an_own_encoder_snapshot_with_the_shared_encoder_is_refused_before_anything_starts(tmp_path, capsys):
+    from checkpoint_store.store import SnapshotStore
+    from cluster.cli import main
+    from learner.td3 import TD3Agent, TD3Config
+
+    store = tmp_path / "seed-store"
+    own = TD3Agent(TD3Config(device="cpu", actor_encoder="own"))
+    SnapshotStore(str(store)).put({**own.state(), "learner": {"env_steps": 0, "policy_version": 0}},
+                                  {"learner_updates": 0, "env_steps": 0})
+    code = main(["train", "--local", "--steps", "100", "--name", "x", "--set", f"run.runs_dir={tmp_path}",
+                 "--resume", str(store)])
+    err = capsys.readouterr().err
+    assert code == 2 and "--set agent.actor_encoder=own" in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "snapshots").exists()  # nothing was started or written

@@ -16,8 +16,8 @@ from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotSto
 from learner.td3 import Batch, TD3Agent, TD3Config
 
 
-def trained_agent(seed: int = 0, updates: int = 2) -> TD3Agent:
-    agent = TD3Agent(TD3Config(device="cpu", seed=seed))
+def trained_agent(seed: int = 0, updates: int = 2, **cfg: Any) -> TD3Agent:
+    agent = TD3Agent(TD3Config(device="cpu", seed=seed, **cfg))
     g = torch.Generator().manual_seed(seed)
     v = agent.net_cfg.vector_dim
     for _ in range(updates):

@@ -9,7 +9,7 @@ from torch import nn
 
 from learner.networks import NetworkConfig, Policy
 from learner.state import StateError
-from learner.td3 import NETWORKS, Batch, TD3Agent, TD3Config
+from learner.td3 import NETWORKS, Batch, TD3Agent, TD3Config, trained_on_own_encoder
 
 V = NetworkConfig().vector_dim
 
@@ -324,7 +324,7 @@ def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates(encoder
 
 
 def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_by_the_td_loss_only():
-    own, shared = agent(), agent(actor_encoder="critic")
+    own, shared = agent(actor_encoder="own"), agent(actor_encoder="critic")
     assert own.state().keys() == shared.state().keys()  # same parts, keys and shapes: checkpoints interchange
     for name in ("actor_cnn", "actor_cnn_target"):
         src = name.replace("actor", "critic", 1)
@@ -351,9 +351,13 @@ def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_b
     with torch.no_grad():
         expected = shared.actor(shared.critic_cnn(img), vec)
     np.testing.assert_allclose(shared.act(img.numpy(), vec.numpy()), expected.numpy(), atol=1e-6)
-    # An own-encoder checkpoint (a seed's) loads; its actor CNN is then replaced by the critic's.
-    shared.load_state(own.state())
-    for d, s in zip(shared.actor_cnn.parameters(), own.critic_cnn.parameters()):
-        assert torch.equal(d, s)
+    # An own-encoder state (a seed checkpoint's) is refused: its actor head never saw the critic's
+    # features. It loads into an own-encoder agent, and a shared state loads into either.
+    assert trained_on_own_encoder(own.state()) and not trained_on_own_encoder(shared.state())
+    with pytest.raises(StateError, match="--set agent.actor_encoder=own"):
+        shared.load_state(own.state())
+    agent(actor_encoder="own").load_state(own.state())
+    agent(actor_encoder="own").load_state(shared.state())
+    agent(actor_encoder="critic").load_state(shared.state())
     with pytest.raises(ValueError, match="actor_encoder"):
         TD3Config(actor_encoder="mine")

@@ -104,7 +104,7 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
               for c in saved.get("curves", [])]
     # A curve with a point short of the last mark was cut by an interruption: it is trained again.
     last = lb.marks(meta["minutes"], meta["eval_every_min"])[-1]
-    cut = [c for c in curves if not c.points or c.points[-1].minutes < last]
+    cut = [c for c in curves if not c.points or c.points[-1].minutes < last - 1e-6]
     curves = [c for c in curves if c not in cut]
     if cut:
         lb.say("--resume: training again what an interruption cut short: "
@@ -141,6 +141,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
     if args.baseline_seeds is not None:
         out.append(f"--baseline-seeds {args.baseline_seeds}")
     out += [f"--set {s}" for s in args.set]
+    if args.config:
+        out.append(f"--config {args.config}")
     return out
 
 
