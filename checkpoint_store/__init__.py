@@ -4,11 +4,11 @@ from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy, RetentionReport
 from checkpoint_store.store import IntegrityError, Snapshot, SnapshotNotFound, SnapshotStore
 from checkpoint_store.writer import (
-           CheckpointWriter,
-           SnapshotStager,
-           live_state,
-           snapshot_state,
-           submit_snapshot,
+    CheckpointWriter,
+    SnapshotStager,
+    live_state,
+    snapshot_state,
+    submit_snapshot,
 )
 
 __all__ = ["CheckpointWriter", "IntegrityError", "Manifest", "RetentionPolicy", "RetentionReport", "Snapshot",

@@ -20,6 +20,7 @@ from rollout_workers.carla_server import ServerConfig, load_client, parse_carla_
 if TYPE_CHECKING:
     from cluster.experiment import ExperimentConfig
 
+
 @dataclass(frozen=True)
 class EnvFactory:
     """Builds the configured simulator for one worker; `worker_index` picks its CARLA server."""

@@ -65,10 +65,7 @@ def reference_update(agent: Any, b: Any) -> None:
         return
     with torch.no_grad():
         critic_features = agent.critic_cnn(b.image)
-        if shared:
-            actor_features = critic_features
-    if not shared:
-        actor_features = agent.actor_cnn(b.image)
+    actor_features = critic_features if shared else agent.actor_cnn(b.image)
     pre = agent.actor.preact(actor_features, b.vector)
     actor_loss = -agent.critic.q1(critic_features, b.vector, torch.tanh(pre)).mean()
     actor_loss = actor_loss + cfg.actor_preact_penalty * (pre ** 2).mean()
