@@ -308,8 +308,27 @@ class CarlaServer:
                 last = exc
                 log.warning("CARLA server start %d/%d failed: %s", attempt, self.config.start_attempts, exc)
                 self._kill()
+                self._move_if_taken()
         self.stop()
         raise SimulatorError(f"CARLA server did not start after {self.config.start_attempts} attempts: {last}")
+
+    def _move_if_taken(self) -> None:
+        """After a failed start: if another process took one of the block's ports meanwhile, take a new block.
+
+        The ports were free when reserved, but anything on the host (an outgoing connection on an ephemeral
+        port, another program) may bind one before the server does; retrying on the same block would fail
+        the same way every time.
+        """
+        block = self._block
+        if block is None or all(_port_free(p) for p in block.ports):
+            return
+        try:
+            fresh = reserve_block(self.config)  # before releasing, so the taken block is not handed back
+        except SimulatorError:
+            return  # no other block free: retry on this one
+        block.release()
+        self._block = fresh
+        log.warning("CARLA ports %s were taken by another process; moving to %s", block.ports, fresh.ports)
 
     def _launch(self) -> None:
         cfg, block = self.config, self._block

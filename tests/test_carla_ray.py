@@ -23,7 +23,7 @@ FAKE = str(Path(__file__).with_name("fake_carla_server.py"))
 def test_ray_run_launches_one_server_per_worker_and_leaves_none(tmp_path: Path, monkeypatch) -> None:
     ray = pytest.importorskip("ray")
     monkeypatch.delenv("CARLA_HOSTS", raising=False)
-    port_base = random.randrange(20000, 40000, 10)
+    port_base = random.randrange(20000, 32000, 10)
     cfg = experiment.load(None, {
         "run.name": "carla-ray", "run.runs_dir": str(tmp_path / "runs"), "run.env": "carla", "run.workers": 2,
         "run.total_env_steps": 160, "run.collect_steps": 40, "run.store": str(tmp_path / "store"),

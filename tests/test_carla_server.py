@@ -39,7 +39,7 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> list[int]:
 def cfg(tmp_path: Path) -> ServerConfig:
     return ServerConfig(
         command=(sys.executable, FAKE, "--port", "{rpc}", "--pid-file", str(tmp_path / "pids")),
-        port_base=random.randrange(20000, 40000, 10), lock_dir=str(tmp_path / "locks"),
+        port_base=random.randrange(20000, 32000, 10), lock_dir=str(tmp_path / "locks"),
         log_dir=str(tmp_path / "logs"), startup_timeout_s=10.0, probe_timeout_s=0.3, probe_interval_s=0.05,
         kill_grace_s=1.0,
     )
@@ -125,6 +125,23 @@ def test_port_blocks_never_shared_while_busy(cfg: ServerConfig, tmp_path: Path) 
         a.stop()
         b.stop()
         squatter.close()
+    assert _wait_gone(_pids(tmp_path)) == []
+
+
+def test_a_port_taken_after_reservation_moves_the_server_to_a_free_block(cfg: ServerConfig, tmp_path: Path) -> None:
+    server = CarlaServer(cfg, probe=probe)
+    server._block = reserve_block(cfg)  # reserved while free ...
+    squatter = socket.socket()
+    squatter.bind(("0.0.0.0", cfg.port_base))  # ... then another process binds its rpc port before the server does
+    squatter.listen(1)
+    try:
+        ep = server.start()  # the first start fails on the taken port; the retry runs on the next block
+        assert ep.port == cfg.port_base + cfg.port_stride and server.healthy()
+        assert reserve_block(cfg).rpc == cfg.port_base + 2 * cfg.port_stride  # still holds its new block only
+    finally:
+        server.stop()
+        squatter.close()
+    assert reserve_block(cfg).rpc == cfg.port_base  # the taken block was released, not leaked
     assert _wait_gone(_pids(tmp_path)) == []
 
 

@@ -54,7 +54,7 @@ def _server_cfg(tmp_path: Path, *args: str, **over: object) -> ServerConfig:
     cfg = ServerConfig(
         command=(sys.executable, FAKE, "--port", "{rpc}", "--pid-file", str(tmp_path / "pids"), "--lifetime", "300",
                  *args),
-        client=CLIENT, port_base=random.randrange(20000, 40000, 10), lock_dir=str(tmp_path / "locks"),
+        client=CLIENT, port_base=random.randrange(20000, 32000, 10), lock_dir=str(tmp_path / "locks"),
         log_dir=str(tmp_path / "logs"), startup_timeout_s=30.0, probe_timeout_s=1.0, probe_interval_s=0.05,
         kill_grace_s=0.5, idle_stop_s=0.3)
     return replace(cfg, **over)
