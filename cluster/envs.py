@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
 from cluster.config import ConfigError
-from rollout_workers.carla_server import ServerConfig, load_client, parse_carla_hosts
+from rollout_workers.carla_server import Probe, ServerConfig, client_probe, load_client, parse_carla_hosts
 
 if TYPE_CHECKING:
     from cluster.experiment import ExperimentConfig
@@ -98,6 +100,45 @@ def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = No
         load_client(server.client)
     except ImportError as exc:
         raise ConfigError(str(exc)) from exc
+
+
+def probe_carla_hosts(cfg: ExperimentConfig, environ: Mapping[str, str] | None = None,
+                      probe: Probe | None = None) -> None:
+    """ConfigError naming every CARLA_HOSTS server that does not answer within carla_server.probe_timeout_s.
+
+    An attached server is not ours to start or restart, so one that does not answer when the run
+    starts is a setup error: said in seconds, before any worker spends its retries on it. Call it
+    where CARLA_HOSTS is the workers' (a one-node run); the servers are probed in parallel.
+    """
+    env = os.environ if environ is None else environ
+    try:
+        hosts = parse_carla_hosts(env.get("CARLA_HOSTS", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if not hosts:
+        return
+    if probe is None:
+        try:
+            probe = client_probe(load_client(cfg.carla_server.client))
+        except ImportError as exc:
+            raise ConfigError(str(exc)) from exc
+    timeout = cfg.carla_server.probe_timeout_s
+
+    def answers(host: str, port: int) -> bool:
+        try:
+            return probe(host, port, timeout)
+        except Exception:  # noqa: BLE001  (any client failure means: it did not answer)
+            return False
+
+    with ThreadPoolExecutor(max_workers=min(len(hosts), 16)) as pool:
+        answered = list(pool.map(lambda ep: answers(ep.host, ep.port), hosts))
+    silent = [ep for ep, ok in zip(hosts, answered) if not ok]
+    if silent:
+        from rollout_workers.envs.carla_env import unreachable_hint
+
+        names = ", ".join(f"{ep.host}:{ep.port}" for ep in silent)
+        raise ConfigError(f"CARLA_HOSTS: {names} did not answer within {timeout:g}s; an attached server is not "
+                          f"ours to start. {unreachable_hint(silent[0].host, silent[0].port)}")
 
 
 def make_factory(cfg: ExperimentConfig, worker_index: int = 0) -> EnvFactory:

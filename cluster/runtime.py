@@ -149,6 +149,10 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     if restored and cfg.agent.actor_encoder == "critic" and trained_on_own_encoder(restored.state):
         raise StateError(OWN_ENCODER_STATE)  # before any actor starts: one line, exit 2
     probe(cfg.store_uri())  # a store that cannot be written fails the run now, not at its first snapshot
+    if cfg.run.env == "carla" and not cfg.run.ray_address:
+        from cluster.envs import probe_carla_hosts
+
+        probe_carla_hosts(cfg)  # one node: CARLA_HOSTS here is the workers'; a silent one fails the run now
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(run_dir)

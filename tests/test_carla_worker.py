@@ -331,6 +331,36 @@ def test_fleet_train_cli_attached_to_carla_hosts(tmp_path: Path) -> None:
         theirs.wait(10)
 
 
+def test_fleet_train_with_a_silent_carla_host_exits_2_in_seconds(tmp_path: Path) -> None:
+    """Under the Ray runtime (the reported case took 141 s and 21 retries, then a Ray traceback)."""
+    port, closed = free_ports(2)  # `closed`: nobody listens there
+    theirs = subprocess.Popen([sys.executable, FAKE, "--port", str(port), "--lifetime", "120"])
+    try:
+        deadline = time.monotonic() + 20
+        while not probe("127.0.0.1", port, 0.2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        fleet = str(Path(sys.executable).parent / "fleet")
+        args = [fleet, "train", "--env", "carla", "--workers", "1", "--steps", "100", "--name", "silent",
+                "--store", str(tmp_path / "store"), "--set", f"run.runs_dir={tmp_path / 'runs'}",
+                "--set", "eval.every_updates=0", "--set", f"carla_server.client={CLIENT}",
+                "--set", "carla_server.probe_timeout_s=2"]
+        env = dict(os.environ, CARLA_HOSTS=f"127.0.0.1:{port},127.0.0.1:{closed}", TMPDIR=str(tmp_path),
+                   PYTHONPATH=str(REPO))
+        t0 = time.monotonic()
+        done = subprocess.run(args, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        took = time.monotonic() - t0
+    finally:
+        theirs.kill()
+        theirs.wait(10)
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"fleet: error: CARLA_HOSTS: 127.0.0.1:{closed} did not answer within 2s; "
+                                "an attached server is not ours to start. Check that a CARLA server is running")
+    assert "Traceback" not in done.stderr and f":{port}" not in lines[-1]  # only the silent one is named
+    assert took < 30  # the interpreter and imports; the probe itself waits 2 s
+    assert not list((tmp_path / "store").rglob("*.json"))  # no snapshot was written
+
+
 def test_fleet_train_carla_without_servers_says_what_to_set(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("CARLA_HOSTS", "CARLA_ROOT")}
     fleet = str(Path(sys.executable).parent / "fleet")
@@ -387,3 +417,37 @@ def test_carla_server_section_in_the_experiment_config() -> None:
                         ({"carla_server.gpus": ["0"]}, r"carla_server\.gpus\[0\]: expected an integer")):
         with pytest.raises(ConfigError, match=match):
             experiment.load(None, over)
+
+
+def test_probe_carla_hosts_names_each_silent_server_and_probes_them_at_once() -> None:
+    import threading
+
+    cfg = experiment.load(None, {"run.env": "carla", "carla_server": {"probe_timeout_s": 0.5}})
+    calls: list[tuple[str, int, float]] = []
+    lock, inflight, most = threading.Lock(), [0], [0]
+
+    def probe(host: str, port: int, timeout_s: float) -> bool:
+        with lock:
+            calls.append((host, port, timeout_s))
+            inflight[0] += 1
+            most[0] = max(most[0], inflight[0])
+        time.sleep(0.3)  # long enough for the others to start, if they run at once
+        with lock:
+            inflight[0] -= 1
+        if port == 2020:
+            raise RuntimeError("resolve failed")  # a client error counts as no answer
+        return port == 2000
+
+    hosts = {"CARLA_HOSTS": "10.0.0.1:2000,10.0.0.2:2010,10.0.0.3:2020,10.0.0.4:2030"}
+    with pytest.raises(ConfigError, match=r"^CARLA_HOSTS: 10.0.0.2:2010, 10.0.0.3:2020, 10.0.0.4:2030 did not "
+                                          r"answer within 0.5s; .*10.0.0.2:2010"):
+        envs.probe_carla_hosts(cfg, hosts, probe)
+    assert most[0] == 4  # in parallel: a start waits one probe timeout, not one per server
+    assert sorted(calls) == [("10.0.0.1", 2000, 0.5), ("10.0.0.2", 2010, 0.5), ("10.0.0.3", 2020, 0.5),
+                             ("10.0.0.4", 2030, 0.5)]
+    envs.probe_carla_hosts(cfg, {"CARLA_HOSTS": "10.0.0.1:2000"}, probe)  # every server answers
+    calls.clear()
+    envs.probe_carla_hosts(cfg, {}, probe)  # none listed: launched servers are checked as they start
+    assert calls == []
+    with pytest.raises(ConfigError, match="not host:port"):
+        envs.probe_carla_hosts(cfg, {"CARLA_HOSTS": "10.0.0.1"}, probe)
