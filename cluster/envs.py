@@ -69,10 +69,7 @@ def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = No
     """
     env = os.environ if environ is None else environ
     server = cfg.carla_server
-    try:
-        hosts = parse_carla_hosts(env.get("CARLA_HOSTS", ""))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    hosts = _carla_hosts(env)
     if hosts:
         evaluators = 1 if cfg.eval.every_updates > 0 else 0
         if count_workers and cfg.run.workers + evaluators > len(hosts):
@@ -96,8 +93,21 @@ def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = No
         if not os.path.isfile(exe):
             raise ConfigError(f"CARLA server executable {exe} does not exist: check CARLA_ROOT or "
                               "carla_server.executable (the path of CarlaUE4.sh)")
+    _carla_client(cfg)
+
+
+def _carla_hosts(env: Mapping[str, str]) -> list[Any]:
+    """The servers CARLA_HOSTS lists in `env`; a malformed entry is a ConfigError."""
     try:
-        load_client(server.client)
+        return parse_carla_hosts(env.get("CARLA_HOSTS", ""))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+
+
+def _carla_client(cfg: ExperimentConfig) -> Any:
+    """The configured CARLA client module; one that cannot be imported is a ConfigError."""
+    try:
+        return load_client(cfg.carla_server.client)
     except ImportError as exc:
         raise ConfigError(str(exc)) from exc
 
@@ -110,18 +120,11 @@ def probe_carla_hosts(cfg: ExperimentConfig, environ: Mapping[str, str] | None =
     starts is a setup error: said in seconds, before any worker spends its retries on it. Call it
     where CARLA_HOSTS is the workers' (a one-node run); the servers are probed in parallel.
     """
-    env = os.environ if environ is None else environ
-    try:
-        hosts = parse_carla_hosts(env.get("CARLA_HOSTS", ""))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+    hosts = _carla_hosts(os.environ if environ is None else environ)
     if not hosts:
         return
     if probe is None:
-        try:
-            probe = client_probe(load_client(cfg.carla_server.client))
-        except ImportError as exc:
-            raise ConfigError(str(exc)) from exc
+        probe = client_probe(_carla_client(cfg))
     timeout = cfg.carla_server.probe_timeout_s
 
     def answers(host: str, port: int) -> bool:
