@@ -104,7 +104,11 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     say(f"ours, seed {seed}: training {minutes:g} min with the Ray runtime ({run_cfg.run.workers} workers)")
     started = time.time()
     summary = train(run_cfg, quiet=True)
-    trained_min = (time.time() - started) / 60  # less than `minutes` when the run was interrupted
+    if summary.get("interrupted"):
+        # train() turned ^C or SIGTERM into a clean stop with a final snapshot; the benchmark stops too, so
+        # a cut training is never evaluated and kept as a finished curve (--resume trains this seed again).
+        raise KeyboardInterrupt
+    trained_min = (time.time() - started) / 60
     say(f"ours, seed {seed}: {summary['env_steps']:,} env steps, {summary['learner_updates']:,} updates; "
         "evaluating its snapshots")
     store = SnapshotStore(run_cfg.store_uri())

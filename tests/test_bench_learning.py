@@ -127,3 +127,20 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
     assert [c["seed"] for c in result["curves"]] == [0, 1]
     assert result["systems"]["ours"]["seeds_reaching_level"] == 2
     assert len(result["resumed"]) == 1 and result["revisions"]
+
+
+def test_an_interrupted_training_stops_the_benchmark_instead_of_becoming_a_curve(monkeypatch, tmp_path):
+    # train() turns ^C and SIGTERM into a clean stop and returns; the benchmark must not evaluate the cut
+    # training as if it were finished (--resume would keep it) nor go on to the next seed.
+    from cluster import experiment
+
+    cfg = experiment.load(None, {})
+    ran = []
+    monkeypatch.setattr("cluster.runtime.train",
+                        lambda run_cfg, quiet: ran.append(run_cfg.run.name) or
+                        {"interrupted": True, "env_steps": 900, "learner_updates": 100})
+    monkeypatch.setattr("rollout_workers.evaluation.EvaluationWorker",
+                        lambda *a: pytest.fail("a cut training was evaluated"))
+    with pytest.raises(KeyboardInterrupt):
+        lb.train_ours(cfg, 3, 10, 5, tmp_path, 2)
+    assert ran == ["ours-seed3"]
