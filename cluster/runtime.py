@@ -13,7 +13,7 @@ import os
 import signal
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,6 +238,16 @@ def phase(status: Status, cfg: ExperimentConfig) -> str:
         return (f"waiting for the learner: workers {status.steps_ahead:,} env steps ahead of replay ratio "
                 f"{cfg.learner.replay_ratio:g}")
     return "learning"
+
+
+def get_reporting(ref: Any, report: Callable[[], None], every_s: float = 1.0) -> Any:
+    """`ray.get(ref)`, calling `report` every `every_s` while it runs (e.g. the progress display's
+    counters during the learner's catch-up, which would otherwise freeze for a minute or more)."""
+    import ray
+
+    while not ray.wait([ref], timeout=every_s)[0]:
+        report()
+    return ray.get(ref)
 
 
 def raise_if_store_failed(writer: dict[str, Any]) -> None:
@@ -537,7 +547,9 @@ class RayRun:
         if not snapshot:  # the store is failing: nothing more to write there
             self._update(status, metrics, check_store=False)
             return result
-        final = ray.get(self.learner.catch_up.remote(timeout_s=600, updates=catch_up))["learner_updates"]
+        # The catch-up takes a minute or more at the default ratio: the progress display follows its updates.
+        caught_up = self.learner.catch_up.remote(timeout_s=600, updates=catch_up)
+        final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False))["learner_updates"]
         for _ in range(3):
             manifest = self._writer("wait", 600)
             if manifest is not None and manifest.learner_updates >= final:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -295,3 +296,23 @@ def test_resuming_an_own_encoder_snapshot_with_the_shared_encoder_is_refused_bef
     err = capsys.readouterr().err
     assert code == 2 and "--set agent.actor_encoder=own" in err and "Traceback" not in err
     assert not (tmp_path / "x" / "snapshots").exists()  # nothing was started or written
+
+
+@pytest.mark.integration
+def test_the_driver_keeps_reporting_while_it_waits_on_the_learners_catch_up(ray_cluster):
+    """The catch-up after the last env step runs a minute or more in one actor call: the progress display's
+    counters must move during it, not freeze until it returns."""
+    import ray
+
+    from cluster.runtime import get_reporting
+
+    @ray.remote
+    def slow_catch_up() -> dict:
+        time.sleep(3.5)
+        return {"learner_updates": 600}
+
+    reports: list[float] = []
+    started = time.monotonic()
+    result = get_reporting(slow_catch_up.remote(), lambda: reports.append(time.monotonic() - started), every_s=0.5)
+    assert result == {"learner_updates": 600}
+    assert len(reports) >= 4 and max(b - a for a, b in zip([0.0] + reports, reports)) < 2.0, reports
