@@ -108,7 +108,6 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
         # train() turned ^C or SIGTERM into a clean stop with a final snapshot; the benchmark stops too, so
         # a cut training is never evaluated and kept as a finished curve (--resume trains this seed again).
         raise KeyboardInterrupt
-    trained_min = (time.time() - started) / 60
     say(f"ours, seed {seed}: {summary['env_steps']:,} env steps, {summary['learner_updates']:,} updates; "
         "evaluating its snapshots")
     store = SnapshotStore(run_cfg.store_uri())
@@ -118,7 +117,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     for mark in marks(minutes, interval_min):
         # Only this training's snapshots: a retrained seed (--resume) writes where a cut one had.
         held = [m for m in manifests if 0 <= m.created - started <= 60 * mark]
-        if not held or mark > trained_min + 0.5:  # no point for a mark the training never reached
+        if not held:
             continue
         m = held[-1]
         snap = store.get(m.version, components=list(POLICY_COMPONENTS))
