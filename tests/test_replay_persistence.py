@@ -145,3 +145,63 @@ def test_consecutive_snapshots_send_only_the_segments_changed_since_the_last_sto
         writer.wait(timeout=60)
     finally:
         writer.close()
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_an_export_planned_now_and_encoded_later_saves_the_memory_as_it_was_planned(prioritized: bool) -> None:
+    """The snapshot's cut is the plan: sampling and priority updates between plan and encode do not
+    leak into the files (the learner holds new chunks back meanwhile)."""
+    cfg = ReplayConfig(capacity=64, segment_steps=16, prioritized=prioritized, n_step=2)
+    mem, twin = ReplayMemory(cfg, V, 0.9, seed=3), ReplayMemory(cfg, V, 0.9, seed=3)
+    for c in episode_chunks(100, chunk_steps=10, p_end=0.05):
+        mem.add(c)
+        twin.add(c)
+    plan = mem.export_plan()
+    expected = twin.export()
+    rng = np.random.default_rng(0)
+    for _ in range(5):  # what the learner does while the export encodes on another thread
+        _, ids = mem.sample(16, rng)
+        mem.update_priorities(ids, rng.random(16) * 10)
+    files = plan.encode({})
+    assert files == expected
+    assert plan.encoded_bytes == sum(len(v) for k, v in files.items() if k != "replay/header.json")
+
+
+def test_a_failed_encode_leaves_its_segments_to_the_next_export(monkeypatch) -> None:
+    from learner.replay import segments
+
+    mem = ReplayMemory(ReplayConfig(capacity=64, segment_steps=16), V, 0.9)
+    for c in episode_chunks(40, chunk_steps=10, p_end=0.0):
+        mem.add(c)
+    mem.export()
+    for c in episode_chunks(20, chunk_steps=10, p_end=0.0, seed=2):
+        mem.add(c)
+    changed = {f"replay/{kind}-{i:05d}.arrow" for kind, ids in mem._dirty.items() for i in ids}
+    assert len(changed) >= 2
+    encode, calls = segments._encode, []
+
+    def fails_on_the_second(cols):  # one segment encoded, then the disk fills (say)
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("no space left")
+        return encode(cols)
+
+    monkeypatch.setattr(segments, "_encode", fails_on_the_second)
+    with pytest.raises(OSError):
+        mem.export_plan().encode(None)
+    monkeypatch.setattr(segments, "_encode", encode)
+    again = {k for k, v in mem.export().items() if isinstance(v, bytes)} - {"replay/header.json"}
+    assert again == changed
+
+
+def test_a_replay_saved_with_another_segment_size_restores_and_is_rewritten_whole() -> None:
+    old = ReplayMemory(ReplayConfig(capacity=64, segment_steps=32), V, 0.9)
+    for c in episode_chunks(90, chunk_steps=10, p_end=0.02):
+        old.add(c)
+    files = old.export()
+    new = ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
+    same_batches(old, new, seed=11)
+    out = new.export()
+    segments = {k for k, v in out.items() if k != "replay/header.json"}
+    assert all(isinstance(out[k], bytes) for k in segments) and "replay/steps-00003.arrow" in segments
+    same_batches(old, ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, out), seed=11)

@@ -19,7 +19,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -27,6 +27,9 @@ import torch
 from learner.replay.batch import Batch
 from learner.replay.chunks import ACTION_DIM, FRAME_SHAPE, Chunk, validate_chunk
 from learner.replay.sum_tree import SumTree
+
+if TYPE_CHECKING:
+    from learner.replay.segments import ExportPlan
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,10 @@ class ReplayConfig:
     """Added to |td| so no transition gets priority zero."""
     log_steps: int = 65_536
     """Steps of recent chunks the replay actor keeps for learner mirrors (`pull_new`)."""
-    segment_steps: int = 16_384
-    """Ring slots per persisted Arrow segment; only segments changed since the last save are rewritten."""
+    segment_steps: int = 4_096
+    """Ring slots per persisted Arrow segment; only segments changed since the last save are rewritten.
+    Between two default snapshots (a few hundred to a few thousand steps) one or two segments change:
+    a frame segment is 4,096 x 7 KB = 29 MB to encode and hash, where 16,384 made it 115 MB."""
 
     def __post_init__(self) -> None:
         if self.capacity < 1 or self.n_step < 1 or self.segment_steps < 1:
@@ -386,6 +391,12 @@ class ReplayMemory:
         from learner.replay.segments import export
 
         return export(self, previous)
+
+    def export_plan(self) -> ExportPlan:
+        """The cut of an export whose encoding runs later, elsewhere; see `segments.ExportPlan`."""
+        from learner.replay.segments import ExportPlan
+
+        return ExportPlan(self)
 
     @classmethod
     def restore(cls, cfg: ReplayConfig, vector_dim: int, gamma: float, files: Mapping[str, bytes],

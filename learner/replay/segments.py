@@ -82,8 +82,8 @@ def _columns(mem: ReplayMemory, kind: str, lo: int, hi: int) -> dict[str, np.nda
     return {name: getattr(mem, name)[lo:hi] for name in mem.STEP_ARRAYS}
 
 
-def _names(mem: ReplayMemory, prio: bool | None = None) -> list[tuple[str, str, int, int, int]]:
-    seg = mem.cfg.segment_steps
+def _names(mem: ReplayMemory, prio: bool | None = None, seg: int | None = None) -> list[tuple[str, str, int, int, int]]:
+    seg = seg or mem.cfg.segment_steps
     out = []
     for kind, filled in _layout(mem, mem.tree is not None if prio is None else prio).items():
         for i in range(math.ceil(filled / seg)):
@@ -107,27 +107,65 @@ def header(mem: ReplayMemory) -> dict[str, Any]:
     }
 
 
-def export(mem: ReplayMemory, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
-    """Files of the memory: bytes for segments changed since the last export, "sha256:<hex>" refs otherwise.
+class ExportPlan:
+    """One export, split in two so the encoding can run off the learner's thread.
 
-    `previous` maps names to the refs of the last version known to be stored. With None,
-    this memory trusts that its own last export was stored; pass the last durable
-    manifest's refs when a save may have been dropped, or {} to write everything.
+    `plan` (on the thread that owns the memory, cheap) fixes the snapshot's cut: the header, which
+    segments changed since the last export, and a copy of the priority leaves (sampling rewrites
+    them). `encode` (any thread) then reads the step and frame rings in place: the owner must not
+    `add` to the memory until it returns, and must not plan the next export before that either.
     """
-    out: dict[str, bytes | str] = {}
-    for name, kind, i, lo, hi in _names(mem):
-        known = mem._exported.get(name)
-        stored = previous is None or previous.get(name) == f"sha256:{known}"
-        if known is not None and i not in mem._dirty[kind] and stored:
-            out[name] = f"sha256:{known}"
-            continue
-        data = _encode(_columns(mem, kind, lo, hi))
-        mem._exported[name] = _sha(data)
-        out[name] = data
-    for dirty in mem._dirty.values():
-        dirty.clear()
-    out[HEADER] = json.dumps(header(mem)).encode()
-    return out
+
+    def __init__(self, mem: ReplayMemory) -> None:
+        self.mem = mem
+        self.names = _names(mem)
+        self.dirty = {kind: set(ids) for kind, ids in mem._dirty.items()}
+        for ids in mem._dirty.values():
+            ids.clear()
+        self.priorities = None if mem.tree is None else mem.tree.leaves.copy()
+        self.header = json.dumps(header(mem)).encode()
+        self.encoded_bytes = 0
+        """Bytes of the segments `encode` encoded (the rest went as references)."""
+
+    def encode(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
+        """Bytes for segments changed since the last export (or not in `previous`), refs otherwise.
+
+        `previous` maps names to the refs of the last version known to be stored. With None,
+        the memory trusts that its own last export was stored; pass the last durable manifest's
+        refs when a save may have been dropped, or {} to write everything.
+        """
+        mem, out = self.mem, {}
+        try:
+            for name, kind, i, lo, hi in self.names:
+                known = mem._exported.get(name)
+                stored = previous is None or previous.get(name) == f"sha256:{known}"
+                if known is not None and i not in self.dirty[kind] and stored:
+                    out[name] = f"sha256:{known}"
+                    continue
+                cols = {"priority": self.priorities[lo:hi]} if kind == "prio" else _columns(mem, kind, lo, hi)
+                data = _encode(cols)
+                mem._exported[name] = _sha(data)
+                self.encoded_bytes += len(data)
+                out[name] = data
+        except BaseException:
+            for kind, ids in self.dirty.items():  # not exported after all: the next export writes them
+                mem._dirty[kind] |= ids
+            raise
+        out[HEADER] = self.header
+        return out
+
+
+def export(mem: ReplayMemory, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
+    """Files of the memory: bytes for segments changed since the last export, "sha256:<hex>" refs
+    otherwise (see `ExportPlan.encode` for `previous`)."""
+    return ExportPlan(mem).encode(previous)
+
+
+def saved_chunks(files: Mapping[str, bytes]) -> int:
+    """Chunks the saved replay had taken in (the replay actor's chunk cursor resumes there)."""
+    if HEADER not in files:
+        raise ValueError(f"no {HEADER} among the snapshot's files: not a saved replay")
+    return int(json.loads(files[HEADER])["counters"]["chunks_added"])
 
 
 def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
@@ -141,7 +179,7 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
         raise ValueError(f"{HEADER}: format {head.get('format')!r}, this code reads format {FORMAT}")
     want = header(mem)["layout"]
     for key, value in head["layout"].items():
-        if want.get(key) != value:
+        if key != "segment_steps" and want.get(key) != value:
             raise ValueError(f"saved replay has {key}={value!r} but the config gives {want.get(key)!r}; "
                              f"restore with the replay config (and gamma) it was saved with")
     for name, value in head["counters"].items():
@@ -151,7 +189,10 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
                                              pending=[list(p) for p in s["pending"]])
                    for s in head["streams"]}
     mem.rng.bit_generator.state = head["rng"]
-    expected = {name: (kind, lo, hi) for name, kind, _, lo, hi in _names(mem, prio=head["prioritized"])}
+    # A replay saved with another segment size is read in its own; the next export rewrites it all.
+    seg = head["layout"].get("segment_steps", mem.cfg.segment_steps)
+    resized = seg != mem.cfg.segment_steps
+    expected = {name: (kind, lo, hi) for name, kind, _, lo, hi in _names(mem, prio=head["prioritized"], seg=seg)}
     if sorted(expected) != sorted(head["segments"]):
         raise ValueError(f"{HEADER} lists segments {head['segments'][:4]}... that do not match its counters")
     for name, (kind, lo, hi) in expected.items():
@@ -164,7 +205,8 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
             if col not in cols or len(cols[col]) != hi - lo:
                 raise ValueError(f"replay segment {name}: column {col!r} missing or not {hi - lo} rows")
             target[...] = cols[col].reshape(target.shape)
-        mem._exported[name] = _sha(files[name])
+        if not resized:
+            mem._exported[name] = _sha(files[name])
     if mem.tree is not None:
         if not head["prioritized"]:  # saved uniform, resumed prioritized: every sampleable step starts equal
             ids = np.arange(mem.tail, mem.steps_written)
