@@ -30,7 +30,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,15 +136,19 @@ class SnapshotStager:
         self._error: BaseException | None = None
 
     def submit(self, writer: Any, agent_state: Any, meta: Mapping[str, Any],
-               files: Mapping[str, FileValue] | None = None) -> None:
-        """Copy `agent_state` (e.g. `live_state(agent)`) and return; the hand-over runs behind."""
+               files: Mapping[str, FileValue] | Callable[[], Mapping[str, FileValue]] | None = None) -> None:
+        """Copy `agent_state` (e.g. `live_state(agent)`) and return; the hand-over runs behind.
+
+        `files` may be a callable: it is called on the hand-over thread (e.g. to encode the replay
+        there, off the training loop), before the state goes to the writer.
+        """
         self.wait()
         self._buffers = stage_into(self._buffers, agent_state)
         staged, meta = self._buffers, dict(meta)
 
         def hand_over() -> None:
             try:
-                self._ref = self._submit(writer, staged, meta, files)
+                self._ref = self._submit(writer, staged, meta, files() if callable(files) else files)
             except BaseException as exc:  # re-raised on the learner's thread by the next wait()
                 self._error = exc
 

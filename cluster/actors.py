@@ -104,7 +104,7 @@ class LearnerActor:
         self.learner.snapshot_copies = False  # the stager's copy into its buffers is the one copy
         if restore is not None:
             self.learner.restore(restore, files)
-        # The mirror and the replay actor restored from the same files agree on this cursor.
+        # The replay actor was started at the restored replay's chunk count: the learner pulls from there.
         self._cursor = self.learner.memory.chunks_added
         self.collected = self.learner.env_steps  # steps the workers reported (restored runs: from here)
         self._pending: Any = None
@@ -130,14 +130,32 @@ class LearnerActor:
         return chunks
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
-        # The replay's export ref is a top-level argument: the writer's call waits for it, not the learner.
-        # The export encodes only segments changed since the writer's last *stored* version (a superseded
-        # save stored nothing, so its segments are sent again); the writer's answer is itself a top-level
-        # argument of export, so the learner waits for neither.
-        previous = self.writer.stored_files.remote()
-        files = self.replay.export.remote(previous) if self.cfg.learner.save_replay else None
+        files = self._replay_files() if self.cfg.learner.save_replay else None
         self._stager.submit(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
         self.snapshots += 1
+
+    def _replay_files(self) -> Any:
+        """The learner's memory at this snapshot, encoded on the stager's hand-over thread.
+
+        Only segments changed since the writer's last *stored* version are encoded (a superseded save
+        stored nothing, so its segments are sent again); the rest go as references to stored blobs.
+        """
+        export, writer, learner = self.learner.export_replay_later(), self.writer, self.learner
+
+        def encode() -> dict[str, Any]:
+            start = time.perf_counter()
+            try:
+                previous = ray.get(writer.stored_files.remote(), timeout=120)
+            except Exception as exc:  # noqa: BLE001 -- encode everything rather than lose the replay
+                log.warning("could not ask the checkpoint writer what it stored (%r); sending the whole replay",
+                            exc)
+                previous = {}
+            files = export.encode(previous)
+            learner.record(replay_export_s=time.perf_counter() - start,
+                           replay_export_mb=export.encoded_bytes / 2**20)
+            return files
+
+        return encode
 
     def run(self) -> dict[str, Any]:
         while not self._stop.is_set():
@@ -154,7 +172,9 @@ class LearnerActor:
         while updates and time.monotonic() < deadline:
             done = self.learner.step(self._pull, self._sink)
             if not done and self._pending is None and not self.learner.updates_allowed():
-                break
+                if not self.learner.holding:
+                    break
+                self.learner.settle_replay()  # chunks held back by an export may allow more updates
         # A failed earlier hand-over (reported here) must not keep the final snapshot from being tried.
         try:
             self._stager.wait(max(deadline - time.monotonic(), 60))

@@ -28,6 +28,7 @@ from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
 from learner.errors import StateError
 from learner.replay import ReplayActor
+from learner.replay.segments import saved_chunks
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
 
 log = logging.getLogger(__name__)
@@ -380,6 +381,17 @@ class LocalRun:
         return {"version": manifest.version if manifest else "-"}
 
 
+def replay_actor_class() -> Any:
+    """The replay actor as Ray runs it: one thread, so each worker's chunks are logged in the order it
+    sent them. With several threads, two chunks a worker had in flight at once were at times logged
+    swapped; the memory then cut the stream's episode there and dropped its steps as orphans (1,028 of
+    21,308 in a fast-collecting run). Every call it serves is short (validate and copy a chunk, hand
+    out logged ones): the replay it used to export now lives in the learner."""
+    import ray
+
+    return ray.remote(num_cpus=0, max_concurrency=1)(ReplayActor)
+
+
 class RayRun:
     """Actors on a Ray cluster; this process only orchestrates and reports."""
 
@@ -430,9 +442,11 @@ class RayRun:
         probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0)(_node_id).remote()
         node = ray.get(probe)
         affinity = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-        replay_cls = ray.remote(num_cpus=0, max_concurrency=4)(ReplayActor)
+        replay_cls = replay_actor_class()
+        # Ingestion only (the learner holds the run's one replay memory): it resumes the chunk count.
+        first = saved_chunks(files) if files else 0
         self.replay = replay_cls.options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
-            cfg.replay, cfg.network.vector_dim, cfg.agent.gamma, files=files or None, seed=cfg.run.seed)
+            cfg.replay, cfg.network.vector_dim, first_cursor=first)
         self.learner = learner_cls.options(name=f"{name}-learner", scheduling_strategy=affinity).remote(
             cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()

@@ -12,9 +12,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ import torch
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig, ReplayMemory
 from learner.td3 import TD3Agent, TD3Config
+
+if TYPE_CHECKING:
+    from learner.replay.segments import ExportPlan
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,24 @@ class LearnerConfig:
         return self.torch_threads or os.cpu_count() or 1
 
 
+class ReplayExport:
+    """A snapshot's replay files, encoded by whoever calls `encode` (once), off the learner's thread."""
+
+    def __init__(self, plan: ExportPlan, idle: threading.Event) -> None:
+        self._plan, self._idle = plan, idle
+
+    @property
+    def encoded_bytes(self) -> int:
+        return self._plan.encoded_bytes
+
+    def encode(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
+        """See `ExportPlan.encode`; the learner adds new chunks again once this returns or raises."""
+        try:
+            return self._plan.encode(previous)
+        finally:
+            self._idle.set()
+
+
 class Learner:
     def __init__(
         self,
@@ -96,15 +117,29 @@ class Learner:
         """How long each snapshot held the learner's loop, ms (the run summary shows the median)."""
         self.snapshot_copies = True
         """False when the sink copies at once (ray.put): the learner then blocks only for that copy."""
+        self._replay_idle = threading.Event()
+        """Clear while an export encodes the memory on another thread (`export_replay_later`)."""
+        self._replay_idle.set()
+        self.dropped_steps = 0
+        """Steps of pulled chunks the memory did not keep (non-finite, or orphaned by a cut stream)."""
+        self._held: list[Any] = []
+        """Chunks pulled while an export reads the memory: added once it is done."""
 
     @property
     def updates(self) -> int:
         return self.agent.total_it.value
 
     def ingest(self, chunks: list[Any]) -> int:
+        if not self._replay_idle.is_set():  # an export reads the rings in place: new steps wait
+            self._held.extend(chunks)
+            return 0
+        if self._held:
+            chunks, self._held = [*self._held, *chunks], []
         added = 0
         for chunk in chunks:
-            added += self.memory.add(chunk)
+            kept = self.memory.add(chunk)
+            added += kept
+            self.dropped_steps += len(chunk) - kept
             versions = np.asarray(chunk.policy_version)
             if versions.size:
                 self._lags.append(float(self.policy_version - versions.mean()))
@@ -126,7 +161,8 @@ class Learner:
         replay-ratio schedule has consumed so far: workers pause while this exceeds a bound."""
         start, anchor_updates = self._schedule_start()
         consumed = start + (self.updates - anchor_updates) / self.cfg.replay_ratio
-        return max(int(max(collected, self.env_steps) - consumed), 0)
+        # Steps the memory dropped (non-finite, orphaned) were collected but will never be consumed.
+        return max(int(max(collected - self.dropped_steps, self.env_steps) - consumed), 0)
 
     def _schedule_start(self) -> tuple[int, int]:
         """(env steps, updates) from which the replay-ratio schedule counts: the anchor (a restore), or
@@ -167,6 +203,11 @@ class Learner:
         with self._lock:
             self._metrics.update(values)
 
+    def record(self, **values: float) -> None:
+        """Metrics measured outside the update (e.g. the last replay export), reported with the rest."""
+        with self._lock:
+            self._metrics.update(values)
+
     def publish(self) -> None:
         weights = self.agent.policy_weights()
         with self._lock:
@@ -186,10 +227,35 @@ class Learner:
         metrics["policy_version"] = self.policy_version
         return {"learner_updates": self.updates, "env_steps": self.env_steps, "metrics": metrics}
 
+    @property
+    def holding(self) -> int:
+        """Chunks pulled but not yet in the memory (an export was reading it)."""
+        return len(self._held)
+
+    def export_replay_later(self) -> ReplayExport:
+        """The replay's part of the snapshot being taken, encoded later on another thread.
+
+        Call from the sink, on the learner's thread: the cut is made here, the exact memory the
+        state just taken samples from. Until the returned export's `encode` ends, new chunks are
+        held back instead of added, so the rings it reads do not change under it; updates go on.
+        """
+        if not self._replay_idle.is_set():
+            raise RuntimeError("export_replay_later: the previous export is still encoding")
+        plan = self.memory.export_plan()
+        self._replay_idle.clear()
+        return ReplayExport(plan, self._replay_idle)
+
+    def settle_replay(self, timeout_s: float = 600.0) -> None:
+        """Wait for a running export, then add the chunks it held back."""
+        if not self._replay_idle.wait(timeout_s):
+            raise TimeoutError(f"the replay export of the last snapshot did not finish within {timeout_s:.0f} s")
+        self.ingest([])
+
     def snapshot(self, sink: SnapshotSink) -> None:
         """Hand the full state to the sink, which moves it to the CPU (`snapshot_state`); on return
         the learner may update again."""
         start = time.perf_counter()
+        self.settle_replay()
         state = self.agent.state(copy=self.snapshot_copies)
         state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version,
                             "best_eval": self.best_eval}
@@ -221,6 +287,7 @@ class Learner:
     def stats(self) -> dict[str, Any]:
         out = self.meta()
         out["replay_size"] = len(self.memory)
+        out["dropped_steps"] = self.dropped_steps
         if self.snapshot_block_ms:
             out["snapshot_block_ms_median"] = round(float(np.median(self.snapshot_block_ms)), 1)
             out["snapshots"] = len(self.snapshot_block_ms)

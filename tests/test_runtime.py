@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from pathlib import Path
 
@@ -86,10 +88,42 @@ def test_ray_run_on_the_embedded_env_then_evaluate(tmp_path, ray_cluster):
     assert summary["learner_updates"] == owed_updates(cfg, summary["env_steps"])
     store = SnapshotStore(cfg.store_uri())
     assert len(store.list()) >= 2
+    # The replay saved is the learner's own memory, cut where its state was taken (issue 16).
+    latest = store.get("latest")
+    header = json.loads(store.read_file(latest.manifest.version, "replay/header.json"))
+    assert header["counters"]["steps_added"] == latest.state["learner"]["env_steps"] == latest.manifest.env_steps
     report = evaluate_snapshot(f"{cfg.store_uri()}@latest", workers=2, episodes=2)
     assert len(report.episodes) == 2
     assert 0.0 <= report.mean_route_completion <= 1.0
     assert report.driving_score <= report.mean_route_completion + 1e-9
+
+
+def test_chunks_arriving_while_a_snapshot_encodes_the_replay_wait_and_the_saved_replay_matches_the_state(tmp_path):
+    from test_replay_support import episode_chunks
+
+    cfg = make_cfg(tmp_path, **{"run.env": "embedded", "learner.learning_starts": 10**6})
+    learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    vdim = cfg.network.vector_dim
+    chunks = episode_chunks(300, chunk_steps=50, p_end=0.0, vector_dim=vdim)
+    learner.ingest(chunks[:4])
+    taken: list = []
+    learner.snapshot(lambda state, meta: taken.append((state, learner.export_replay_later())))
+    state, export = taken[0]
+    assert learner.ingest(chunks[4:]) == 0 and learner.holding == 2  # the rings are being read: held
+    assert learner.env_steps == 200 and len(learner.memory) == 200
+    with pytest.raises(RuntimeError, match="still encoding"):
+        learner.export_replay_later()
+    files = export.encode({})
+    header = json.loads(files["replay/header.json"])
+    assert header["counters"]["steps_added"] == state["learner"]["env_steps"] == 200
+    assert learner.ingest([]) == 100 and learner.holding == 0 and learner.env_steps == 300
+    # The next snapshot waits for a running export, then adds what it held back before its cut.
+    learner.snapshot(lambda state, meta: taken.append((state, learner.export_replay_later())))
+    learner.ingest(episode_chunks(50, chunk_steps=50, p_end=0.0, vector_dim=vdim, seed=5))
+    threading.Timer(0.2, taken[1][1].encode).start()
+    learner.snapshot(lambda state, meta: taken.append((state, learner.export_replay_later())))
+    assert taken[2][0]["learner"]["env_steps"] == 350 == learner.memory.steps_added
+    taken[2][1].encode()
 
 
 @pytest.mark.integration
@@ -316,3 +350,18 @@ def test_the_driver_keeps_reporting_while_it_waits_on_the_learners_catch_up(ray_
     result = get_reporting(slow_catch_up.remote(), lambda: reports.append(time.monotonic() - started), every_s=0.5)
     assert result == {"learner_updates": 600}
     assert len(reports) >= 4 and max(b - a for a, b in zip([0.0] + reports, reports)) < 2.0, reports
+
+
+def test_steps_the_memory_drops_do_not_hold_the_workers_back_forever(tmp_path):
+    """Workers count what they collected; steps the memory then drops (non-finite, orphaned) are never
+    consumed by the schedule. Counted as owed, they left the workers paused for good once they added
+    up to max_ahead_steps (a fast-collecting run stalled at 1,101 steps "ahead")."""
+    from test_replay_support import episode_chunks
+
+    cfg = make_cfg(tmp_path, **{"run.env": "embedded", "learner.learning_starts": 100})
+    learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    chunks = episode_chunks(300, chunk_steps=50, p_end=0.0, vector_dim=cfg.network.vector_dim)
+    chunks[2].reward[:30] = float("nan")
+    assert learner.ingest(chunks) == 270 and learner.dropped_steps == 30
+    assert learner.steps_ahead(300) == learner.steps_ahead(270) == 270 - 99
+    assert learner.stats()["dropped_steps"] == 30

@@ -1,4 +1,5 @@
-"""`fleet bench replay`: bytes per transition, ingest and sampling speed of the replay memory."""
+"""`fleet bench replay`: bytes per transition, ingest and sampling speed of the replay memory, and
+(`--export-steps N`) what two consecutive snapshots of a full N-step replay encode and send."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ import os
 import platform
 import statistics
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from cluster.cli import Commands
-
-if TYPE_CHECKING:
-    from learner.replay import ReplayConfig
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,12 @@ def register(cli: Commands) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--repeats", type=int, default=5, help="repeats per figure; medians are reported")
     p.add_argument("--capacity", type=int, default=50_000, help="ring capacity for the speed figures")
-    p.add_argument("--no-actor", action="store_true", help="skip sampling through a Ray actor")
+    p.add_argument("--export-steps", type=int, default=0, metavar="N",
+                   help="also fill an N-step replay and time two consecutive exports (a snapshot's replay "
+                        "files): the second encodes only what changed in between")
+    p.add_argument("--between-steps", type=int, default=500,
+                   help="steps added between the two exports (default: the default run's 250 updates "
+                        "between snapshots at replay ratio 0.5)")
 
 
 def make_chunks(steps: int, chunk_steps: int = 64, seed: int = 0) -> list[Any]:
@@ -90,37 +93,47 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sample.append(n / (time.perf_counter() - t))
     out["ingest_per_s"] = round(statistics.median(ingest))
     out["sample_batches_per_s"] = round(statistics.median(sample), 1)
-    if not args.no_actor:
-        out["actor_sample_batches_per_s"] = round(actor_sampling(cfg, chunks, args.repeats), 1)
+    if args.export_steps:
+        out["export"] = export_figures(args.export_steps, args.between_steps, args.repeats)
     out.update(batch=BATCH, capacity=args.capacity, repeats=args.repeats, python=platform.python_version(),
                cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
     return out
 
 
-def actor_sampling(cfg: ReplayConfig, chunks: list[Any], repeats: int) -> float:
-    import ray
+def export_figures(steps: int, between: int, repeats: int) -> dict[str, Any]:
+    """Two consecutive exports of a full `steps`-step replay, `between` steps apart; medians of `repeats`.
 
-    from cluster.runtime import init_ray
-    from learner.replay import ReplayActor
+    Each repeat fills a fresh memory, exports it (the first snapshot: every segment) and, with those
+    files stored, adds `between` steps and exports again: the second encodes the changed segments and
+    refers to the rest. Bytes are what the export encodes and hands on (to Ray, then the writer).
+    """
+    from learner.replay import ReplayConfig, ReplayMemory
 
-    started = not ray.is_initialized()
-    if started:
-        init_ray(num_cpus=2, log_to_driver=False)
-    try:
-        actor = ray.remote(ReplayActor).remote(cfg, VECTOR_DIM, 0.99)
-        ray.get([actor.add.remote(c) for c in chunks[-(cfg.capacity // 64):]])
-        ray.get(actor.sample.remote(BATCH))
-        rates = []
-        for _ in range(repeats):
-            n, t = 20, time.perf_counter()
-            for _ in range(n):
-                ray.get(actor.sample.remote(BATCH))
-            rates.append(n / (time.perf_counter() - t))
-        ray.kill(actor)
-        return statistics.median(rates)
-    finally:
-        if started:
-            ray.shutdown()
+    chunks = make_chunks(steps + between)
+    split = next(i for i in range(len(chunks) + 1) if sum(len(c) for c in chunks[:i]) >= steps)
+    first_s, second_s, first_b, second_b = [], [], [], []
+    for _ in range(repeats):
+        mem = ReplayMemory(ReplayConfig(capacity=steps), VECTOR_DIM, 0.99)
+        for c in chunks[:split]:
+            mem.add(c)
+        t = time.perf_counter()
+        plan = mem.export_plan()
+        plan.encode({})
+        first_s.append(time.perf_counter() - t)
+        first_b.append(plan.encoded_bytes)
+        for c in chunks[split:]:
+            mem.add(c)
+        t = time.perf_counter()
+        plan = mem.export_plan()
+        plan.encode(None)  # the first export's files count as stored
+        second_s.append(time.perf_counter() - t)
+        second_b.append(plan.encoded_bytes)
+    med = statistics.median
+    return {"replay_steps": steps, "between_steps": between, "segment_steps": ReplayConfig().segment_steps,
+            "first_mb": round(med(first_b) / 2**20, 1), "second_mb": round(med(second_b) / 2**20, 1),
+            "first_s": round(med(first_s), 3), "second_s": round(med(second_s), 3),
+            "bytes_ratio": round(med(b / a for a, b in zip(first_b, second_b)), 4),
+            "time_ratio": round(med(b / a for a, b in zip(first_s, second_s)), 4)}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,8 +145,12 @@ def run(args: argparse.Namespace) -> int:
           f"({out['bytes_per_transition_prioritized']:,.0f} prioritized)")
     print(f"ingest:          {out['ingest_per_s']:,} steps/s")
     print(f"sample (in process, batch {BATCH}): {out['sample_batches_per_s']:,.1f} batches/s")
-    if "actor_sample_batches_per_s" in out:
-        print(f"sample (through a Ray actor):   {out['actor_sample_batches_per_s']:,.1f} batches/s")
+    if "export" in out:
+        e = out["export"]
+        print(f"export of a full {e['replay_steps']:,}-step replay: first {e['first_mb']:,.1f} MB in "
+              f"{e['first_s']:.2f} s; after {e['between_steps']:,} more steps, the second "
+              f"{e['second_mb']:,.1f} MB in {e['second_s']:.3f} s "
+              f"({100 * e['bytes_ratio']:.1f}% of the bytes, {100 * e['time_ratio']:.1f}% of the time)")
     print(f"medians of {out['repeats']} repeats, capacity {out['capacity']:,}, Python {out['python']}, "
           f"{out['cpus']} CPUs")
     return 0

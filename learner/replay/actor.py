@@ -1,10 +1,12 @@
-"""The shared replay as a plain class (made a Ray actor only at wiring), and the workers' bounded sender.
+"""The replay's ingestion point as a plain class (made a Ray actor only at wiring), and the workers' bounded sender.
 
-The learner should not sample through the actor: on a 2-core machine, `ray.get`
-of sampled 256-batches from the actor ran ~39 batches/s against >1,000 in
-process. Instead it keeps a mirror, another ReplayMemory with the same config,
-fed with `pull_new(cursor)`: the mirror sees the same chunks in the same order,
-so it holds the same transitions and samples from the same distribution.
+Workers push chunks here; the learner pulls them (`pull_new(cursor)`) into the one
+replay memory of the run, which it samples from and which its snapshots save. The
+actor holds no memory of its own, only a bounded log of recent chunks: sampling
+through an actor is slow (on a 2-core machine `ray.get` of 256-batches ran ~39
+batches/s against >1,000 in process), and a second full copy would double the
+replay's RAM (7.8 GB per million transitions) and save priorities the learner
+never told it.
 """
 
 from __future__ import annotations
@@ -12,43 +14,37 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from learner.errors import FleetError
-from learner.replay.batch import Batch
-from learner.replay.chunks import Chunk
-from learner.replay.memory import ReplayConfig, ReplayMemory
+from learner.replay.chunks import Chunk, validate_chunk
+from learner.replay.memory import ReplayConfig
 
 log = logging.getLogger(__name__)
 
 
 class ReplayLagError(FleetError, RuntimeError):
-    """A mirror asked for chunks the actor's log no longer holds."""
+    """A consumer asked for chunks the actor's log no longer holds."""
 
 
 class ReplayActor:
-    """Owns the shared ReplayMemory; keeps a bounded log of recent chunks for learner mirrors.
+    """Validates and logs the chunks workers send, in arrival order, for the learner to pull.
 
     Thread-safe: Ray actors with max_concurrency > 1 call it from several threads.
+    `first_cursor` is the chunk count of a restored replay (`segments.saved_chunks`), so the
+    learner's restored memory and this log agree on where new chunks start.
     """
 
-    def __init__(self, cfg: ReplayConfig, vector_dim: int, gamma: float, files: Mapping[str, bytes] | None = None,
-                 seed: int = 0, frames: int = 4) -> None:
-        if files:
-            self.memory = ReplayMemory.restore(cfg, vector_dim, gamma, files, frames=frames)
-        else:
-            self.memory = ReplayMemory(cfg, vector_dim, gamma, frames=frames, seed=seed)
-        self.cfg = cfg
+    def __init__(self, cfg: ReplayConfig, vector_dim: int, frames: int = 4, first_cursor: int = 0) -> None:
+        self.cfg, self.vector_dim, self.k = cfg, vector_dim, frames
         self._lock = threading.Lock()
         self._log: deque[Chunk] = deque()
         self._log_steps = 0
-        # Cursor of the first logged chunk: a mirror restored from the same files starts at
-        # memory.chunks_added.
-        self._first = self.memory.chunks_added
+        self._first = first_cursor
+        """Cursor of the oldest logged chunk."""
         self.dropped_from_log = 0
+        self.steps_added = 0
 
     @property
     def cursor(self) -> int:
@@ -56,60 +52,46 @@ class ReplayActor:
         return self._first + len(self._log)
 
     def add(self, chunk: Chunk) -> int:
-        """Store a chunk; returns the steps accepted. Bad chunks raise ValueError and are not logged."""
+        """Log a chunk; returns its steps. Malformed chunks raise ValueError and are not logged
+        (the learner's memory still drops non-finite and orphaned steps, and counts them)."""
+        validate_chunk(chunk, self.vector_dim, self.k)
         chunk = chunk.copy()  # do not pin the sender's object-store buffer in the log
         with self._lock:
-            accepted = self.memory.add(chunk)
             self._log.append(chunk)
             self._log_steps += len(chunk)
+            self.steps_added += len(chunk)
             while self._log_steps > self.cfg.log_steps and len(self._log) > 1:
                 self._log_steps -= len(self._log.popleft())
                 self._first += 1
                 self.dropped_from_log += 1
-        return accepted
+        return len(chunk)
 
     def pull_new(self, cursor: int, max_chunks: int | None = None, strict: bool = True) -> tuple[list[Chunk], int]:
         """Chunks added since `cursor` (oldest first) and the cursor to pass next time.
 
-        A mirror that fell further behind than the log holds raises ReplayLagError
-        (strict) or, with strict=False, gets what is left and diverges from the actor.
+        A consumer that fell further behind than the log holds raises ReplayLagError
+        (strict) or, with strict=False, gets what is left and misses the chunks in between.
         """
         with self._lock:
             head = self.cursor
             if cursor > head:
                 raise ValueError(f"pull_new: cursor {cursor} is ahead of the replay ({head} chunks)")
             if cursor < self._first:
-                msg = (f"replay mirror at chunk {cursor} fell behind the actor's log, which starts at chunk "
+                msg = (f"replay consumer at chunk {cursor} fell behind the actor's log, which starts at chunk "
                        f"{self._first}: {self._first - cursor} chunks are gone. Pull more often or raise "
                        f"replay.log_steps ({self.cfg.log_steps}).")
                 if strict:
                     raise ReplayLagError(msg)
-                log.warning("%s Skipping ahead; the mirror now differs from the shared replay.", msg)
+                log.warning("%s Skipping ahead; those chunks are lost to this consumer.", msg)
                 cursor = self._first
             stop = head if max_chunks is None else min(head, cursor + max_chunks)
             chunks = [self._log[i - self._first] for i in range(cursor, stop)]
         return chunks, stop
 
-    def sample(self, batch_size: int) -> Batch:
-        """A batch from the actor's own rng (for comparison and tests; learners sample a local mirror)."""
-        with self._lock:
-            batch, _ = self.memory.sample(batch_size)
-        return batch
-
-    def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
-        with self._lock:
-            self.memory.update_priorities(indices, td_abs)
-
-    def export(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
-        with self._lock:
-            return self.memory.export(previous)
-
     def stats(self) -> dict[str, Any]:
         with self._lock:
-            out = self.memory.stats()
-            out.update(cursor=self.cursor, log_chunks=len(self._log), log_steps=self._log_steps,
-                       dropped_from_log=self.dropped_from_log)
-        return out
+            return {"cursor": self.cursor, "steps_added": self.steps_added, "log_chunks": len(self._log),
+                    "log_steps": self._log_steps, "dropped_from_log": self.dropped_from_log}
 
 
 class BoundedSender:
