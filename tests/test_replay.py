@@ -86,9 +86,9 @@ def test_samples_equal_naive_frame_stacks(seed: int, capacity: int, n: int, stre
             mem.add(chunk)
             order.extend((w, base + i) for i in range(len(sent)))
     checked += check_batch(mem, order, n, rng)
-    assert mem.steps_written == len(order)
+    assert mem.rings.steps_written == len(order)
     assert len(mem) <= capacity
-    assert checked > 0 or mem.steps_written < 8
+    assert checked > 0 or mem.rings.steps_written < 8
 
 
 def test_builder_sends_each_frame_once() -> None:
@@ -132,10 +132,10 @@ def test_nstep_targets() -> None:
     mem.add(w.flush()[0])
     want_ret = [1 + 0.9 * 2 + 0.81 * 3, 2 + 0.9 * 3 + 0.81 * 4, 3 + 0.9 * 4 + 0.81 * 5, 4 + 0.9 * 5, 5, 1.9, 1]
     want_disc = [0.729, 0.729, 0.0, 0.0, 0.0, 0.81, 0.9]
-    np.testing.assert_allclose(mem.ret[:7], want_ret, rtol=1e-6)
-    np.testing.assert_allclose(mem.discount[:7], want_disc, rtol=1e-6)
-    assert mem.boot[:7].tolist() == [2, 3, 4, 4, 4, 6, 6]
-    assert mem.complete[:7].all()
+    np.testing.assert_allclose(mem.rings.ret[:7], want_ret, rtol=1e-6)
+    np.testing.assert_allclose(mem.rings.discount[:7], want_disc, rtol=1e-6)
+    assert mem.rings.boot[:7].tolist() == [2, 3, 4, 4, 4, 6, 6]
+    assert mem.rings.complete[:7].all()
 
 
 def test_nstep_window_waits_for_future_steps() -> None:
@@ -145,15 +145,15 @@ def test_nstep_window_waits_for_future_steps() -> None:
     w.step(reward=1.0)
     w.step(reward=1.0)
     mem.add(w.flush()[0])
-    assert not mem.complete[:2].any()
+    assert not mem.rings.complete[:2].any()
     with pytest.raises(ValueError, match="no sampleable"):
         mem.sample(4, np.random.default_rng(0))
     w.abandon()  # steps already sent: the replay closes the episode when the next one starts
     w.reset(1)
     w.step(reward=1.0)
     mem.add(w.flush()[0])
-    np.testing.assert_allclose(mem.ret[:2], [1.9, 1.0])
-    np.testing.assert_allclose(mem.discount[:2], [0.81, 0.9])
+    np.testing.assert_allclose(mem.rings.ret[:2], [1.9, 1.0])
+    np.testing.assert_allclose(mem.rings.discount[:2], [0.81, 0.9])
 
 
 def test_nonfinite_steps_are_rejected_and_counted() -> None:
@@ -170,8 +170,8 @@ def test_nonfinite_steps_are_rejected_and_counted() -> None:
     batch, _ = mem.sample(256, np.random.default_rng(0))
     assert np.isfinite(batch.reward.numpy()).all() and np.isfinite(batch.next_vector.numpy()).all()
     # The chain is cut at each rejected step: the step before bootstraps from its own next obs.
-    assert mem.discount[1] == pytest.approx(0.5) and mem.ret[1] == pytest.approx(1.0)
-    assert mem.discount[0] == pytest.approx(0.25) and mem.ret[0] == pytest.approx(1.5)
+    assert mem.rings.discount[1] == pytest.approx(0.5) and mem.rings.ret[1] == pytest.approx(1.0)
+    assert mem.rings.discount[0] == pytest.approx(0.25) and mem.rings.ret[0] == pytest.approx(1.5)
 
 
 @pytest.mark.parametrize("field, value, match", [
@@ -191,7 +191,7 @@ def test_malformed_chunks_name_the_field(field: str, value: np.ndarray, match: s
     mem = ReplayMemory(ReplayConfig(capacity=10), V, 0.9)
     with pytest.raises(ValueError, match=match):
         mem.add(chunk)
-    assert mem.steps_written == 0
+    assert mem.rings.steps_written == 0
 
 
 def test_lost_chunk_drops_the_rest_of_the_episode() -> None:
@@ -228,8 +228,8 @@ def test_uniform_sampling_is_uniform() -> None:
         mem.add(c)
     rng = np.random.default_rng(0)
     ids = np.concatenate([mem.sample_ids(256, rng) for _ in range(200)])
-    counts = np.bincount(ids - mem.tail, minlength=len(mem))
-    assert ids.min() >= mem.steps_written - 400
+    counts = np.bincount(ids - mem.rings.tail, minlength=len(mem))
+    assert ids.min() >= mem.rings.steps_written - 400
     expected = len(ids) / len(mem)
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < len(mem) + 5 * np.sqrt(2 * len(mem))  # df = len - 1, ~5 sigma

@@ -47,7 +47,7 @@ def test_round_trip_exact_after_wrap_around(prioritized: bool, n: int) -> None:
         w.step(terminated=bool(rng.random() < 0.05))
         if w.builder.ready():
             mem.add(w.flush()[0])
-    assert mem.steps_written > 2 * cfg.capacity
+    assert mem.rings.steps_written > 2 * cfg.capacity
     if prioritized:
         ids = mem.sample_ids(40, rng)
         mem.update_priorities(ids, rng.uniform(0, 3, 40))
@@ -176,7 +176,7 @@ def test_a_failed_encode_leaves_its_segments_to_the_next_export(monkeypatch) -> 
     mem.export()
     for c in episode_chunks(20, chunk_steps=10, p_end=0.0, seed=2):
         mem.add(c)
-    changed = {f"replay/{kind}-{i:05d}.arrow" for kind, ids in mem._dirty.items() for i in ids}
+    changed = {f"replay/{kind}-{i:05d}.arrow" for kind, ids in mem.rings.dirty.items() for i in ids}
     assert len(changed) >= 2
     encode, calls = segments._encode, []
 
@@ -205,3 +205,19 @@ def test_a_replay_saved_with_another_segment_size_restores_and_is_rewritten_whol
     segments = {k for k, v in out.items() if k != "replay/header.json"}
     assert all(isinstance(out[k], bytes) for k in segments) and "replay/steps-00003.arrow" in segments
     same_batches(old, ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, out), seed=11)
+
+
+def test_a_step_completed_by_a_later_chunk_saves_its_new_priority() -> None:
+    """Steps whose n-step window closes in the next chunk get their priority then; when that chunk's
+    steps lie in the next segment, the earlier segment's priorities changed too and must be saved."""
+    cfg = ReplayConfig(capacity=64, n_step=3, prioritized=True, segment_steps=16)
+    mem = ReplayMemory(cfg, V, 0.9)
+    chunks = episode_chunks(32, chunk_steps=16, p_end=0.0)
+    mem.add(chunks[0])
+    assert mem.priorities.leaves[14] == 0 == mem.priorities.leaves[15]  # windows still open
+    blobs: dict[str, bytes] = {}
+    resolve(mem.export(), blobs)
+    mem.add(chunks[1])
+    assert mem.priorities.leaves[14] > 0 and mem.priorities.leaves[15] > 0
+    restored = ReplayMemory.restore(cfg, V, 0.9, resolve(mem.export(), blobs))
+    np.testing.assert_array_equal(restored.priorities.leaves, mem.priorities.leaves)

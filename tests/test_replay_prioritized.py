@@ -30,7 +30,7 @@ def test_sum_tree_find_and_update() -> None:
 
 def test_sampling_is_proportional_to_priority_alpha() -> None:
     mem = filled(20, 20, alpha=0.7)
-    ids = np.arange(mem.tail, mem.steps_written)
+    ids = np.arange(mem.rings.tail, mem.rings.steps_written)
     assert mem.valid(ids).all() and len(ids) == 20
     td = np.linspace(0.1, 3.0, 20)
     mem.update_priorities(ids, td)
@@ -38,7 +38,7 @@ def test_sampling_is_proportional_to_priority_alpha() -> None:
     p /= p.sum()
     rng = np.random.default_rng(0)
     draws = np.concatenate([mem.sample_ids(256, rng) for _ in range(400)])
-    counts = np.bincount(draws - mem.tail, minlength=20)
+    counts = np.bincount(draws - mem.rings.tail, minlength=20)
     expected = p * len(draws)
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < 43.8  # chi-square, 19 degrees of freedom, p = 0.001
@@ -47,12 +47,12 @@ def test_sampling_is_proportional_to_priority_alpha() -> None:
 
 def test_importance_weights_exact() -> None:
     mem = filled(30, 30, beta=0.4)
-    ids = np.arange(mem.tail, mem.steps_written)
+    ids = np.arange(mem.rings.tail, mem.rings.steps_written)
     td = np.random.default_rng(1).uniform(0, 2, len(ids))
     mem.update_priorities(ids, td)
     batch, got = mem.sample(64, np.random.default_rng(2))
     prio = (np.abs(td) + mem.cfg.eps) ** mem.cfg.alpha
-    prob = prio[got - mem.tail] / prio.sum()
+    prob = prio[got - mem.rings.tail] / prio.sum()
     w = (len(mem) * prob) ** -0.4
     np.testing.assert_allclose(batch.weight.numpy(), w / w.max(), rtol=1e-5)
     assert batch.weight.dtype.is_floating_point and batch.weight.shape == (64,)
@@ -69,15 +69,15 @@ def test_beta_anneals_to_final() -> None:
 
 def test_new_steps_get_max_priority_and_stale_updates_are_ignored() -> None:
     mem = filled(10, 10)
-    ids = np.arange(mem.tail, mem.steps_written)
+    ids = np.arange(mem.rings.tail, mem.rings.steps_written)
     mem.update_priorities(ids, np.full(10, 4.0))
-    assert mem.max_priority == pytest.approx(4.0 + mem.cfg.eps)
+    assert mem.priorities.max_priority == pytest.approx(4.0 + mem.cfg.eps)
     old = ids.copy()
     for c in episode_chunks(5, chunk_steps=5, p_end=0.0, seed=9):
         mem.add(c)
-    leaves = mem.tree.leaves  # type: ignore[union-attr]
+    leaves = mem.priorities.leaves  # type: ignore[union-attr]
     # The 5 newest steps (one still waits for nothing: n=1) start at max priority^alpha.
-    new = np.arange(mem.steps_written - 5, mem.steps_written) % 10
+    new = np.arange(mem.rings.steps_written - 5, mem.rings.steps_written) % 10
     np.testing.assert_allclose(leaves[new], (4.0 + mem.cfg.eps) ** 0.6)
     before = leaves.copy()
     mem.update_priorities(old, np.full(10, 100.0))  # half of these slots now hold newer steps

@@ -5,11 +5,15 @@ rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
 (float32 stacked obs + next obs).
 
 - `chunks`: `Chunk` and the worker-side `ChunkBuilder` (each new frame sent once).
-- `memory`: `ReplayConfig`, `ReplayMemory` (rings, n-step, uniform or prioritized sampling).
+- `memory`: `ReplayConfig`, `ReplayMemory`: takes chunks through its parts, samples batches.
+  - `rings`: frame and step rings, the sampling window.
+  - `nstep`: n-step targets folded in per worker stream.
+  - `priorities`: proportional prioritization over `sum_tree.SumTree`.
 - `batch`: `Batch`, what `ReplayMemory.sample` returns and a TD3 update consumes.
 - `sum_tree`: `SumTree` for proportional prioritization.
 - `segments`: incremental Arrow IPC persistence (`ReplayMemory.export` / `.restore`).
-- `actor`: `ReplayActor` (shared replay + chunk log for mirrors) and `BoundedSender`.
+- `actor`: `ReplayActor` (where workers push: validation, a bounded chunk log the learner pulls from)
+  and the workers' `BoundedSender`. The run's one memory is the learner's.
 """
 
 from learner.replay.actor import BoundedSender, ReplayActor, ReplayLagError

@@ -29,6 +29,22 @@ HEADER = PREFIX + "header.json"
 FORMAT = 1
 COUNTERS = ("steps_written", "frames_written", "tail", "episodes", "chunks_added", "steps_added",
             "rejected_nonfinite", "orphaned", "max_priority", "samples")
+"""The header's counters, in this order; `_counter_owner` says which part of the memory keeps each."""
+
+
+def _counter_owner(mem: ReplayMemory, name: str) -> Any:
+    if name in ("steps_written", "frames_written", "tail"):
+        return mem.rings
+    if name == "episodes":
+        return mem.nstep
+    if name == "max_priority":
+        return mem.priorities  # None for a uniform memory: saved as 1.0, not restored
+    return mem
+
+
+def _counters(mem: ReplayMemory) -> dict[str, Any]:
+    return {name: getattr(owner, name) if (owner := _counter_owner(mem, name)) is not None else 1.0
+            for name in COUNTERS}
 
 
 def _sha(data: bytes) -> str:
@@ -70,22 +86,23 @@ def _decode(data: bytes) -> dict[str, np.ndarray]:
 
 def _layout(mem: ReplayMemory, prio: bool) -> dict[str, int]:
     """Filled slots of each ring: how many of each kind's segments exist."""
-    steps = min(mem.steps_written, mem.cfg.capacity)
-    return {"steps": steps, "frames": min(mem.frames_written, mem.frame_capacity), "prio": steps if prio else 0}
+    r = mem.rings
+    steps = min(r.steps_written, r.capacity)
+    return {"steps": steps, "frames": min(r.frames_written, r.frame_capacity), "prio": steps if prio else 0}
 
 
 def _columns(mem: ReplayMemory, kind: str, lo: int, hi: int) -> dict[str, np.ndarray]:
     if kind == "frames":
-        return {"frame": mem.frames[lo:hi]}
+        return {"frame": mem.rings.frames[lo:hi]}
     if kind == "prio":
-        return {"priority": mem.tree.leaves[lo:hi]}  # type: ignore[union-attr]
-    return {name: getattr(mem, name)[lo:hi] for name in mem.STEP_ARRAYS}
+        return {"priority": mem.priorities.leaves[lo:hi]}  # type: ignore[union-attr]
+    return {name: getattr(mem.rings, name)[lo:hi] for name in mem.rings.STEP_ARRAYS}
 
 
 def _names(mem: ReplayMemory, prio: bool | None = None, seg: int | None = None) -> list[tuple[str, str, int, int, int]]:
     seg = seg or mem.cfg.segment_steps
     out = []
-    for kind, filled in _layout(mem, mem.tree is not None if prio is None else prio).items():
+    for kind, filled in _layout(mem, mem.priorities is not None if prio is None else prio).items():
         for i in range(math.ceil(filled / seg)):
             out.append((f"{PREFIX}{kind}-{i:05d}.arrow", kind, i, i * seg, min((i + 1) * seg, filled)))
     return out
@@ -94,14 +111,14 @@ def _names(mem: ReplayMemory, prio: bool | None = None, seg: int | None = None) 
 def header(mem: ReplayMemory) -> dict[str, Any]:
     return {
         "format": FORMAT,
-        "layout": {"capacity": mem.cfg.capacity, "frame_capacity": mem.frame_capacity, "frames": mem.k,
+        "layout": {"capacity": mem.cfg.capacity, "frame_capacity": mem.rings.frame_capacity, "frames": mem.k,
                    "vector_dim": mem.vector_dim, "gamma": mem.gamma, "n_step": mem.cfg.n_step,
                    "segment_steps": mem.cfg.segment_steps},
-        "prioritized": mem.tree is not None,
-        "counters": {name: getattr(mem, name) for name in COUNTERS},
+        "prioritized": mem.priorities is not None,
+        "counters": _counters(mem),
         "streams": [{"stream": sid, "seq": st.seq, "carry": st.carry, "in_episode": st.in_episode,
                      "episode": st.episode, "last": st.last, "pending": st.pending}
-                    for sid, st in mem.streams.items()],
+                    for sid, st in mem.nstep.streams.items()],
         "rng": mem.rng.bit_generator.state,
         "segments": [name for name, *_ in _names(mem)],
     }
@@ -119,10 +136,10 @@ class ExportPlan:
     def __init__(self, mem: ReplayMemory) -> None:
         self.mem = mem
         self.names = _names(mem)
-        self.dirty = {kind: set(ids) for kind, ids in mem._dirty.items()}
-        for ids in mem._dirty.values():
+        self.dirty = {kind: set(ids) for kind, ids in mem.rings.dirty.items()}
+        for ids in mem.rings.dirty.values():
             ids.clear()
-        self.priorities = None if mem.tree is None else mem.tree.leaves.copy()
+        self.priorities = None if mem.priorities is None else mem.priorities.leaves.copy()
         self.header = json.dumps(header(mem)).encode()
         self.encoded_bytes = 0
         """Bytes of the segments `encode` encoded (the rest went as references)."""
@@ -149,7 +166,7 @@ class ExportPlan:
                 out[name] = data
         except BaseException:
             for kind, ids in self.dirty.items():  # not exported after all: the next export writes them
-                mem._dirty[kind] |= ids
+                mem.rings.dirty[kind] |= ids
             raise
         out[HEADER] = self.header
         return out
@@ -170,7 +187,7 @@ def saved_chunks(files: Mapping[str, bytes]) -> int:
 
 def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
     """Load `files` (from `export`, refs resolved to bytes) into the freshly built, empty `mem`."""
-    from learner.replay.memory import _Stream
+    from learner.replay.nstep import Stream
 
     if HEADER not in files:
         raise ValueError(f"no {HEADER} among the snapshot's files ({sorted(files)[:5]}...): not a saved replay")
@@ -183,8 +200,9 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
             raise ValueError(f"saved replay has {key}={value!r} but the config gives {want.get(key)!r}; "
                              f"restore with the replay config (and gamma) it was saved with")
     for name, value in head["counters"].items():
-        setattr(mem, name, value)
-    mem.streams = {int(s["stream"]): _Stream(seq=s["seq"], carry=list(s["carry"]), in_episode=s["in_episode"],
+        if (owner := _counter_owner(mem, name)) is not None:
+            setattr(owner, name, value)
+    mem.nstep.streams = {int(s["stream"]): Stream(seq=s["seq"], carry=list(s["carry"]), in_episode=s["in_episode"],
                                              episode=s["episode"], last=s["last"],
                                              pending=[list(p) for p in s["pending"]])
                    for s in head["streams"]}
@@ -198,7 +216,7 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
     for name, (kind, lo, hi) in expected.items():
         if name not in files:
             raise ValueError(f"replay segment {name} is missing from the snapshot's files")
-        if kind == "prio" and mem.tree is None:
+        if kind == "prio" and mem.priorities is None:
             continue  # saved prioritized, resumed uniform
         cols = _decode(files[name])
         for col, target in _columns(mem, kind, lo, hi).items():
@@ -207,10 +225,9 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
             target[...] = cols[col].reshape(target.shape)
         if not resized:
             mem._exported[name] = _sha(files[name])
-    if mem.tree is not None:
+    if mem.priorities is not None:
         if not head["prioritized"]:  # saved uniform, resumed prioritized: every sampleable step starts equal
-            ids = np.arange(mem.tail, mem.steps_written)
-            ok = ids[mem.valid(ids)]
-            mem.tree.leaves[ok % mem.cfg.capacity] = mem.max_priority ** mem.cfg.alpha
-        mem.tree.rebuild()
+            ids = np.arange(mem.rings.tail, mem.rings.steps_written)
+            mem.priorities.fill_uniform(ids[mem.valid(ids)])
+        mem.priorities.tree.rebuild()
     return mem
