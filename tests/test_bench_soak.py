@@ -74,3 +74,16 @@ def test_one_transient_peak_is_not_a_trend_but_a_slow_leak_under_noise_is() -> N
     assert p.ls_slope_mb_per_h > p.threshold_mb_per_h  # least squares alone would call it growth
     assert p.slope_mb_per_h == 0 and p.verdict == "flat"
     assert lk.verdict == "GROWS" and lk.slope_mb_per_h == pytest.approx(30, rel=0.1)
+
+
+def test_the_all_process_peak_adds_up_processes_sampled_together() -> None:
+    from cluster.commands.bench_soak import all_processes
+
+    rows = [{"t_s": t, "process": p, "pid": 1, "rss_mb": rss, "anon_mb": anon}
+            for t, p, rss, anon in [(0, "learner", 500, 400), (0, "replay", 300, 200),
+                                    (30, "learner", 900, 700), (30, "replay", 320, 250),
+                                    (60, "learner", 800, 650), (60, "replay", 600, 500)]]
+    assert all_processes(rows) == {"peak_anon_mb": 1150.0, "peak_at_s": 60, "peak_rss_mb": 1400.0,
+                                   "end_anon_mb": 1150.0}
+    rows[-1]["anon_mb"] = 100
+    assert all_processes(rows)["peak_anon_mb"] == 950.0 and all_processes(rows)["peak_at_s"] == 30

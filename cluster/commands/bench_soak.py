@@ -212,7 +212,7 @@ def soak_config(args: argparse.Namespace, out: Path) -> Any:
         "run.progress_every_s": 30.0,
         # Small enough to be full within the first third of a 30-minute run on 2 cores (about 13 env
         # steps/s once updates start), so the second half measures a full replay; the replay actor's
-        # chunk log (kept for the learner's mirror, 65,536 steps by default) likewise.
+        # chunk log (kept for the learner to pull, 65,536 steps by default) likewise.
         "replay.capacity": 6_000, "replay.log_steps": 4_096,
         "learner.snapshot_every": 300, "eval.every_updates": 1_000, "eval.workers": 1, "eval.episodes": 2,
     }
@@ -330,6 +330,23 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 for r in csv.DictReader(f)]
 
 
+def all_processes(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Memory of every sampled process added up at each sample, over the whole run (shutdown included).
+
+    Anonymous memory is each process's own heap (a replay memory's arrays are counted where they
+    live); resident memory also counts the object store's shared pages in every process that maps
+    them, so its sum overstates.
+    """
+    at: dict[float, list[dict[str, Any]]] = {}
+    for r in rows:
+        at.setdefault(r["t_s"], []).append(r)
+    anon = {t: sum(r["anon_mb"] for r in rs) for t, rs in at.items()}
+    peak_t = max(anon, key=anon.__getitem__)
+    return {"peak_anon_mb": round(anon[peak_t], 1), "peak_at_s": peak_t,
+            "peak_rss_mb": round(max(sum(r["rss_mb"] for r in rs) for rs in at.values()), 1),
+            "end_anon_mb": round(anon[max(anon)], 1)}
+
+
 def analyse(out: Path, as_json: bool = False) -> int:
     """Slopes and verdicts of the samples in `out`; writes soak.json and soak.png, prints the table.
 
@@ -364,6 +381,7 @@ def analyse(out: Path, as_json: bool = False) -> int:
                              max_objects=max(s["objects"] for s in st),
                              spilled_mb=st[-1]["spilled_mb"], fallback_mb=st[-1]["fallback_mb"]),
     }
+    result["all_processes"] = all_processes(rows)
     (out / "soak.json").write_text(json.dumps(result, indent=2))
     if as_json:
         print(json.dumps(result))
@@ -380,5 +398,8 @@ def analyse(out: Path, as_json: bool = False) -> int:
                   f"{tr.ls_slope_mb_per_h:>7.1f} {tr.relative_growth:>+7.1%} {tr.verdict:<9}"
                   + (f" {an.end_mb:>8.1f} {an.slope_mb_per_h:>9.1f} {an.ls_slope_mb_per_h:>7.1f} {an.verdict}"
                      if an else ""))
+        tot = result["all_processes"]
+        print(f"all processes together: peak {tot['peak_anon_mb']:,.0f} MB anonymous (own heaps) at "
+              f"{tot['peak_at_s']:.0f} s, peak {tot['peak_rss_mb']:,.0f} MB resident")
         print(f"ObjectStoreFullError: {meta['object_store_full_errors']}; samples, plot, JSON in {out}")
     return 1 if meta["error"] or meta["object_store_full_errors"] else 0
