@@ -200,8 +200,7 @@ class Learner:
         if self._lags:
             values["policy_lag"] = float(np.mean(self._lags))
             self._lags.clear()
-        with self._lock:
-            self._metrics.update(values)
+        self.record(**values)
 
     def record(self, **values: float) -> None:
         """Metrics measured outside the update (e.g. the last replay export), reported with the rest."""
@@ -263,8 +262,7 @@ class Learner:
         # What the training loop lost to this snapshot: the state copy and the hand-over.
         blocked = 1000 * (time.perf_counter() - start)
         self.snapshot_block_ms.append(blocked)
-        with self._lock:
-            self._metrics["snapshot_block_ms"] = blocked
+        self.record(snapshot_block_ms=blocked)
         self._snapshot_at = time.monotonic()
 
     def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -110,7 +111,7 @@ def export_figures(steps: int, between: int, repeats: int) -> dict[str, Any]:
     from learner.replay import ReplayConfig, ReplayMemory
 
     chunks = make_chunks(steps + between)
-    split = next(i for i in range(len(chunks) + 1) if sum(len(c) for c in chunks[:i]) >= steps)
+    split = 1 + next(i for i, total in enumerate(itertools.accumulate(len(c) for c in chunks)) if total >= steps)
     first_s, second_s, first_b, second_b = [], [], [], []
     for _ in range(repeats):
         mem = ReplayMemory(ReplayConfig(capacity=steps), VECTOR_DIM, 0.99)
