@@ -50,6 +50,10 @@ class ModulePart:
         return out
 
 
+IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+"""Optimizer param-group keys that choose an implementation, not the math."""
+
+
 class OptimizerPart:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.obj = optimizer
@@ -64,9 +68,14 @@ class OptimizerPart:
         }
 
     def load(self, state: dict[str, Any]) -> None:
-        self.obj.load_state_dict(
-            {"state": {int(i): dict(s) for i, s in state["state"].items()}, "param_groups": state["param_groups"]}
-        )
+        # Which kernel runs the step (fused, foreach, ...) is this process's choice, not the snapshot's:
+        # a state saved by a fused optimizer loads into a plain one and the other way round.
+        groups = [{**saved, **{k: live[k] for k in IMPLEMENTATION_KEYS if k in live}}
+                  for saved, live in zip(state["param_groups"], self.obj.param_groups)]
+        # torch keeps the given tensors when dtype and device already fit, and then steps them in place:
+        # without the clone, two agents loaded from one state would share (and both advance) its moments.
+        per_param = {int(i): {k: _clone(v) for k, v in s.items()} for i, s in state["state"].items()}
+        self.obj.load_state_dict({"state": per_param, "param_groups": groups})
 
     def problems(self, state: Any, name: str) -> list[str]:
         if not isinstance(state, dict) or set(state) != {"state", "param_groups"}:

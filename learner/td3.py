@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from learner.graphed import GraphedUpdate
 from learner.networks import NetworkConfig, act_with, build_networks
 from learner.replay.batch import Batch
 from learner.state import Counter, Registry, State, StateError
@@ -57,6 +58,17 @@ class TD3Config:
     one target CNN forward): 1.5x the updates/s of a Ray run on 2 cores, and seed 1 drove its routes
     (completion 0.92) at 15 minutes instead of 30 (docs/benchmarks.md, "The actor reads the critic's
     encoder"). 'own': the seed's design, actor_cnn trained by the policy gradient alone."""
+    fused_adam: bool = True
+    """Adam's fused kernel (one pass per parameter tensor instead of a dozen elementwise ops; same
+    update, equal up to float rounding) on the CPU and CUDA: a quarter of a CPU update's time was the
+    optimizer steps (docs/benchmarks.md, "Learner speed"). False: torch's default implementation."""
+    cuda_graphs: bool = True
+    """On CUDA: after 3 eager warm-up updates, replay each update as a CUDA graph (learner/graphed.py),
+    with capturable fused Adam. Ignored on the CPU."""
+    cnn_bf16: bool = False
+    """Run the CNNs' forward and backward in bf16 autocast (tensor cores on a GPU; weights, heads,
+    losses and Adam stay fp32). Off by default: it changes the math by bf16 rounding (see the test
+    `test_bf16_cnns_stay_within_their_documented_tolerance`), and this CPU gains nothing from it."""
     seed: int = 0
     """Seed of network initialisation and of the agent's noise generators."""
     device: str = "auto"
@@ -118,7 +130,27 @@ def trained_on_own_encoder(state: State) -> bool:
     return not all(torch.equal(torch.as_tensor(own[k]), torch.as_tensor(critic[k])) for k in own)
 
 
+def _encoder_copy(name: str) -> property:
+    """actor_cnn or its target: with a shared encoder a copy of the critic's, brought up to date when
+    read rather than after every update (updates never read it; copying both 1.7M-parameter CNNs was a
+    tenth of a CPU update)."""
+    private = f"_{name}"
+
+    def read(agent: TD3Agent) -> nn.Module:
+        agent.fresh_encoder_copies()
+        return getattr(agent, private)
+
+    def write(agent: TD3Agent, module: nn.Module) -> None:
+        setattr(agent, private, module)
+
+    return property(read, write, doc=f"The {name} network (up to date whenever read).")
+
+
 class TD3Agent:
+    actor_cnn = _encoder_copy("actor_cnn")
+    actor_cnn_target = _encoder_copy("actor_cnn_target")
+    _encoder_copies_stale = False
+
     def __init__(self, cfg: TD3Config | None = None, net_cfg: NetworkConfig | None = None) -> None:
         self.cfg = cfg or TD3Config()
         self.net_cfg = net_cfg or NetworkConfig()
@@ -137,33 +169,49 @@ class TD3Agent:
               "critic_cnn": self.cfg.critic_lr, "critic": self.cfg.critic_lr}
         # One Adam per network keeps the seed's optimizer key names; Adam is per-parameter,
         # so this is the same math as one optimizer over actor + actor_cnn.
+        graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
+        fused = True if (self.cfg.fused_adam or graphs) and self.device.type in ("cpu", "cuda") else None
         for name in NETWORKS:
-            opt = torch.optim.Adam(getattr(self, name).parameters(), lr=lr[name])
+            opt = torch.optim.Adam(getattr(self, name).parameters(), lr=lr[name], fused=fused,
+                                   capturable=graphs)
             setattr(self, f"{name}_optimizer", reg(f"{name}_optimizer", opt))
         self.shared_encoder = self.cfg.actor_encoder == "critic"
         self.sync_actor_encoder()
         self.total_it: Counter = reg("total_it", Counter(0))
         self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
+        self.graphed: GraphedUpdate | None = GraphedUpdate(self) if graphs else None
 
     # Target: clipped double-Q over a smoothed target-policy action.
+    def encode(self, cnn: nn.Module, image: torch.Tensor) -> torch.Tensor:
+        """A CNN's features, in bf16 autocast when `cnn_bf16` (fp32 features out: the heads, losses
+        and optimizers stay fp32)."""
+        if not self.cfg.cnn_bf16:
+            return cnn(image)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return cnn(image).float()
+
+    def target_noise(self, shape: torch.Size) -> torch.Tensor:
+        """Clipped Gaussian target-policy smoothing noise, from the agent's own generator."""
+        noise = torch.randn(shape, generator=self.noise_gen, device=self.device)
+        return (noise * self.cfg.policy_noise).clamp(-self.cfg.noise_clip, self.cfg.noise_clip)
+
     @torch.no_grad()
-    def td_target(self, b: Batch) -> torch.Tensor:
-        cfg = self.cfg
-        noise = torch.randn(b.action.shape, generator=self.noise_gen, device=self.device)
-        noise = (noise * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-        critic_next = self.critic_cnn_target(b.next_image)
-        actor_next = critic_next if self.shared_encoder else self.actor_cnn_target(b.next_image)
+    def td_target(self, b: Batch, noise: torch.Tensor | None = None) -> torch.Tensor:
+        if noise is None:
+            noise = self.target_noise(b.action.shape)
+        critic_next = self.encode(self.critic_cnn_target, b.next_image)
+        actor_next = critic_next if self.shared_encoder else self.encode(self.actor_cnn_target, b.next_image)
         next_action = self.actor_target(actor_next, b.next_vector) + noise
         next_action = next_action.clamp(-1.0, 1.0)
         tq1, tq2 = self.critic_target(critic_next, b.next_vector, next_action)
         return b.reward + b.discount * torch.min(tq1, tq2)
 
     # Critic: regress both heads onto the shared target.
-    def update_critic(self, b: Batch) -> dict[str, torch.Tensor]:
+    def update_critic(self, b: Batch, noise: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         cfg = self.cfg
-        target_q = self.td_target(b)
-        q1, q2 = self.critic(self.critic_cnn(b.image), b.vector, b.action)
+        target_q = self.td_target(b, noise)
+        q1, q2 = self.critic(self.encode(self.critic_cnn, b.image), b.vector, b.action)
         w = b.weight if b.weight is not None else torch.ones_like(q1)
         loss = (w * ((q1 - target_q) ** 2 + (q2 - target_q) ** 2)).mean()
         params = [*self.critic_cnn.parameters(), *self.critic.parameters()]
@@ -180,8 +228,8 @@ class TD3Agent:
     # Actor: deterministic policy gradient through Q1; the critic's encoder is not trained here.
     def update_actor(self, b: Batch) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            critic_features = self.critic_cnn(b.image)
-        actor_features = critic_features if self.shared_encoder else self.actor_cnn(b.image)
+            critic_features = self.encode(self.critic_cnn, b.image)
+        actor_features = critic_features if self.shared_encoder else self.encode(self.actor_cnn, b.image)
         pre = self.actor.preact(actor_features, b.vector)
         action = torch.tanh(pre)
         action.retain_grad()  # d(loss)/d(action) = -dQ/da / B: the critic's pull on each action, for free
@@ -208,7 +256,7 @@ class TD3Agent:
                 "dq_dsteer": dq_da[0], "dq_dthrottle": dq_da[1]}
 
     # Targets: Polyak average of all four networks, the CNNs included (with a shared encoder the actor
-    # CNN's target is the critic CNN's target, copied by sync_actor_encoder).
+    # CNN's target is the critic CNN's target, copied by fresh_encoder_copies).
     def update_targets(self) -> None:
         for name in NETWORKS:
             if not (self.shared_encoder and name == "actor_cnn"):
@@ -220,20 +268,38 @@ class TD3Agent:
         its target, which is what the actor was trained on (workers act through actor_cnn)."""
         if not self.shared_encoder:
             return
-        for dst, src in (("actor_cnn", "critic_cnn"), ("actor_cnn_target", "critic_cnn_target")):
-            for d, s in zip(getattr(self, dst).parameters(), getattr(self, src).parameters()):
+        for dst, src in ((self._actor_cnn, self.critic_cnn), (self._actor_cnn_target, self.critic_cnn_target)):
+            for d, s in zip(dst.parameters(), src.parameters()):
                 d.copy_(s)
+        self._encoder_copies_stale = False
+
+    def fresh_encoder_copies(self) -> None:
+        """Copy the critic's CNN into actor_cnn (and target) if an update changed it since the last copy.
+        Reading either attribute, `act`, `policy_weights` and `state` call it: the registry of parts
+        holds the modules themselves, so `state` must."""
+        if self._encoder_copies_stale:
+            self.sync_actor_encoder()
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One TD3 step on `batch`. Metrics are tensors; `td_abs` is per-sample |Q1 - target|."""
-        batch = batch.to(self.device)
-        batch = batch._replace(image=scaled_images(batch.image), next_image=scaled_images(batch.next_image))
         self.total_it.value += 1
-        metrics = self.update_critic(batch)
-        if self.total_it.value % self.cfg.policy_freq == 0:
-            metrics.update(self.update_actor(batch))
+        actor_step = self.total_it.value % self.cfg.policy_freq == 0
+        noise = self.target_noise(batch.action.shape)
+        if self.graphed is not None:
+            metrics = self.graphed(batch, noise, actor_step)
+        else:
+            metrics = self.update_body(batch.to(self.device), noise, actor_step)
+        self._encoder_copies_stale = self.shared_encoder
+        return metrics
+
+    def update_body(self, b: Batch, noise: torch.Tensor, actor_step: bool) -> dict[str, torch.Tensor]:
+        """The device work of one update, given its batch (on the device) and target noise: no host
+        syncs, no Python state changes, so a CUDA graph can capture it (learner/graphed.py)."""
+        b = b._replace(image=scaled_images(b.image), next_image=scaled_images(b.next_image))
+        metrics = self.update_critic(b, noise)
+        if actor_step:
+            metrics.update(self.update_actor(b))
             self.update_targets()
-        self.sync_actor_encoder()
         return metrics
 
     def act(self, image: np.ndarray, vector: np.ndarray, noise_std: float | np.ndarray = 0.0,
@@ -248,6 +314,7 @@ class TD3Agent:
 
     def state(self, copy: bool = True) -> State:
         """Everything needed to continue bit-for-bit, from the registry of parts (see Registry.state)."""
+        self.fresh_encoder_copies()
         return self.parts.state(copy)
 
     def load_state(self, state: State) -> None:
@@ -258,3 +325,5 @@ class TD3Agent:
             raise StateError(OWN_ENCODER_STATE)
         self.parts.load_state(state)
         self.sync_actor_encoder()
+        if self.graphed is not None:
+            self.graphed.reset()  # the optimizers' loaded moments are new tensors the graphs never saw

@@ -233,3 +233,32 @@ def test_uniform_sampling_is_uniform() -> None:
     expected = len(ids) / len(mem)
     chi2 = ((counts - expected) ** 2 / expected).sum()
     assert chi2 < len(mem) + 5 * np.sqrt(2 * len(mem))  # df = len - 1, ~5 sigma
+
+
+@pytest.mark.parametrize("device", ["cpu", *(["cuda"] if torch.cuda.is_available() else [])])
+def test_frames_kept_on_a_device_give_the_same_batches(device: str) -> None:
+    """`keep_frames_on`: image stacks gathered from the device copy of the frame ring equal the host
+    ring's, while chunks arrive between batches and the ring wraps several times, and after a
+    restore (whose copy starts empty and is filled at the first batch). On the CPU this checks the
+    bookkeeping; on a GPU it is the learner's default sampling."""
+    from test_replay_support import episode_chunks
+
+    cfg = ReplayConfig(capacity=300, frame_slack=0.0625, segment_steps=64)
+    host, mirrored = ReplayMemory(cfg, V, GAMMA), ReplayMemory(cfg, V, GAMMA)
+    mirrored.keep_frames_on(torch.device(device))
+    chunks = episode_chunks(1_400, chunk_steps=37, seed=3, p_end=0.02)
+    for i, chunk in enumerate(chunks):
+        host.add(chunk)
+        mirrored.add(chunk)
+        if i % 3 == 2:
+            a, ids_a = host.sample(16, np.random.default_rng(i))
+            b, ids_b = mirrored.sample(16, np.random.default_rng(i))
+            np.testing.assert_array_equal(ids_a, ids_b)
+            assert b.image.device.type == device
+            assert torch.equal(a.image, b.image.cpu()) and torch.equal(a.next_image, b.next_image.cpu())
+    assert mirrored.rings.frames_written > 3 * mirrored.rings.frame_capacity  # it wrapped
+    restored = ReplayMemory.restore(cfg, V, GAMMA, host.export())
+    restored.keep_frames_on(torch.device(device))
+    a, _ = host.sample(64, np.random.default_rng(99))
+    b, _ = restored.sample(64, np.random.default_rng(99))
+    assert torch.equal(a.image, b.image.cpu()) and torch.equal(a.next_image, b.next_image.cpu())

@@ -310,7 +310,9 @@ def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates(encoder
     """The yardstick of `fleet bench learner`: any faster path must compute TD3 exactly (fp32, 1e-5)."""
     from cluster.commands.bench_learner import reference_update
 
-    fast, ref = agent(actor_encoder=encoder), agent(actor_encoder=encoder)
+    fast, ref = agent(actor_encoder=encoder), agent(actor_encoder=encoder, fused_adam=False)
+    assert all(g["fused"] for g in fast.critic_cnn_optimizer.param_groups)
+    assert not any(g["fused"] for g in ref.critic_cnn_optimizer.param_groups)
     for i in range(10):
         b = make_batch(i, n=8)
         fast.update(b)
@@ -341,16 +343,22 @@ def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_b
     for p, q in zip(shared.critic_cnn.parameters(), twin.critic_cnn.parameters()):
         assert torch.equal(p, q)
     assert any(not torch.equal(p, q) for p, q in zip(shared.actor.parameters(), twin.actor.parameters()))
-    # After full updates the copies still match, so what workers act with is what the actor learned on.
+    # After full updates, every way of reading the actor's CNN sees the critic's, so what workers act
+    # with and what snapshots hold is what the actor learned on (the copy is made when read).
     for i in range(4):
         shared.update(make_batch(i))
-    for name in ("actor_cnn", "actor_cnn_target"):
-        for d, s in zip(getattr(shared, name).parameters(), getattr(shared, name.replace("actor", "critic", 1)).parameters()):
-            assert torch.equal(d, s)
+    weights, state = shared.policy_weights(), shared.state()
+    for key, value in shared.critic_cnn.state_dict().items():
+        assert torch.equal(weights["actor_cnn"][key], value) and torch.equal(state["actor_cnn"][key], value)
+        assert torch.equal(state["actor_cnn_target"][key], shared.critic_cnn_target.state_dict()[key])
+    shared.update(make_batch(7))
     img, vec = make_batch(9).image, make_batch(9).vector
     with torch.no_grad():
         expected = shared.actor(shared.critic_cnn(img), vec)
     np.testing.assert_allclose(shared.act(img.numpy(), vec.numpy()), expected.numpy(), atol=1e-6)
+    for name in ("actor_cnn", "actor_cnn_target"):
+        for d, s in zip(getattr(shared, name).parameters(), getattr(shared, name.replace("actor", "critic", 1)).parameters()):
+            assert torch.equal(d, s)
     # An own-encoder state (a seed checkpoint's) is refused: its actor head never saw the critic's
     # features. It loads into an own-encoder agent, and a shared state loads into either.
     assert trained_on_own_encoder(own.state()) and not trained_on_own_encoder(shared.state())
@@ -361,3 +369,113 @@ def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_b
     agent(actor_encoder="critic").load_state(shared.state())
     with pytest.raises(ValueError, match="actor_encoder"):
         TD3Config(actor_encoder="mine")
+
+
+@pytest.mark.parametrize("saved_fused", [False, True])
+def test_the_adam_kernel_is_the_loading_agents_choice_and_the_update_is_the_same(saved_fused):
+    """A snapshot of a plain-Adam run continues on the fused kernel and the other way round: the kernel
+    is not part of the state, and from the same state both take the same step (fp32, 1e-6). One state
+    loads into two agents without their sharing its tensors."""
+    saver = agent(fused_adam=saved_fused)
+    for i in range(3):
+        saver.update(make_batch(i))
+    state = saver.state()
+    moments = {k: v.clone() for k, v in state["critic_optimizer"]["state"]["0"].items()}
+    loaders = {fused: agent(fused_adam=fused) for fused in (False, True)}
+    for fused, loader in loaders.items():
+        loader.load_state(state)
+        assert all(bool(g["fused"]) == fused for g in loader.critic_optimizer.param_groups)
+        assert loader.state().keys() == state.keys()
+        loader.update(make_batch(3))
+    # Loading copies the optimizer's moments and step: the two agents stepped their own, not the state's.
+    for key, value in moments.items():
+        assert torch.equal(state["critic_optimizer"]["state"]["0"][key], value), key
+    plain, fused = loaders[False].state(), loaders[True].state()
+    for part in NETWORKS:
+        for key in plain[part]:
+            torch.testing.assert_close(plain[part][key], fused[part][key], rtol=0, atol=1e-6, msg=f"{part}.{key}")
+
+
+def _weighted(b: Batch, seed: int) -> Batch:
+    return b._replace(weight=torch.rand(b.reward.shape, generator=torch.Generator().manual_seed(seed)) + 0.5)
+
+
+def test_the_graphed_updates_static_buffer_path_computes_the_plain_update_bitwise():
+    """The CUDA-graph path (learner/graphed.py) without a capture: batches copied into static buffers,
+    noise drawn by the agent and copied in, both update kinds, weights None and not, an odd-sized batch
+    run eagerly, a reset after loading a state. It must equal the plain update bit for bit, which the
+    reference test above ties to TD3."""
+    from learner.graphed import GraphedUpdate
+
+    plain, graphed = agent(), agent()
+    graphed.graphed = GraphedUpdate(graphed, capture=False)
+    assert graphed.graphed.captured == 0 and graphed.graphed.eager_left == 0
+    batches = [make_batch(i, n=8) for i in range(6)] + [make_batch(6, n=5)]
+    batches += [_weighted(make_batch(i, n=8), i) for i in range(7, 10)]
+    for i, b in enumerate(batches):
+        m1, m2 = plain.update(b), graphed.update(b)
+        assert m1.keys() == m2.keys()
+        for k in m1:
+            assert torch.equal(m1[k], m2[k]), (i, k)
+        if i == 4:  # metrics are the caller's: the next update does not overwrite them
+            kept = {k: v.clone() for k, v in m2.items()}
+            held = m2
+    assert all(torch.equal(held[k], kept[k]) for k in kept)
+    state = plain.state()
+    graphed.load_state(state)
+    assert graphed.graphed.static is None  # reset: the loaded moments are new tensors
+    for i in range(10, 13):
+        plain.update(make_batch(i, n=8))
+        graphed.update(make_batch(i, n=8))
+    s1, s2 = plain.state(), graphed.state()
+    assert s1.keys() == s2.keys()
+    for part in NETWORKS + tuple(f"{n}_optimizer" for n in NETWORKS):
+        for key, value in s1[part].items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, s2[part][key]), f"{part}.{key}"
+        if part.endswith("_optimizer"):
+            for idx, moments in s1[part]["state"].items():
+                for key, value in moments.items():
+                    assert torch.equal(value, s2[part]["state"][idx][key]), f"{part}.{idx}.{key}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_updates_agree_with_eager_cuda_updates():
+    """Captured and eager CUDA updates from the same state: 10 updates (3 eager warm-up, then both
+    kinds captured) within 1e-5, capturable fused Adam, same state keys."""
+    eager = TD3Agent(TD3Config(device="cuda", cuda_graphs=False))
+    graphed = TD3Agent(TD3Config(device="cuda"))
+    assert all(g["capturable"] and g["fused"] for g in graphed.critic_optimizer.param_groups)
+    graphed.load_state(eager.state())
+    for i in range(10):
+        b = make_batch(i, n=8) if i % 3 else _weighted(make_batch(i, n=8), i)
+        eager.update(b)
+        graphed.update(b)
+    assert graphed.graphed.captured == 2
+    s1, s2 = eager.state(), graphed.state()
+    assert s1.keys() == s2.keys()
+    for part in NETWORKS + tuple(f"{n}_target" for n in NETWORKS):
+        for key in s1[part]:
+            torch.testing.assert_close(s1[part][key], s2[part][key], rtol=0, atol=1e-5, msg=f"{part}.{key}")
+
+
+def test_bf16_cnns_stay_within_their_documented_tolerance():
+    """`agent.cnn_bf16`: CNN features within 1% (relative L2) of fp32 from the same weights, and one
+    update's critic loss, Q, target and gradient norm within 0.1%; weights, state keys and dtypes as
+    in fp32. (On this CPU bf16 autocast is emulated and slow: the option is for GPUs.)"""
+    from learner.td3 import scaled_images
+
+    fp32, bf16 = agent(), agent(cnn_bf16=True)
+    b = make_batch(99, n=64)
+    with torch.no_grad():
+        f1 = fp32.encode(fp32.critic_cnn, scaled_images(b.image))
+        f2 = bf16.encode(bf16.critic_cnn, scaled_images(b.image))
+    assert f2.dtype == torch.float32 and not torch.equal(f1, f2)  # bf16 did run
+    assert (f1 - f2).norm() / f1.norm() < 0.01
+    m1, m2 = fp32.update(b), bf16.update(b)
+    for key in ("critic_loss", "q1", "target_q", "critic_grad_norm"):
+        assert abs(m1[key].item() - m2[key].item()) <= 1e-3 * abs(m1[key].item()), key
+    s1, s2 = fp32.state(), bf16.state()
+    assert s1.keys() == s2.keys()
+    for part in NETWORKS:
+        assert {k: (v.shape, v.dtype) for k, v in s1[part].items()} == {k: (v.shape, v.dtype) for k, v in s2[part].items()}

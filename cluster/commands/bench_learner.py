@@ -3,8 +3,9 @@
 One invocation measures, interleaved (A B A B ...) so drift on a noisy machine hits both alike:
 - `updates_per_s`: the runtime's update path, `Learner.step` sampling from its replay memory
   (filled with synthetic chunks) and running `TD3Agent.update`;
-- `reference_updates_per_s`: a plain eager transcription of the same TD3 update (`reference_update`),
-  on batches sampled outside the timed loop; `speedup` is the ratio;
+- `reference_updates_per_s`: a plain eager transcription of the same TD3 update (`reference_update`,
+  torch's default Adam, the actor's CNN copied after every update), on batches sampled outside the
+  timed loop; `speedup` is the ratio;
 - `flops_per_update`: counted from the layer shapes of one update (torch's FLOP counter: every conv
   and matmul of the critic step, and of the actor step once per `policy_freq` updates);
 - `peak_gflops`: a large fp32 matmul on the same device and threads, in the same run;
@@ -14,6 +15,7 @@ One invocation measures, interleaved (A B A B ...) so drift on a noisy machine h
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -144,7 +146,9 @@ def run(args: argparse.Namespace) -> int:
     chunks = make_chunks(5_000)
     learner.ingest(chunks)
     learner.env_steps = 10**9  # the ratio never holds the timed loop back
-    reference = Learner(agent_cfg, NetworkConfig(), ReplayConfig(capacity=20_000), lcfg).agent
+    # The yardstick: torch's default Adam and eager updates, not the runtime's fused Adam and CUDA graphs.
+    reference_cfg = dataclasses.replace(agent_cfg, fused_adam=False, cuda_graphs=False)
+    reference = Learner(reference_cfg, NetworkConfig(), ReplayConfig(capacity=20_000), lcfg).agent
     rng = np.random.default_rng(0)
     batches = [learner.memory.sample(args.batch, rng)[0].to(reference.device) for _ in range(8)]
     device = reference.device

@@ -1,0 +1,109 @@
+"""The TD3 update replayed as CUDA graphs: the GPU path of `TD3Agent.update`.
+
+On a GPU one eager update is several hundred small kernel launches (convolutions, the MLP heads,
+Adam over 40 parameter tensors, the Polyak averages); at batch 256 launching them costs more than
+running them. Captured once, a whole update is one `CUDAGraph.replay()`.
+
+What the capture needs, and how `GraphedUpdate` provides it:
+- fixed addresses: every batch is copied into static device buffers the graph reads
+  (`Batch.weight` None becomes a buffer of ones: the same loss as `ones_like`);
+- no host work inside: the target-policy noise is drawn by the agent from its own generator before
+  the replay and copied in, so the noise stream is the eager path's; the update counter and the
+  choice of graph (critic step, or critic + actor + targets every `policy_freq`) stay in Python;
+- optimizers that step on the device: fused Adam with `capturable=True` (`TD3Agent` builds them so
+  when it runs on CUDA with `agent.cuda_graphs`);
+- warm-up: the first `warmup` updates run eagerly on a side stream (they are real updates), then
+  each of the two update kinds is captured on first use and replayed from then on;
+- `reset()` after a state load: loading replaces the optimizers' moment tensors the graphs read.
+
+Without a GPU (`capture=False`) the same static-buffer path runs eagerly: that is what the CPU tests
+check against the plain reference update (same math, same state keys); a test that runs only where
+CUDA is present checks the captured path against the eager one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
+from learner.replay.batch import Batch
+
+if TYPE_CHECKING:
+    from learner.td3 import TD3Agent
+
+Metrics = dict[str, torch.Tensor]
+
+
+class GraphedUpdate:
+    """Runs `agent.update_body` through static buffers, captured as one CUDA graph per update kind."""
+
+    def __init__(self, agent: TD3Agent, capture: bool | None = None, warmup: int = 3) -> None:
+        self.agent = agent
+        self.capture = agent.device.type == "cuda" if capture is None else capture
+        if self.capture and agent.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, the agent is on {agent.device}")
+        self.warmup = warmup
+        self.reset()
+
+    def reset(self) -> None:
+        """Drop the graphs and buffers (after the agent's state was loaded); the next updates warm up anew."""
+        self.graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Metrics]] = {}
+        self.static: Batch | None = None
+        self.noise: torch.Tensor | None = None
+        self.eager_left = self.warmup if self.capture else 0
+        self._pool = None
+
+    @property
+    def captured(self) -> int:
+        """How many update kinds run as a graph now (0, 1 or 2)."""
+        return len(self.graphs)
+
+    def __call__(self, batch: Batch, noise: torch.Tensor, actor_step: bool) -> Metrics:
+        body: Callable[[Batch, torch.Tensor, bool], Metrics] = self.agent.update_body
+        if self.eager_left > 0:
+            self.eager_left -= 1
+            return self._on_side_stream(lambda: body(batch.to(self.agent.device), noise, actor_step))
+        if self.static is not None and batch.image.shape != self.static.image.shape:
+            return body(batch.to(self.agent.device), noise, actor_step)  # an odd-sized batch: eager
+        self._copy_in(batch, noise)
+        if not self.capture:
+            return body(self.static, self.noise, actor_step)
+        if actor_step not in self.graphs:
+            self.graphs[actor_step] = self._capture(actor_step)
+        graph, outputs = self.graphs[actor_step]
+        graph.replay()
+        # The outputs are the graph's own buffers, overwritten by the next replay.
+        return {k: v.clone() for k, v in outputs.items()}
+
+    def _copy_in(self, batch: Batch, noise: torch.Tensor) -> None:
+        device = self.agent.device
+        if self.static is None:
+            ones = torch.ones(batch.reward.shape, device=device)
+            self.static = Batch(*(torch.empty_like(t, device=device) if t is not None else ones for t in batch))
+            self.noise = torch.empty_like(noise, device=device)
+        for dst, src in zip(self.static, batch):
+            if src is None:
+                dst.fill_(1.0)
+            else:
+                dst.copy_(src, non_blocking=True)
+        self.noise.copy_(noise, non_blocking=True)
+
+    def _capture(self, actor_step: bool) -> tuple[torch.cuda.CUDAGraph, Metrics]:
+        graph = torch.cuda.CUDAGraph()
+        torch.cuda.synchronize(self.agent.device)
+        with torch.cuda.graph(graph, pool=self._pool):
+            outputs = self.agent.update_body(self.static, self.noise, actor_step)
+        self._pool = graph.pool()  # both kinds share one memory pool: they never run at once
+        return graph, outputs
+
+    def _on_side_stream(self, fn: Callable[[], Metrics]) -> Metrics:
+        if not self.capture:
+            return fn()
+        stream = torch.cuda.Stream(self.agent.device)
+        stream.wait_stream(torch.cuda.current_stream(self.agent.device))
+        with torch.cuda.stream(stream):
+            out = fn()
+        torch.cuda.current_stream(self.agent.device).wait_stream(stream)
+        return out
