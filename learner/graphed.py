@@ -12,8 +12,9 @@ What the capture needs, and how `GraphedUpdate` provides it:
   choice of graph (critic step, or critic + actor + targets every `policy_freq`) stay in Python;
 - optimizers that step on the device: fused Adam with `capturable=True` (`TD3Agent` builds them so
   when it runs on CUDA with `agent.cuda_graphs`);
-- warm-up: the first `warmup` updates run eagerly on a side stream (they are real updates), then
-  each of the two update kinds is captured on first use and replayed from then on;
+- warm-up: each of the two update kinds runs eagerly on a side stream its first `warmup` times (real
+  updates: they also create the optimizers' state, which a capture would otherwise record as zero
+  fills that reset Adam's moments at every replay), then is captured and replayed from then on;
 - `reset()` after a state load: loading replaces the optimizers' moment tensors the graphs read.
 
 Without a GPU (`capture=False`) the same static-buffer path runs eagerly: that is what the CPU tests
@@ -52,8 +53,7 @@ class GraphedUpdate:
         self.graphs: dict[bool, tuple[torch.cuda.CUDAGraph, Metrics]] = {}
         self.static: Batch | None = None
         self.noise: torch.Tensor | None = None
-        self.eager_left = self.warmup if self.capture else 0
-        self._pool = None
+        self.eager_left = {kind: self.warmup if self.capture else 0 for kind in (False, True)}
 
     @property
     def captured(self) -> int:
@@ -62,8 +62,8 @@ class GraphedUpdate:
 
     def __call__(self, batch: Batch, noise: torch.Tensor, actor_step: bool) -> Metrics:
         body: Callable[[Batch, torch.Tensor, bool], Metrics] = self.agent.update_body
-        if self.eager_left > 0:
-            self.eager_left -= 1
+        if self.eager_left[actor_step] > 0:
+            self.eager_left[actor_step] -= 1
             return self._on_side_stream(lambda: body(batch.to(self.agent.device), noise, actor_step))
         if self.static is not None and batch.image.shape != self.static.image.shape:
             return body(batch.to(self.agent.device), noise, actor_step)  # an odd-sized batch: eager
@@ -91,12 +91,24 @@ class GraphedUpdate:
         self.noise.copy_(noise, non_blocking=True)
 
     def _capture(self, actor_step: bool) -> tuple[torch.cuda.CUDAGraph, Metrics]:
+        unstepped = self._unstepped(actor_step)
+        if unstepped:
+            raise RuntimeError(f"a CUDA graph captured before {unstepped} ever stepped would record the "
+                               "creation of their state and reset it at every replay")
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(self.agent.device)
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph):  # a pool of its own: the two kinds replay in no fixed order
             outputs = self.agent.update_body(self.static, self.noise, actor_step)
-        self._pool = graph.pool()  # both kinds share one memory pool: they never run at once
         return graph, outputs
+
+    def _unstepped(self, actor_step: bool) -> list[str]:
+        """The optimizers this update kind steps that hold no state yet for some parameter."""
+        names = ["critic_optimizer", "critic_cnn_optimizer"]
+        if actor_step:
+            names += ["actor_optimizer"] if self.agent.shared_encoder else ["actor_optimizer", "actor_cnn_optimizer"]
+        return [name for name in names if any(not getattr(self.agent, name).state.get(p)
+                                              for group in getattr(self.agent, name).param_groups
+                                              for p in group["params"])]
 
     def _on_side_stream(self, fn: Callable[[], Metrics]) -> Metrics:
         if not self.capture:

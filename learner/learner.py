@@ -277,6 +277,7 @@ class Learner:
     def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:
         """Continue from a snapshot: agent parts strictly, the learner's counters, and the replay if saved."""
         if replay_files:
+            self.memory.drop_device_frames()  # never two GPU frame rings at once
             self.memory = self._placed(ReplayMemory.restore(self.memory.cfg, self.agent.net_cfg.vector_dim,
                                                             self.agent.cfg.gamma, replay_files))
         state = dict(state)

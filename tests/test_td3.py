@@ -409,7 +409,8 @@ def test_the_graphed_updates_static_buffer_path_computes_the_plain_update_bitwis
 
     plain, graphed = agent(), agent()
     graphed.graphed = GraphedUpdate(graphed, capture=False)
-    assert graphed.graphed.captured == 0 and graphed.graphed.eager_left == 0
+    assert graphed.graphed.captured == 0 and graphed.graphed.eager_left == {False: 0, True: 0}
+    assert graphed.graphed._unstepped(True) == ["critic_optimizer", "critic_cnn_optimizer", "actor_optimizer"]
     batches = [make_batch(i, n=8) for i in range(6)] + [make_batch(6, n=5)]
     batches += [_weighted(make_batch(i, n=8), i) for i in range(7, 10)]
     for i, b in enumerate(batches):
@@ -421,6 +422,7 @@ def test_the_graphed_updates_static_buffer_path_computes_the_plain_update_bitwis
             kept = {k: v.clone() for k, v in m2.items()}
             held = m2
     assert all(torch.equal(held[k], kept[k]) for k in kept)
+    assert graphed.graphed._unstepped(True) == []  # what a capture checks first
     state = plain.state()
     graphed.load_state(state)
     assert graphed.graphed.static is None  # reset: the loaded moments are new tensors
@@ -441,17 +443,18 @@ def test_the_graphed_updates_static_buffer_path_computes_the_plain_update_bitwis
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_updates_agree_with_eager_cuda_updates():
-    """Captured and eager CUDA updates from the same state: 10 updates (3 eager warm-up, then both
-    kinds captured) within 1e-5, capturable fused Adam, same state keys."""
-    eager = TD3Agent(TD3Config(device="cuda", cuda_graphs=False))
-    graphed = TD3Agent(TD3Config(device="cuda"))
+    """Captured and eager CUDA updates from the same state: 20 updates (each kind 3 times eager, then
+    captured) within 1e-5, capturable fused Adam, same state keys."""
+    # policy_freq 4: the first actor step comes after the critic kind's warm-up; it must warm up too.
+    eager = TD3Agent(TD3Config(device="cuda", cuda_graphs=False, policy_freq=4))
+    graphed = TD3Agent(TD3Config(device="cuda", policy_freq=4))
     assert all(g["capturable"] and g["fused"] for g in graphed.critic_optimizer.param_groups)
     graphed.load_state(eager.state())
-    for i in range(10):
+    for i in range(20):
         b = make_batch(i, n=8) if i % 3 else _weighted(make_batch(i, n=8), i)
         eager.update(b)
         graphed.update(b)
-    assert graphed.graphed.captured == 2
+    assert graphed.graphed.captured == 2  # 15 critic-only updates (3 eager), 5 with the actor (3 eager)
     s1, s2 = eager.state(), graphed.state()
     assert s1.keys() == s2.keys()
     for part in NETWORKS + tuple(f"{n}_target" for n in NETWORKS):

@@ -217,6 +217,10 @@ class ReplayMemory:
         self._device_frames = torch.zeros((r.frame_capacity, *r.frames.shape[1:]), dtype=torch.uint8, device=device)
         self._mirrored = 0
 
+    def drop_device_frames(self) -> None:
+        """Free the device copy of the frame ring (sampling reads the host ring again)."""
+        self._device_frames, self._mirrored = None, 0
+
     def _images(self, slots: np.ndarray) -> torch.Tensor:
         """Stacked frames of the given frame slots (B, K), from the device copy when there is one."""
         r, dev = self.rings, self._device_frames
