@@ -35,9 +35,12 @@ log = logging.getLogger(__name__)
 
 # Ray's GCS keeps an event record (about 2.5 KB) for each of the last N tasks, N = 100,000 by
 # default: a run's polling calls fill that in about half an hour, a 250 MB heap. Instances fleet
-# starts keep the last 20,000 (`ray list tasks` still shows minutes of history); cluster heads get
-# the same through RAY_task_events_max_num_task_in_gcs in cluster/*.yaml.
-RAY_SYSTEM_CONFIG = {"task_events_max_num_task_in_gcs": 20_000}
+# starts keep the last 20,000 (`ray list tasks` still shows minutes of history). Each record pushed
+# out is then remembered as a "dropped task attempt" (about 100 bytes) up to 1,000,000 per job by
+# default: at ~2,600 calls a minute, 16 MB/h more for six hours (docs/benchmarks.md, "Soak"); fleet
+# remembers the last 20,000. Cluster heads get both through RAY_task_events_* in cluster/*.yaml.
+RAY_SYSTEM_CONFIG = {"task_events_max_num_task_in_gcs": 20_000,
+                     "task_events_max_dropped_task_attempts_tracked_per_job_in_gcs": 20_000}
 
 
 def route_ray_logs(log_file: Path | None) -> None:

@@ -270,20 +270,23 @@ def test_evaluation_report_is_strict_json_with_integer_seeds():
 
 @pytest.mark.integration
 def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
-    """Ray's default (100,000 task records, ~2.5 KB each) lets a run grow the GCS heap by ~250 MB."""
+    """Ray's defaults (100,000 task records, ~2.5 KB each; then 1,000,000 dropped attempts, ~100 bytes
+    each) let a run grow the GCS heap by ~250 MB, then by 16 MB/h for six hours."""
     import subprocess
     import sys
 
     probe = ("import ray\n"
              "from cluster.runtime import RAY_SYSTEM_CONFIG, init_ray\n"
              "init_ray(num_cpus=1)\n"
-             "cap = ray.get(ray.remote(lambda: ray._config.task_events_max_num_task_in_gcs()).remote())\n"
-             "print(cap, RAY_SYSTEM_CONFIG['task_events_max_num_task_in_gcs'])\n"
+             "seen = ray.get(ray.remote(lambda: (ray._config.task_events_max_num_task_in_gcs(),\n"
+             "    ray._config.task_events_max_dropped_task_attempts_tracked_per_job_in_gcs())).remote())\n"
+             "print(*seen, RAY_SYSTEM_CONFIG['task_events_max_num_task_in_gcs'],\n"
+             "      RAY_SYSTEM_CONFIG['task_events_max_dropped_task_attempts_tracked_per_job_in_gcs'])\n"
              "ray.shutdown()\n")
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    seen, wanted = map(int, out.stdout.split()[-2:])
-    assert seen == wanted <= 20_000
+    tasks, dropped, want_tasks, want_dropped = map(int, out.stdout.split()[-4:])
+    assert tasks == want_tasks <= 20_000 and dropped == want_dropped <= 20_000
 
 
 def test_metrics_are_written_out_during_a_run_not_only_at_the_end(tmp_path):
