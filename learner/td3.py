@@ -63,8 +63,8 @@ class TD3Config:
     update, equal up to float rounding) on the CPU and CUDA: a quarter of a CPU update's time was the
     optimizer steps (docs/benchmarks.md, "Learner speed"). False: torch's default implementation."""
     cuda_graphs: bool = True
-    """On CUDA: after 3 eager warm-up updates, replay each update as a CUDA graph (learner/graphed.py),
-    with capturable fused Adam. Ignored on the CPU."""
+    """On CUDA: replay each update as a CUDA graph (learner/graphed.py), each update kind after 3
+    eager warm-up updates of its own, with capturable fused Adam. Ignored on the CPU."""
     cnn_bf16: bool = False
     """Run the CNNs' forward and backward in bf16 autocast (tensor cores on a GPU; weights, heads,
     losses and Adam stay fp32). Off by default: it changes the math by bf16 rounding (see the test
