@@ -8,8 +8,13 @@ One invocation measures, interleaved (A B A B ...) so drift on a noisy machine h
   timed loop; `speedup` is the ratio;
 - `flops_per_update`: counted from the layer shapes of one update (torch's FLOP counter: every conv
   and matmul of the critic step, and of the actor step once per `policy_freq` updates);
-- `peak_gflops`: a large fp32 matmul on the same device and threads, in the same run;
-- `efficiency`: achieved GFLOP/s of the runtime path over `peak_gflops`.
+- `peak_gflops`: the better of a large fp32 matmul (`peak_matmul_gflops`) and a large fp32
+  convolution (`peak_conv_gflops`) on the same device and threads, in the same run. Both are needed:
+  on AMD CPUs with AVX-512 torch's MKL runs its AVX2 matmul kernels (it picks kernels by vendor),
+  while oneDNN's convolutions use AVX-512, about twice the matmul's rate (docs/benchmarks.md,
+  "The machine's peak");
+- `efficiency`: achieved GFLOP/s of the runtime path over `peak_gflops`;
+- `page_faults_per_update`: the process's minor page faults per timed update of each path.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import time
 from typing import Any
@@ -28,12 +34,13 @@ from cluster.cli import Commands, UserError
 
 def register(cli: Commands) -> None:
     p = cli.bench("learner", "TD3 updates/s of the runtime path vs a plain eager reference, FLOPs, "
-                  "efficiency against a measured matmul peak", run)
+                  "efficiency against the measured matmul or convolution peak", run)
     p.add_argument("--batch", type=int, default=64, help="transitions per update")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    p.add_argument("--updates", type=int, default=20, help="updates per timed round")
+    p.add_argument("--updates", type=int, default=50, help="updates per timed round (rounds under a second are noisy)")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds per path; medians are reported")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: every core, the learner's default)")
+    p.add_argument("--peak-seconds", type=float, default=2.0, help="seconds of the peak measurements (half matmul, half convolution)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -99,22 +106,37 @@ def flops_per_update(agent: Any, batch: Any) -> int:
     return int(counter.get_total_flops() / agent.cfg.policy_freq)
 
 
-def peak_gflops(device: Any, seconds: float = 2.0) -> float:
-    """Best GFLOP/s of a 2048^3 fp32 matmul over a few timed bursts."""
+def peak_gflops(device: Any, seconds: float = 2.0) -> dict[str, float]:
+    """Best GFLOP/s over a few timed bursts of a 2048^3 fp32 matmul and of a 3x3 fp32 convolution
+    (batch 64, 256 -> 256 channels, 28x28, channels_last: what oneDNN runs fastest); `peak` is the
+    better of the two."""
     import torch
+    import torch.nn.functional as F
 
     n = 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        _sync(device)
-        best = max(best, 4 * 2 * n ** 3 / (time.perf_counter() - start) / 1e9)
-    return best
+    memory_format = torch.channels_last
+    x = torch.randn(64, 256, 28, 28, device=device).contiguous(memory_format=memory_format)
+    w = torch.randn(256, 256, 3, 3, device=device).contiguous(memory_format=memory_format)
+    conv_flops = 2 * 64 * 256 * 256 * 9 * 26 * 26
+
+    def best(op: Any, flops: int) -> float:
+        op()  # warm-up: oneDNN primitive creation, cuBLAS handles
+        result = 0.0
+        deadline = time.perf_counter() + seconds / 2
+        while time.perf_counter() < deadline:
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(4):
+                op()
+            _sync(device)
+            result = max(result, 4 * flops / (time.perf_counter() - start) / 1e9)
+        return result
+
+    with torch.no_grad():
+        matmul = best(lambda: a @ b, 2 * n ** 3)
+        conv = best(lambda: F.conv2d(x, w), conv_flops)
+    return {"matmul": matmul, "conv": conv, "peak": max(matmul, conv)}
 
 
 def _sync(device: Any) -> None:
@@ -153,36 +175,43 @@ def run(args: argparse.Namespace) -> int:
     batches = [learner.memory.sample(args.batch, rng)[0].to(reference.device) for _ in range(8)]
     device = reference.device
 
-    def runtime_round() -> float:
-        _sync(device)
-        start = time.perf_counter()
-        for _ in range(args.updates):
-            learner.step(lambda: [])
-        _sync(device)
-        return args.updates / (time.perf_counter() - start)
+    faults = {"runtime": 0, "reference": 0}
 
-    def reference_round() -> float:
+    def timed(path: str, update: Any) -> float:
         _sync(device)
+        minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         start = time.perf_counter()
         for i in range(args.updates):
-            reference_update(reference, batches[i % len(batches)])
+            update(i)
         _sync(device)
-        return args.updates / (time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        faults[path] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
+        return args.updates / seconds
+
+    def runtime_round() -> float:
+        return timed("runtime", lambda i: learner.step(lambda: []))
+
+    def reference_round() -> float:
+        return timed("reference", lambda i: reference_update(reference, batches[i % len(batches)]))
 
     runtime_round(), reference_round()  # warm-up: allocator, oneDNN primitive caches
+    faults = dict.fromkeys(faults, 0)
     ours, ref = [], []
     for _ in range(args.rounds):
         ours.append(runtime_round())
         ref.append(reference_round())
     flops = flops_per_update(reference, batches[0])
-    peak = peak_gflops(device)
+    peaks = peak_gflops(device, args.peak_seconds)
+    peak = peaks["peak"]
     ups, ref_ups = statistics.median(ours), statistics.median(ref)
     result = {
         "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
         "updates_per_s": round(ups, 2), "reference_updates_per_s": round(ref_ups, 2),
         "speedup": round(ups / ref_ups, 3), "flops_per_update": flops,
         "achieved_gflops": round(ups * flops / 1e9, 1), "peak_gflops": round(peak, 1),
+        "peak_matmul_gflops": round(peaks["matmul"], 1), "peak_conv_gflops": round(peaks["conv"], 1),
         "efficiency": round(ups * flops / 1e9 / peak, 3),
+        "page_faults_per_update": {k: round(v / (args.rounds * args.updates), 1) for k, v in faults.items()},
         "rounds": {"updates_per_s": [round(x, 2) for x in ours], "reference_updates_per_s": [round(x, 2) for x in ref]},
         "machine": f"{platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}"
                    + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
