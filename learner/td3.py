@@ -85,15 +85,38 @@ class TD3Config:
             raise ValueError(f"actor_encoder must be 'own' or 'critic', got {self.actor_encoder!r}")
 
 
-def scaled_images(image: torch.Tensor) -> torch.Tensor:
+def scaled_images(image: torch.Tensor, buffers: ImageBuffers | None = None) -> torch.Tensor:
     """uint8 frames as the float input of a NatureCNN (x / 255, the same values its forward makes),
     converted once per batch instead of once per network. On the CPU in channels_last layout, for
-    which oneDNN's convolutions are faster (see docs/benchmarks.md, "Learner speed")."""
+    which oneDNN's convolutions are faster (see docs/benchmarks.md, "Learner speed"), and into
+    `buffers` when given: the result is then only valid until their next use."""
     if image.dtype != torch.uint8:
         return image
-    if image.device.type == "cpu":
-        image = image.contiguous(memory_format=torch.channels_last)
-    return image.float().div_(255.0)
+    if image.device.type != "cpu":
+        return image.float().div_(255.0)
+    if buffers is None:
+        return image.contiguous(memory_format=torch.channels_last).float().div_(255.0)
+    frames, scaled = buffers.get(image.shape)
+    frames.copy_(image)
+    return torch.div(frames, 255.0, out=scaled)
+
+
+class ImageBuffers:
+    """A channels_last uint8 and float32 pair for one image batch, kept from one update to the next.
+
+    A batch's scaled images are 7 MB each at batch 64. Fresh tensors of that size come from mmap,
+    and glibc returns them on free, so every update page-faulted about 10 MB back in: 2,300-2,700
+    minor faults and about 15% of a CPU update (docs/benchmarks.md, "Page faults")."""
+
+    def __init__(self) -> None:
+        self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def get(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pair is None or self._pair[0].shape != shape:
+            layout = torch.channels_last
+            self._pair = (torch.empty(shape, dtype=torch.uint8).contiguous(memory_format=layout),
+                          torch.empty(shape, dtype=torch.float32).contiguous(memory_format=layout))
+        return self._pair
 
 
 def resolve_device(name: str) -> torch.device:
@@ -181,6 +204,7 @@ class TD3Agent:
         self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
         self.graphed: GraphedUpdate | None = GraphedUpdate(self) if graphs else None
+        self._image_buffers = (ImageBuffers(), ImageBuffers())  # a CPU update's image, next_image
 
     # Target: clipped double-Q over a smoothed target-policy action.
     def encode(self, cnn: nn.Module, image: torch.Tensor) -> torch.Tensor:
@@ -295,7 +319,8 @@ class TD3Agent:
     def update_body(self, b: Batch, noise: torch.Tensor, actor_step: bool) -> dict[str, torch.Tensor]:
         """The device work of one update, given its batch (on the device) and target noise: no host
         syncs, no Python state changes, so a CUDA graph can capture it (learner/graphed.py)."""
-        b = b._replace(image=scaled_images(b.image), next_image=scaled_images(b.next_image))
+        b = b._replace(image=scaled_images(b.image, self._image_buffers[0]),
+                       next_image=scaled_images(b.next_image, self._image_buffers[1]))
         metrics = self.update_critic(b, noise)
         if actor_step:
             metrics.update(self.update_actor(b))

@@ -325,6 +325,41 @@ def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates(encoder
             torch.testing.assert_close(s1[part][key], s2[part][key], rtol=0, atol=1e-5, msg=f"{part}.{key}")
 
 
+def test_image_buffers_scale_like_the_cnn_and_are_reused_until_the_batch_shape_changes():
+    """A CPU update scales its images into buffers it keeps (fresh 7 MB tensors page-faulted every
+    update): the values are the CNN's own x / 255, bit for bit, in channels_last."""
+    from learner.td3 import ImageBuffers, scaled_images
+
+    buffers = ImageBuffers()
+    first = make_batch(1, n=8).image
+    out = scaled_images(first, buffers)
+    assert out.is_contiguous(memory_format=torch.channels_last) and out.dtype == torch.float32
+    assert torch.equal(out, first.float() / 255.0)
+    assert torch.equal(scaled_images(first), out)  # the unbuffered path makes the same values
+    pointer = out.data_ptr()
+    second = make_batch(2, n=8).image
+    again = scaled_images(second, buffers)
+    assert again.data_ptr() == pointer and torch.equal(again, second.float() / 255.0)
+    odd = make_batch(3, n=5).image
+    resized = scaled_images(odd, buffers)
+    assert resized.shape == odd.shape and torch.equal(resized, odd.float() / 255.0)
+
+
+def test_runtime_update_agrees_with_the_reference_when_the_batch_size_changes():
+    """The image buffers follow the batch shape, and image and next_image never share one."""
+    from cluster.commands.bench_learner import reference_update
+
+    fast, ref = agent(), agent(fused_adam=False)
+    for i, n in enumerate((8, 5, 5, 8)):
+        b = make_batch(i, n=n)
+        fast.update(b)
+        reference_update(ref, b)
+    s1, s2 = fast.state(), ref.state()
+    for part in NETWORKS + tuple(f"{n}_target" for n in NETWORKS):
+        for key in s1[part]:
+            torch.testing.assert_close(s1[part][key], s2[part][key], rtol=0, atol=1e-5, msg=f"{part}.{key}")
+
+
 def test_a_shared_encoder_acts_through_a_copy_of_the_critics_cnn_and_trains_it_by_the_td_loss_only():
     own, shared = agent(actor_encoder="own"), agent(actor_encoder="critic")
     assert own.state().keys() == shared.state().keys()  # same parts, keys and shapes: checkpoints interchange
