@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 import cluster.commands
+from learner import mkl_amd
 from learner.errors import FleetError
 
 Handler = Callable[[argparse.Namespace], int | None]
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    mkl_amd.preload()  # before the commands import torch: MKL's AVX-512 kernels on AMD CPUs
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

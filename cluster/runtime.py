@@ -26,6 +26,7 @@ from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_
 from cluster.experiment import ExperimentConfig
 from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
+from learner import mkl_amd
 from learner.errors import StateError
 from learner.replay import ReplayActor
 from learner.replay.segments import saved_chunks
@@ -450,7 +451,12 @@ class RayRun:
         first = saved_chunks(files) if files else 0
         self.replay = replay_cls.options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
             cfg.replay, cfg.network.vector_dim, first_cursor=first)
-        self.learner = learner_cls.options(name=f"{name}-learner", scheduling_strategy=affinity).remote(
+        # A CPU learner on an AMD CPU with AVX-512: MKL's AVX-512 kernels (learner/mkl_amd.py), decided on
+        # its node, which builds the library there. ({} elsewhere, or with FLEET_MKL_AVX512=0.)
+        preload = {} if gpus else ray.get(ray.remote(num_cpus=0)(_mkl_preload_env).options(
+            scheduling_strategy=affinity).remote(os.environ.get(mkl_amd.ENV, "1")))
+        options = {"runtime_env": {"env_vars": preload}} if preload else {}
+        self.learner = learner_cls.options(name=f"{name}-learner", scheduling_strategy=affinity, **options).remote(
             cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()
         resources = cfg.worker_resources()
@@ -637,3 +643,9 @@ def _node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id()
+
+
+def _mkl_preload_env(setting: str) -> dict[str, str]:
+    """On the learner's node: the environment that preloads learner/mkl_amd.py's library, under the
+    driver's FLEET_MKL_AVX512 setting."""
+    return mkl_amd.preload_env(setting=setting)
