@@ -97,16 +97,17 @@ def scaled_images(image: torch.Tensor, buffers: ImageBuffers | None = None) -> t
     if buffers is None:
         return image.contiguous(memory_format=torch.channels_last).float().div_(255.0)
     frames, scaled = buffers.get(image.shape)
-    frames.copy_(image)
-    return torch.div(frames, 255.0, out=scaled)
+    frames.copy_(image)  # the layout change, on bytes
+    return scaled.copy_(frames).div_(255.0)  # no float temporary (torch.div(frames, out=) makes one)
 
 
 class ImageBuffers:
     """A channels_last uint8 and float32 pair for one image batch, kept from one update to the next.
 
-    A batch's scaled images are 7 MB each at batch 64. Fresh tensors of that size come from mmap,
-    and glibc returns them on free, so every update page-faulted about 10 MB back in: 2,300-2,700
-    minor faults and about 15% of a CPU update (docs/benchmarks.md, "Page faults")."""
+    A batch's scaled images are the largest tensors of an update (7 MB each at batch 64). Allocated
+    fresh, they and the update's other MB-sized tensors page-faulted 2-14 MB back in every update
+    (up to 3,400 minor faults, about 15% of a CPU update: docs/benchmarks.md, "Page faults"); these
+    buffers and learner/heap.py's settings together bring that to about zero."""
 
     def __init__(self) -> None:
         self._pair: tuple[torch.Tensor, torch.Tensor] | None = None
