@@ -1,5 +1,6 @@
-"""`fleet bench learner`: its figures are consistent with each other and the peak is the better of
-a matmul and a convolution (on AMD CPUs MKL's matmul runs at half of oneDNN's AVX-512 rate)."""
+"""`fleet bench learner`: its figures are consistent with each other, the peak is the better of a
+matmul and a convolution (on AMD CPUs MKL's matmul runs at half of oneDNN's AVX-512 rate unless
+learner/mkl_amd.py's library is loaded), and the reference also runs in a plain process."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ def test_bench_learner_reports_consistent_figures(capsys):
     # Counted from the layer shapes: the three convolutions and the fc of a NatureCNN are 18.7 MFLOP
     # per image forward, and one update runs at least two CNN forwards per image.
     assert r["flops_per_update"] > 2 * 4 * 18.7e6
-    assert set(r["page_faults_per_update"]) == {"runtime", "reference"}
-    assert len(r["rounds"]["updates_per_s"]) == 1
+    assert r["same_process_speedup"] == pytest.approx(
+        r["updates_per_s"] / r["same_process_reference_updates_per_s"], rel=1e-2)
+    assert set(r["page_faults_per_update"]) == {"runtime", "reference", "same_process_reference"}
+    assert r["mkl_avx512"]["reference"] is False  # the plain process never loads learner/mkl_amd.py's library
+    assert all(len(v) == 1 for v in r["rounds"].values()) and len(r["rounds"]) == 3
 
 
 def test_bench_learner_refuses_bad_arguments(capsys):
