@@ -647,5 +647,9 @@ def _node_id() -> str:
 
 def _mkl_preload_env(setting: str) -> dict[str, str]:
     """On the learner's node: the environment that preloads learner/mkl_amd.py's library, under the
-    driver's FLEET_MKL_AVX512 setting."""
-    return mkl_amd.preload_env(setting=setting)
+    driver's FLEET_MKL_AVX512 setting ({} where it does not apply, or on any error there)."""
+    try:
+        return mkl_amd.preload_env(setting=setting)
+    except Exception:  # noqa: BLE001 -- a speed-up only: never the reason a run does not start
+        log.warning("no MKL AVX-512 preload for the learner", exc_info=True)
+        return {}

@@ -27,7 +27,8 @@ _applied: bool | None = None
 
 def keep_freed_pages() -> bool:
     """Apply the settings above to this process, once. False where the C library is not glibc's (no
-    `mallopt`) or refuses them."""
+    `mallopt`) or refuses them. (Under a preloaded allocator such as jemalloc glibc still accepts
+    them, and they do nothing.)"""
     global _applied
     if _applied is None:
         try:

@@ -11,17 +11,22 @@ matmul: 456-470 GFLOP/s). The math is the same up to float rounding (summation o
 It is used only where it can help and is safe to use: Linux on an AMD CPU with the AVX-512 subsets
 MKL's kernels use (F, CD, BW, DQ, VL), a C compiler to build the library (cached), and
 `FLEET_MKL_AVX512` not set to 0. The fleet CLI loads it into its own process before torch (the
-learner of `--local` runs and `fleet bench learner`) and exports it in `LD_PRELOAD`, which the
-processes of a Ray instance it starts inherit; a Ray learner on another node gets it through its
-runtime environment (cluster/runtime.py).
+learner of `--local` runs and `fleet bench learner`). A Ray learner on the CPU gets it in
+`LD_PRELOAD` through its runtime environment, decided on its node (cluster/runtime.py). It is
+never exported to a whole Ray instance: Ray preloads its jemalloc into the raylet and the GCS only
+when `LD_PRELOAD` is unset. Anything that goes wrong (no compiler, a noexec cache directory) leaves
+MKL's own choice, with a warning, and never stops a command.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import logging
 import os
 import platform
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -38,6 +43,8 @@ int mkl_serv_intel_cpu_true(void) { __atomic_add_fetch(&queries, 1, __ATOMIC_REL
 /* How often MKL asked: > 0 once it has taken this answer. */
 int fleet_mkl_queries(void) { return __atomic_load_n(&queries, __ATOMIC_RELAXED); }
 """
+
+log = logging.getLogger(__name__)
 
 REQUIRED_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 
@@ -76,23 +83,25 @@ def cache_dir() -> Path:
 def build(directory: Path | None = None) -> Path | None:
     """The library, built once per source into `directory` (default: ~/.cache/carla-fleet); None
     without a C compiler or when the build fails."""
-    directory = directory or cache_dir()
-    digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
-    target = directory / f"libfleet_mkl_avx512-{digest}.so"
-    if target.exists():
-        return target
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-    if not compiler:
-        return None
     try:
+        directory = directory or cache_dir()
+        digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
+        target = directory / f"libfleet_mkl_avx512-{digest}.so"
+        if target.exists():
+            return target
+        compiler = (shlex.split(os.environ.get("CC", "")) or
+                    [next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "")])
+        if not compiler[0]:
+            return None
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             src, out = Path(tmp) / "shim.c", Path(tmp) / "shim.so"
             src.write_text(SOURCE)
-            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)],
+            subprocess.run([*compiler, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)],
                            check=True, capture_output=True, timeout=60)
             os.replace(out, target)  # atomic: concurrent builders leave one complete file
-    except (OSError, subprocess.SubprocessError):
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:  # RuntimeError: no home directory
+        log.warning("MKL keeps its AVX2 kernels: could not build %s's library (%s)", __name__, exc)
         return None
     return target
 
@@ -110,21 +119,25 @@ def preload_env(path: Path | None = None, setting: str | None = None) -> dict[st
     path = path or library(setting)
     if path is None:
         return {}
-    current = [p for p in os.environ.get("LD_PRELOAD", "").split() if p and p != str(path)]
+    # glibc separates LD_PRELOAD entries by spaces or colons.
+    current = [p for p in re.split(r"[:\s]+", os.environ.get("LD_PRELOAD", "")) if p and p != str(path)]
     return {"LD_PRELOAD": " ".join([str(path), *current])}
 
 
 def preload() -> bool:
-    """Load the library into this process and export it to the processes this one starts. Returns
-    whether it is active here. Loading works only before torch is imported (afterwards torch's own
-    definition of the function is found first: measured, the matmul stayed at the AVX2 rate)."""
+    """Load the library into this process. Returns whether it is active here. Loading works only
+    before torch is imported (afterwards torch's own definition of the function is found first:
+    measured, the matmul stayed at the AVX2 rate). Nothing is exported to child processes."""
     if "torch" in sys.modules:
         return active()
     path = library()
     if path is None:
         return False
-    ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
-    os.environ.update(preload_env(path))
+    try:
+        ctypes.CDLL(str(path), mode=os.RTLD_GLOBAL)
+    except OSError as exc:  # e.g. a cache directory mounted noexec
+        log.warning("MKL keeps its AVX2 kernels: could not load %s (%s)", path, exc)
+        return False
     return True
 
 

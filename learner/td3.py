@@ -115,8 +115,8 @@ class ImageBuffers:
     def get(self, shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
         if self._pair is None or self._pair[0].shape != shape:
             layout = torch.channels_last
-            self._pair = (torch.empty(shape, dtype=torch.uint8).contiguous(memory_format=layout),
-                          torch.empty(shape, dtype=torch.float32).contiguous(memory_format=layout))
+            self._pair = (torch.empty(shape, dtype=torch.uint8, memory_format=layout),
+                          torch.empty(shape, dtype=torch.float32, memory_format=layout))
         return self._pair
 
 

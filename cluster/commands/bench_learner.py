@@ -28,6 +28,7 @@ import dataclasses
 import json
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -57,30 +58,40 @@ class PlainReference:
         from learner import mkl_amd
 
         env = {**os.environ, **{mkl_amd.ENV: "0"}}
-        kept = [p for p in env.get("LD_PRELOAD", "").split() if "libfleet_mkl_avx512-" not in p]
+        kept = [p for p in re.split(r"[:\s]+", env.get("LD_PRELOAD", "")) if p and "libfleet_mkl_avx512-" not in p]
         env["LD_PRELOAD"] = " ".join(kept)
         code = "from cluster.commands.bench_learner import plain_reference_main; plain_reference_main()"
+        # Its own session: a Ctrl-C here reaches the bench, which then ends the child.
         self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env)
+                                     stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
         self.info = self._read()
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise UserError(f"the reference process exited (code {self.proc.wait()})")
+            raise UserError(f"the reference process exited (code {self.proc.wait()}); its errors are above")
         return json.loads(line)
 
     def round(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write("round\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write("round\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            raise UserError(f"the reference process exited (code {self.proc.wait()}); its errors are above") from None
         return self._read()
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            pass
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def plain_reference_main() -> None:
@@ -96,6 +107,8 @@ def plain_reference_main() -> None:
     from learner.td3 import TD3Agent, TD3Config
 
     spec = json.loads(sys.argv[1])
+    replies = os.fdopen(os.dup(sys.stdout.fileno()), "w")  # the protocol's channel; stray prints go to stderr
+    sys.stdout = sys.stderr
     torch.set_num_threads(spec["threads"])
     cfg = TD3Config(batch_size=spec["batch"], device=spec["device"], fused_adam=False, cuda_graphs=False)
     agent = TD3Agent(cfg, NetworkConfig())
@@ -104,7 +117,7 @@ def plain_reference_main() -> None:
         memory.add(chunk)
     rng = np.random.default_rng(0)
     batches = [memory.sample(spec["batch"], rng)[0].to(agent.device) for _ in range(8)]
-    print(json.dumps({"mkl_avx512": mkl_amd.active()}), flush=True)
+    print(json.dumps({"mkl_avx512": mkl_amd.active()}), file=replies, flush=True)
     for line in sys.stdin:
         if line.strip() != "round":
             break
@@ -116,7 +129,7 @@ def plain_reference_main() -> None:
         _sync(agent.device)
         seconds = time.perf_counter() - start
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
-        print(json.dumps({"updates_per_s": spec["updates"] / seconds, "faults": faults}), flush=True)
+        print(json.dumps({"updates_per_s": spec["updates"] / seconds, "faults": faults}), file=replies, flush=True)
 
 
 def reference_update(agent: Any, b: Any) -> None:
