@@ -40,6 +40,7 @@ from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
 from learner.errors import StoreError
+from learner.heap import libc_function
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +126,9 @@ def release_freed_memory() -> None:
     so without this the learner's resident memory grows by the largest export it ever made.
     A no-op where the C library has no `malloc_trim`.
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        import ctypes
-        import ctypes.util
-
-        try:
-            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim: Any = None
+    malloc_trim = libc_function("malloc_trim")
+    if malloc_trim is not None:
+        malloc_trim(0)
 
 
 class SnapshotStager:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
+from typing import Any
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
@@ -22,19 +24,21 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 """glibc's largest allowed mmap threshold on 64-bit (HEAP_MAX_SIZE / 2)."""
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
-_applied: bool | None = None
+
+@functools.cache
+def libc_function(name: str) -> Any:
+    """A function of the process's C library (`mallopt`, `malloc_trim`), or None where it has none."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
 
 
+@functools.cache
 def keep_freed_pages() -> bool:
     """Apply the settings above to this process, once. False where the C library is not glibc's (no
     `mallopt`) or refuses them. (Under a preloaded allocator such as jemalloc glibc still accepts
     them, and they do nothing.)"""
-    global _applied
-    if _applied is None:
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _applied = bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
-                libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-        except (OSError, AttributeError):
-            _applied = False
-    return _applied
+    mallopt = libc_function("mallopt")
+    return mallopt is not None and bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -46,6 +46,10 @@ int fleet_mkl_queries(void) { return __atomic_load_n(&queries, __ATOMIC_RELAXED)
 
 log = logging.getLogger(__name__)
 
+NAME = "libfleet_mkl_avx512-"
+"""The library's file name before its source digest: how it is found in a process's maps and in
+LD_PRELOAD."""
+
 REQUIRED_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 
 
@@ -86,7 +90,7 @@ def build(directory: Path | None = None) -> Path | None:
     try:
         directory = directory or cache_dir()
         digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
-        target = directory / f"libfleet_mkl_avx512-{digest}.so"
+        target = directory / f"{NAME}{digest}.so"
         if target.exists():
             return target
         compiler = (shlex.split(os.environ.get("CC", "")) or
@@ -119,9 +123,13 @@ def preload_env(path: Path | None = None, setting: str | None = None) -> dict[st
     path = path or library(setting)
     if path is None:
         return {}
-    # glibc separates LD_PRELOAD entries by spaces or colons.
-    current = [p for p in re.split(r"[:\s]+", os.environ.get("LD_PRELOAD", "")) if p and p != str(path)]
-    return {"LD_PRELOAD": " ".join([str(path), *current])}
+    return {"LD_PRELOAD": " ".join([str(path), *other_preloads()])}
+
+
+def other_preloads() -> list[str]:
+    """This process's LD_PRELOAD entries (glibc separates them by spaces or colons), less any copy of
+    the library."""
+    return [p for p in re.split(r"[:\s]+", os.environ.get("LD_PRELOAD", "")) if p and NAME not in p]
 
 
 def preload() -> bool:
@@ -148,7 +156,7 @@ def loaded_path() -> str | None:
     except OSError:
         return None
     for line in maps.splitlines():
-        if "libfleet_mkl_avx512-" in line:
+        if NAME in line:
             return line.split(maxsplit=5)[-1]
     return None
 

@@ -28,12 +28,12 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from cluster.cli import Commands, UserError
@@ -57,9 +57,7 @@ class PlainReference:
     def __init__(self, spec: dict[str, Any]) -> None:
         from learner import mkl_amd
 
-        env = {**os.environ, **{mkl_amd.ENV: "0"}}
-        kept = [p for p in re.split(r"[:\s]+", env.get("LD_PRELOAD", "")) if p and "libfleet_mkl_avx512-" not in p]
-        env["LD_PRELOAD"] = " ".join(kept)
+        env = {**os.environ, mkl_amd.ENV: "0", "LD_PRELOAD": " ".join(mkl_amd.other_preloads())}
         code = "from cluster.commands.bench_learner import plain_reference_main; plain_reference_main()"
         # Its own session: a Ctrl-C here reaches the bench, which then ends the child.
         self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
@@ -70,8 +68,11 @@ class PlainReference:
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if not line:
-            raise UserError(f"the reference process exited (code {self.proc.wait()}); its errors are above")
+            raise self._exited()
         return json.loads(line)
+
+    def _exited(self) -> UserError:
+        return UserError(f"the reference process exited (code {self.proc.wait()}); its errors are above")
 
     def round(self) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -79,7 +80,7 @@ class PlainReference:
             self.proc.stdin.write("round\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
-            raise UserError(f"the reference process exited (code {self.proc.wait()}); its errors are above") from None
+            raise self._exited() from None
         return self._read()
 
     def close(self) -> None:
@@ -121,15 +122,21 @@ def plain_reference_main() -> None:
     for line in sys.stdin:
         if line.strip() != "round":
             break
-        _sync(agent.device)
-        minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        for i in range(spec["updates"]):
-            reference_update(agent, batches[i % len(batches)])
-        _sync(agent.device)
-        seconds = time.perf_counter() - start
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
-        print(json.dumps({"updates_per_s": spec["updates"] / seconds, "faults": faults}), file=replies, flush=True)
+        ups, faults = timed_updates(agent.device, spec["updates"],
+                                    lambda i: reference_update(agent, batches[i % len(batches)]))
+        print(json.dumps({"updates_per_s": ups, "faults": faults}), file=replies, flush=True)
+
+
+def timed_updates(device: Any, updates: int, update: Callable[[int], Any]) -> tuple[float, int]:
+    """`update(i)` for i < updates: updates/s, and this process's minor page faults meanwhile."""
+    _sync(device)
+    minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    start = time.perf_counter()
+    for i in range(updates):
+        update(i)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return updates / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
 
 
 def reference_update(agent: Any, b: Any) -> None:
@@ -258,16 +265,10 @@ def measure(args: argparse.Namespace, lcfg: Any, plain: PlainReference) -> dict[
     device = reference.device
     faults = {"runtime": 0, "reference": 0, "same_process_reference": 0}
 
-    def timed(path: str, update: Any) -> float:
-        _sync(device)
-        minflt = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = time.perf_counter()
-        for i in range(args.updates):
-            update(i)
-        _sync(device)
-        seconds = time.perf_counter() - start
-        faults[path] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
-        return args.updates / seconds
+    def timed(path: str, update: Callable[[int], Any]) -> float:
+        ups, added = timed_updates(device, args.updates, update)
+        faults[path] += added
+        return ups
 
     def runtime_round() -> float:
         return timed("runtime", lambda i: learner.step(lambda: []))
