@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup train test lint clean
+.PHONY: setup train test lint clean cluster-check
 
 setup: $(STAMP)
 
@@ -23,6 +23,12 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A real `ray up` of cluster/loopback.yaml on this machine (three Ray nodes on 127.0.0.1-3 over SSH), a
+# training, an evaluation and a stopped job, `ray down`; each step timed (docs/cluster.md). Needs root and
+# openssh-server + rsync (Debian's packages).
+cluster-check: $(STAMP)
+	$(BIN)/python -m cluster.cluster_check $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -83,7 +83,8 @@ def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], wo
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None
         init_ray(address, num_cpus=max(os.cpu_count() or 1, workers),
-                 resources={k: float(workers) for k in cfg.worker_resources()})
+                 resources={k: float(workers) for k in cfg.worker_resources()},
+                 allow_without_auth=cfg.run.allow_ray_without_auth)
     try:
         evaluators = RayEval(cfg, workers=min(workers, len(seeds)))
         try:

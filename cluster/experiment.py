@@ -54,6 +54,12 @@ class RunConfig:
     worker_resource: str = "auto"
     """Custom Ray resource each rollout worker takes one unit of: 'auto' is `carla` on CARLA runs and none
     otherwise; '' never; any other name (e.g. `carla`) always, so workers land only on nodes advertising it."""
+    learner_resource: str = ""
+    """Custom Ray resource the learner (and with it the replay) takes one unit of, so it lands on the node
+    advertising it: '' none (a GPU learner goes where the GPU is). cluster/loopback.yaml's head has `learner`."""
+    allow_ray_without_auth: bool = False
+    """A local run refuses RAY_AUTH_MODE other than `token` (its Ray would admit any local user without a token)
+    unless this is true (`fleet train --allow-ray-without-auth`; docs/security.md)."""
     collect_steps: int = 100
     """Env steps per worker call between control checks (stop, pacing)."""
     max_ahead_steps: int = 2_000

@@ -27,7 +27,7 @@ from cluster.experiment import ExperimentConfig
 from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
 from learner import mkl_amd
-from learner.errors import StateError
+from learner.errors import ConfigError, StateError
 from learner.replay import ReplayActor
 from learner.replay.segments import saved_chunks
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
@@ -63,7 +63,7 @@ def route_ray_logs(log_file: Path | None) -> None:
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, resources: dict[str, float] | None = None,
              log_to_driver: bool = True, log_file: Path | None = None, object_store_mb: int | None = None,
-             system_config: dict[str, Any] | None = None) -> None:
+             system_config: dict[str, Any] | None = None, allow_without_auth: bool = False) -> None:
     """The one place this package starts or joins Ray. Ray's start-up chatter goes to `log_file` (see
     `route_ray_logs`).
 
@@ -72,25 +72,40 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     CPUs (default: the machine's), the custom `resources` it should advertise, and Ray's system
     settings `RAY_SYSTEM_CONFIG` plus `system_config`.
 
-    A local instance's services listen on every interface (Ray has no setting to bind its gRPC
-    servers to loopback); Ray starts it with token authentication unless `RAY_AUTH_MODE` says
-    otherwise, so a client needs the token in ~/.ray/auth_token (or $RAY_AUTH_TOKEN) to connect.
-    A `RAY_AUTH_MODE` other than `token` is reported (docs/security.md). It is not set here: Ray
-    reads it when it is imported, and a value set afterwards leaves this process without the token
-    while the services it starts require one."""
+    A local instance's node IP is 127.0.0.1, so every service it starts listens on loopback only
+    (cluster/loopback_ray.py keeps Ray from swapping in the machine's address). Ray also starts it
+    with token authentication unless `RAY_AUTH_MODE` says otherwise; another mode is refused (a
+    ConfigError) unless `allow_without_auth` (`--allow-ray-without-auth`, docs/security.md). The
+    mode is not set here: Ray reads it when it is imported, and a value set afterwards leaves this
+    process without the token while the services it starts require one."""
     import ray
+
+    from cluster import loopback_ray
 
     route_ray_logs(log_file)
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return
-    mode = os.environ.get("RAY_AUTH_MODE")
-    if mode is not None and mode.lower() != "token":
-        log.warning("RAY_AUTH_MODE=%s: this run's Ray services accept connections from any host that "
-                    "reaches this machine, without a token (see docs/security.md)", mode)
+    check_ray_auth_mode(allow_without_auth, warn=True)
+    loopback = loopback_ray.install()
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
              log_to_driver=log_to_driver, _system_config={**RAY_SYSTEM_CONFIG, **(system_config or {})},
-             object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None)
+             object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None,
+             _node_ip_address="127.0.0.1" if loopback else None)
+
+
+def check_ray_auth_mode(allow_without_auth: bool, warn: bool = False) -> None:
+    """Refuse (a ConfigError) to start a local Ray whose token `RAY_AUTH_MODE` turns off, unless allowed."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None or mode.lower() == "token":
+        return
+    if not allow_without_auth:
+        raise ConfigError(f"RAY_AUTH_MODE={mode} would start this run's Ray services without a token, so any "
+                          "local user could run code as you: unset RAY_AUTH_MODE (Ray then makes a token), or "
+                          "pass --allow-ray-without-auth (run.allow_ray_without_auth=true) to accept that")
+    if warn:
+        log.warning("RAY_AUTH_MODE=%s and --allow-ray-without-auth: this run's Ray services accept any local "
+                    "client without a token (see docs/security.md)", mode)
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     restored = load_resume(resume) if resume else None
     if restored and cfg.agent.actor_encoder == "critic" and trained_on_own_encoder(restored.state):
         raise StateError(OWN_ENCODER_STATE)  # before any actor starts: one line, exit 2
+    if not local and not cfg.run.ray_address:
+        check_ray_auth_mode(cfg.run.allow_ray_without_auth)  # before anything is created
     probe(cfg.store_uri())  # a store that cannot be written fails the run now, not at its first snapshot
     if cfg.run.env == "carla" and not cfg.run.ray_address:
         from cluster.envs import probe_carla_hosts
@@ -431,8 +448,10 @@ class RayRun:
                     check_carla_setup(cfg)
                 # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
                 custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
+                if cfg.run.learner_resource:
+                    custom[cfg.run.learner_resource] = custom.get(cfg.run.learner_resource, 0.0) + 1.0
                 init_ray(num_cpus=max(os.cpu_count() or 1, needed), resources=custom,
-                         log_file=cfg.run_dir() / "ray.log")
+                         log_file=cfg.run_dir() / "ray.log", allow_without_auth=cfg.run.allow_ray_without_auth)
                 self._started_ray = True
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         self._learner_gpu = bool(gpus)
@@ -442,8 +461,10 @@ class RayRun:
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
             name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention)
         # The learner first: the replay is then pinned to whatever node it landed on.
-        learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_concurrency=8)(LearnerActor)
-        probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0)(_node_id).remote()
+        learner_res = {cfg.run.learner_resource: 1} if cfg.run.learner_resource else {}
+        learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, resources=learner_res,
+                                 max_concurrency=8)(LearnerActor)
+        probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0, resources=learner_res)(_node_id).remote()
         node = ray.get(probe)
         affinity = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
         replay_cls = replay_actor_class()
@@ -489,9 +510,10 @@ class RayRun:
         cfg, p = self.cfg, self.placement
         if not p:
             return []
-        nodes = {n["NodeID"]: f"{n.get('NodeManagerAddress', '?')} ({n.get('NodeManagerHostname', '?')})"
-                 for n in ray.nodes()}
-        learner_res = "1 CPU" + (", 1 GPU" if self._learner_gpu else "") + f", {cfg.learner.threads()} torch threads"
+        nodes = {n["NodeID"]: _node_text(n) for n in ray.nodes()}
+        learner_res = ("1 CPU" + (", 1 GPU" if self._learner_gpu else "")
+                       + (f", 1 {cfg.run.learner_resource}" if cfg.run.learner_resource else "")
+                       + f", {cfg.learner.threads()} torch threads")
         worker_res = ", ".join(["1 CPU"] + [f"{v:g} {k}" for k, v in cfg.worker_resources().items()])
         lines = [f"learner      on {nodes.get(p['learner'], p['learner'])}: {learner_res}",
                  f"replay       on {nodes.get(p['replay'], p['replay'])}: 0 CPU",
@@ -637,6 +659,14 @@ def _actor_state(actor: Any) -> str:
         return str(state.actor_table(actor._actor_id.hex()).get("State", "UNKNOWN"))
     except Exception:  # noqa: BLE001 - a private API, read best effort
         return "UNKNOWN"
+
+
+def _node_text(node: dict[str, Any]) -> str:
+    """A node as the summary names it: address (host name, and the node name where it says more), and the
+    start of its node id, which tells apart nodes that share an address (several on one machine)."""
+    addr, host, name = (node.get(k) or "?" for k in ("NodeManagerAddress", "NodeManagerHostname", "NodeName"))
+    label = host if name in (addr, host) else f"{host}, {name}"
+    return f"{addr} ({label}) node {str(node.get('NodeID', '?'))[:8]}"
 
 
 def _node_id() -> str:

@@ -24,7 +24,9 @@ from ray.autoscaler._private.util import prepare_config, validate_config
 ROOT = Path(__file__).resolve().parents[1]
 AWS = ROOT / "cluster" / "cluster.yaml"
 ONPREM = ROOT / "cluster" / "onprem.yaml"
+LOOPBACK = ROOT / "cluster" / "loopback.yaml"
 FILES = [AWS, ONPREM]
+ALL_FILES = [AWS, ONPREM, LOOPBACK]
 DOCS = ROOT / "docs" / "cluster.md"
 
 # Ports the dashboard/job server, GCS and Ray client listen on: never open to the world.
@@ -158,7 +160,11 @@ def test_carla_image_matches_client(path: Path) -> None:
     images = set(re.findall(r"carlasim/carla:([\w.]+)", path.read_text()))
     assert images == {pinned}, "the CARLA server and the Python client must be the same release"
     runs = [c for c in load(path)["worker_setup_commands"] if "docker run" in c]
-    assert runs and all("--gpus" in c and "--net=host" in c and "-RenderOffScreen" in c for c in runs)
+    assert runs and all("--gpus" in c and "-RenderOffScreen" in c for c in runs)
+    # The rollout worker on the node reaches its servers on localhost: the containers publish their ports
+    # (RPC, streaming, secondary) on loopback only, never on the host's network (--net=host).
+    assert all("--net=host" not in c and "--network" not in c for c in runs)
+    assert all("-p 127.0.0.1:$port-$((port + 2)):$port-$((port + 2))" in c for c in runs)
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -202,8 +208,14 @@ def test_worker_counts(path: Path) -> None:
         assert 0 <= node_type.get("min_workers", 0) <= node_type.get("max_workers", config["max_workers"]), name
     assert sum(t.get("min_workers", 0) for t in types.values()) <= config["max_workers"]
     if config["provider"]["type"] == "local":
+        # Ray 2.60's autoscaler counts the head among the local node type: every listed machine starts only
+        # when that type's minimum is the worker machines plus the head (docs/cluster.md, "One machine").
         raw = load(path)
-        assert raw["min_workers"] <= raw["max_workers"] <= len(raw["provider"]["worker_ips"])
+        node_type = raw["available_node_types"]["local.cluster.node"]
+        assert node_type["min_workers"] == node_type["max_workers"] == len(raw["provider"]["worker_ips"]) + 1
+        assert raw["max_workers"] == node_type["max_workers"]
+        assert raw["worker_setup_commands"][:len(raw["head_setup_commands"])] == raw["head_setup_commands"] or \
+            raw["head_setup_commands"] == raw["worker_setup_commands"]
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
@@ -214,3 +226,59 @@ def test_commands_parse_as_bash(path: Path) -> None:
         # Ray wraps each command in a subshell of an interactive login shell.
         result = subprocess.run(["bash", "-n", "-c", f"({command})"], capture_output=True, text=True)
         assert result.returncode == 0, f"{command!r}: {result.stderr}"
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_every_node_asks_for_the_token(path: Path) -> None:
+    """Ray 2.60 turns token authentication on at `ray start` only when told (or when a token file exists):
+    every node starts with RAY_AUTH_MODE=token, the token reaches every node as a file mount from the
+    machine that runs `ray up` (never from the checkout), mode 0600."""
+    config = prepared(path)
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[key] if "ray start" in c or "loopback_node.sh start" in c]
+        assert starts and all("RAY_AUTH_MODE=token" in c for c in starts), key
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
+    for key in ("head_setup_commands", "worker_setup_commands"):
+        assert "chmod 600 ~/.ray/auth_token" in " ".join(config[key]), key
+    assert "RAY_AUTH_MODE=disabled" not in path.read_text()
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=lambda p: p.name)
+def test_a_stopped_job_has_time_for_its_final_snapshot(path: Path) -> None:
+    """`ray job stop` sends SIGKILL RAY_JOB_STOP_WAIT_TIME_S after SIGTERM (3 s by default); the run needs
+    more to write its final snapshot (docs/cluster.md: measured by `make cluster-check`)."""
+    head = " ".join(prepared(path)["head_start_ray_commands"])
+    wait = re.search(r"RAY_JOB_STOP_WAIT_TIME_S=(\d+)", head)
+    assert wait and int(wait.group(1)) >= 30
+
+
+def test_loopback_yaml_validates_and_parses() -> None:
+    config = prepared(LOOPBACK)
+    assert config["provider"] == {"type": "local", "head_ip": "127.0.0.1", "worker_ips": ["127.0.0.2", "127.0.0.3"]}
+    keys = ["head_setup_commands", "worker_setup_commands", "head_start_ray_commands", "worker_start_ray_commands"]
+    for command in (c for k in keys for c in config[k]):
+        result = subprocess.run(["bash", "-n", "-c", f"({command})"], capture_output=True, text=True)
+        assert result.returncode == 0, f"{command!r}: {result.stderr}"
+    # A node's start stops only that node: `ray stop` would stop every node of the machine's user.
+    assert not any("ray stop" in c for k in keys for c in config[k])
+    assert all("loopback_node.sh start" in " ".join(config[k]) for k in keys[2:])
+
+
+def test_loopback_differs_from_onprem_only_where_one_machine_forces_it() -> None:
+    """cluster/loopback.yaml is what `make cluster-check` brings up for real: it must stay onprem.yaml but for
+    the addresses, the SSH user and key, the environment and the start commands (its header says why)."""
+    onprem, loop = load(ONPREM), load(LOOPBACK)
+    allowed = {"cluster_name", "provider", "auth", "head_setup_commands", "worker_setup_commands",
+               "head_start_ray_commands", "worker_start_ray_commands"}
+    assert set(onprem) == set(loop)
+    differing = {k for k in onprem if onprem[k] != loop[k]}
+    assert differing <= allowed, differing - allowed
+    assert onprem["provider"]["type"] == loop["provider"]["type"] == "local"
+    assert len(onprem["provider"]["worker_ips"]) == len(loop["provider"]["worker_ips"])
+    # The same start settings on both: the GCS caps, token auth, the job stop wait, the dashboard on loopback.
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        for setting in re.findall(r"RAY_\w+=\w+", " ".join(onprem[key])):
+            assert setting in " ".join(loop[key]), (key, setting)
+    assert "--dashboard-host=127.0.0.1" in " ".join(loop["head_start_ray_commands"])
+    # The workers advertise `carla` in both; the loopback head has the `learner` resource in place of a GPU.
+    assert '"carla": 4' in " ".join(loop["worker_start_ray_commands"])

@@ -22,10 +22,13 @@ def register(cli: Commands) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set agent.batch_size=128 (YAML value syntax)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--allow-ray-without-auth", action="store_const", const=True, default=None,
+                   help="start a local Ray even when RAY_AUTH_MODE turns its token off (refused otherwise: any local "
+                        "user could then run code as you; sets run.allow_ray_without_auth)")
 
 
 TRAIN_FLAGS = (("env", "run.env"), ("workers", "run.workers"), ("steps", "run.total_env_steps"),
-               ("store", "run.store"), ("name", "run.name"))
+               ("store", "run.store"), ("name", "run.name"), ("allow_ray_without_auth", "run.allow_ray_without_auth"))
 """Command-line flags of `fleet train` that set a config key."""
 
 
