@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpoint_store import codec
-from checkpoint_store.fs import TMP_MARK, Root
+from checkpoint_store.fs import TMP_MARK, TMP_RE, Root, UnsafePathError
 from checkpoint_store.manifest import (
     VERSION_RE,
     BlobRef,
@@ -45,6 +45,13 @@ FileValue = bytes | str
 
 HIGH_WATER = "refs/high-water"
 """The last version id handed out (ids are never reused)."""
+
+BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+"""The path of a blob the store writes (`blob_path`): the only blobs cleanup may delete."""
+
+TMP_MIN_AGE_S = 600.0
+"""Cleanup deletes a temporary file only once it is this old: younger, it may be a write in progress
+(another process's fsync of a large blob to a slow disk can take minutes)."""
 
 
 class SnapshotNotFound(StoreError, LookupError):
@@ -196,6 +203,8 @@ class SnapshotStore:
             data = self.root.read(ref.path)
         except FileNotFoundError as exc:
             raise IntegrityError(f"{where} is missing") from exc
+        except UnsafePathError as exc:
+            raise IntegrityError(f"{where} cannot be read: {exc}") from exc
         if len(data) != ref.size:
             raise IntegrityError(f"{where} has {len(data)} bytes, the manifest says {ref.size}")
         if sha256_hex(data) != ref.sha256:
@@ -341,19 +350,27 @@ class SnapshotStore:
     def gc(self, min_age_s: float = 0.0) -> tuple[int, int]:
         """Delete blobs no version references, and stray temp files; returns (files, bytes) deleted.
 
-        `min_age_s` spares files younger than that, so a gc run beside a live writer does not
-        remove the blobs of a version whose manifest is not written yet.
+        Only names the store itself writes are deleted: blobs at `blob_path` of a sha256 digest and
+        temporary files named as `write_atomic` names them, the latter once `TMP_MIN_AGE_S` old.
+        Anything else someone put in the store stays. `min_age_s` spares files younger than that, so
+        a gc run beside a live writer does not remove the blobs of a version whose manifest is not
+        written yet.
         """
         referenced = {b.sha256 for m in self.list() for _, b in m.blobs()}
         now, n, freed = time.time(), 0, 0
         for e in self.root.list(""):
-            is_tmp = TMP_MARK in e.path
-            if not is_tmp and not (e.path.startswith("blobs/") and e.path.rsplit("/", 1)[-1] not in referenced):
+            is_tmp = TMP_RE.fullmatch(e.path.rsplit("/", 1)[-1]) is not None
+            blob = BLOB_RE.fullmatch(e.path)
+            if not is_tmp and (blob is None or blob.group(2) in referenced):
                 continue
-            min_age = max(min_age_s, 60.0) if is_tmp else min_age_s  # a temp file may be a write in progress
-            if min_age > 0 and e.mtime is not None and now - e.mtime < min_age:
+            min_age = max(min_age_s, TMP_MIN_AGE_S) if is_tmp else min_age_s
+            if min_age > 0 and (e.mtime is None or now - e.mtime < min_age):
                 continue
-            self.root.delete(e.path)
+            try:
+                self.root.delete(e.path)
+            except UnsafePathError as exc:  # replaced by a link or a folder since it was listed
+                log.warning("gc skipped %s: %s", e.path, exc)
+                continue
             n, freed = n + 1, freed + e.size
         if n:
             log.info("gc deleted %d file(s), %.1f MB", n, freed / 1e6)

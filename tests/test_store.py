@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,7 +12,7 @@ import pytest
 import torch
 
 from checkpoint_store import codec
-from checkpoint_store.fs import StoreUriError
+from checkpoint_store.fs import StoreUriError, UnsafePathError
 from checkpoint_store.manifest import blob_path
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotStore
@@ -215,3 +218,78 @@ def test_a_version_id_is_never_reused_after_its_manifest_is_deleted_by_hand(stor
     store.root.delete("refs/latest")
     v3 = SnapshotStore(store_uri).put(small_state(3)).version
     assert v3 > v2  # a report or tag that named v2 never comes to mean other content
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_gc_never_follows_a_link_out_of_the_store_nor_deletes_what_it_did_not_write(tmp_path: Path):
+    """The reported case: links blobs/evil and refs/a.tmp-1 to another folder made gc delete its files."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "id_rsa").write_bytes(b"private key")
+    (victim / ".bashrc").write_bytes(b"alias ls='ls -F'")
+    (victim / "notes.tmp-0123abcd").write_bytes(b"named like a temp file")
+    (victim / "ab").mkdir()
+    (victim / "ab" / ("ab" * 32)).write_bytes(b"named like a blob")
+    old = time.time() - 7200
+    for p in victim.rglob("*"):
+        os.utime(p, (old, old))
+    before = _tree(victim)
+
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    os.symlink(victim, root / "blobs" / "evil")
+    os.symlink(victim, root / "refs" / "a.tmp-1")
+    os.symlink(victim, root / "blobs" / "sha256" / "cd")  # a linked blob folder, as the store names them
+    (root / "blobs" / "sha256" / "ab").mkdir(exist_ok=True)
+    os.symlink(victim / ".bashrc", root / "blobs" / "sha256" / "ab" / ("ab" * 32))  # an unreferenced blob name
+    # Files the store did not write, in its folders: not its to delete.
+    (root / "blobs" / "README").write_bytes(b"mine")
+    (root / "refs" / "b.tmp-1").write_bytes(b"mine")
+    for p in (root / "blobs" / "README", root / "refs" / "b.tmp-1"):
+        os.utime(p, (old, old))
+    # What the store did write: an unreferenced blob and an old and a fresh temp file of write_atomic.
+    stray = store._put_blob(b"unreferenced")
+    stale, fresh = root / "versions" / "v00000009.json.tmp-0badcafe", root / "refs" / "latest.tmp-12345678"
+    stale.write_bytes(b"{")
+    fresh.write_bytes(b"v0")
+    os.utime(stale, (old, old))
+
+    n, _ = store.gc()
+
+    assert _tree(victim) == before
+    assert not (root / stray.path).exists() and not stale.exists() and n == 2
+    assert fresh.exists() and (root / "blobs" / "README").exists() and (root / "refs" / "b.tmp-1").exists()
+    assert (root / "blobs" / "evil").is_symlink() and (root / "refs" / "a.tmp-1").is_symlink()
+    assert not any(e.path.startswith(("blobs/evil", "refs/a.tmp-1", "blobs/sha256/cd"))
+                   for e in store.root.list(""))
+    assert store.verify() == [] and store.get(m.version).state["total_it"] == 1
+
+
+def test_reads_writes_and_deletes_never_go_through_a_link(tmp_path: Path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_bytes(b"v00000001")
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    os.symlink(victim, root / "refs" / "tags")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.tag("latest", "secret")  # would overwrite victim/secret
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.root.read("refs/tags/secret")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.root.delete("refs/tags/secret")
+    assert (victim / "secret").read_bytes() == b"v00000001" and store.tags() == {}
+    # A blob replaced by a link to a file elsewhere is reported, not read.
+    blob = root / m.components["net"].tensors.path
+    blob.unlink()
+    os.symlink(victim / "secret", blob)
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        store.get(m.version)
+    assert any("not a regular file" in p for p in store.verify())
+    with pytest.raises(UnsafePathError, match="bad store path"):
+        store.root.read("refs/../../victim/secret")
