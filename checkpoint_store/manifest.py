@@ -24,6 +24,8 @@ class ManifestError(StoreError, ValueError):
 
 
 def version_id(seq: int) -> str:
+    if not 0 <= seq <= 99_999_999:  # a longer id matches no pattern: the version would be invisible
+        raise ManifestError(f"version number {seq} does not fit the 8-digit version ids")
     return f"v{seq:08d}"
 
 

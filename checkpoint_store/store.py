@@ -49,6 +49,10 @@ HIGH_WATER = "refs/high-water"
 BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 """The path of a blob the store writes (`blob_path`): the only blobs cleanup may delete."""
 
+MAX_SEQ = 99_999_999
+"""The last version id (v99999999): a longer one would match no pattern, so it would be listed as
+nothing and cleanup would delete its blobs."""
+
 TMP_MIN_AGE_S = 600.0
 """Cleanup deletes a temporary file only once it is this old: younger, it may be a write in progress
 (another process's fsync of a large blob to a slow disk can take minutes)."""
@@ -93,6 +97,7 @@ class SnapshotStore:
             raise ValueError(f"unknown snapshot meta key(s) {unknown}; allowed: {sorted(META_KEYS)}")
         for name in tags:
             _check_tag(name)
+        version = version_id(self._next_seq())  # first: a store with no id left refuses before writing blobs
         self.last_put_bytes = 0
         components = {}
         for name, value in state.items():
@@ -104,7 +109,7 @@ class SnapshotStore:
         stored_files = {name: self._put_file(name, v) for name, v in (files or {}).items()}
         notes = meta.get("notes", [])
         manifest = Manifest(
-            version=version_id(self._next_seq()), created=float(meta.get("created", time.time())),
+            version=version, created=float(meta.get("created", time.time())),
             learner_updates=int(meta.get("learner_updates", 0)), env_steps=int(meta.get("env_steps", 0)),
             components=components, files=stored_files, config=dict(meta.get("config", {})),
             metrics=dict(meta.get("metrics", {})), notes=[notes] if isinstance(notes, str) else list(notes),
@@ -158,11 +163,20 @@ class SnapshotStore:
                                                  for e in self.root.list("refs/tags"))]:
             try:
                 text = self.root.read(ref).decode().strip()
-            except (FileNotFoundError, UnicodeDecodeError):
+            except FileNotFoundError:
                 continue
+            except UnicodeDecodeError:
+                text = "<binary>"
             if re.fullmatch(r"v\d{8}", text):
                 seqs.append(int(text[1:]))
-        return max(seqs, default=0) + 1
+            elif ref == HIGH_WATER:  # ignoring it could hand out an id already used
+                raise StoreError(f"{self.uri}/{HIGH_WATER} holds {text[:40]!r}, not a version id: it is corrupt. "
+                                 "Write the highest version id the store ever held (e.g. v00000042) into it")
+        seq = max(seqs, default=0) + 1
+        if seq > MAX_SEQ:
+            raise StoreError(f"{self.uri} has handed out version v{MAX_SEQ:08d}, the last 8-digit id: no version "
+                             f"can be added (check {HIGH_WATER} and the tags; start a new store)")
+        return seq
 
     def get(self, ref: str = "latest", components: Iterable[str] | None = None) -> Snapshot:
         """Load a version, or only `components` of it; every blob read is verified."""

@@ -16,6 +16,7 @@ from checkpoint_store.fs import StoreUriError, UnsafePathError
 from checkpoint_store.manifest import blob_path
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotStore
+from learner.errors import StoreError
 from learner.td3 import Batch, TD3Agent, TD3Config
 
 
@@ -293,3 +294,17 @@ def test_reads_writes_and_deletes_never_go_through_a_link(tmp_path: Path):
     assert any("not a regular file" in p for p in store.verify())
     with pytest.raises(UnsafePathError, match="bad store path"):
         store.root.read("refs/../../victim/secret")
+
+
+def test_no_version_id_past_the_8_digit_space_and_a_corrupt_high_water_mark_is_an_error(store_uri: str):
+    store = SnapshotStore(store_uri)
+    m = store.put(small_state(1))
+    store.root.write_atomic("refs/high-water", b"v99999999")
+    with pytest.raises(StoreError, match="v99999999, the last 8-digit id"):
+        store.put(small_state(2))
+    store.root.write_atomic("refs/high-water", b"v1")
+    with pytest.raises(StoreError, match="not a version id: it is corrupt"):
+        store.put(small_state(2))
+    assert [e.path for e in store.root.list("versions")] == [f"versions/{m.version}.json"]
+    store.gc()
+    assert [v.version for v in store.list()] == [m.version] and store.verify() == []
