@@ -62,6 +62,10 @@ class SnapshotNotFound(StoreError, LookupError):
     """No version matches the reference; the message lists what the store has."""
 
 
+class BadRefError(StoreError, ValueError):
+    """A tag name or version reference that is malformed; the message says what a good one looks like."""
+
+
 class IntegrityError(StoreError, ValueError):
     """A blob is missing or its size or sha256 differs from the manifest; names blob and version."""
 
@@ -396,6 +400,8 @@ def _manifest_path(version: str) -> str:
 
 
 def _check_tag(name: str) -> None:
-    if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name):
-        raise ValueError(f"bad tag name {name!r}: use letters, digits, '_', '.', '-', starting with a letter; "
-                         "not 'latest' and not a version id")
+    # TMP_MARK: a name like a temporary file's is hidden from tags() and may be removed by cleanup.
+    if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name) or TMP_MARK in name:
+        raise BadRefError(f"bad tag name or version {name!r}: a version id is v + 8 digits (v00000042); a tag "
+                          f"uses letters, digits, '_', '.', '-', starts with a letter, holds no {TMP_MARK!r}, "
+                          "and is not 'latest'")

@@ -308,3 +308,13 @@ def test_no_version_id_past_the_8_digit_space_and_a_corrupt_high_water_mark_is_a
     assert [e.path for e in store.root.list("versions")] == [f"versions/{m.version}.json"]
     store.gc()
     assert [v.version for v in store.list()] == [m.version] and store.verify() == []
+
+
+def test_a_tag_named_like_a_temporary_file_is_refused(store_uri: str):
+    store = SnapshotStore(store_uri)
+    with pytest.raises(StoreError, match="holds no '.tmp-'"):
+        store.put(small_state(1), tags=["best.tmp-0123abcd"])
+    store.put(small_state(1))
+    with pytest.raises(StoreError, match="holds no '.tmp-'"):
+        store.tag("latest", "a.tmp-1")
+    assert store.tags() == {} and store.root.list("refs/tags") == []
