@@ -34,6 +34,9 @@ TMP_MARK = ".tmp-"
 TMP_RE = re.compile(r"(.+)\.tmp-[0-9a-f]{8}")
 """The exact name `write_atomic` gives its temporary file (fullmatch on the file name): the only
 temporary files cleanup may delete."""
+MAX_SMALL_READ = 8 << 20
+"""What `Root.read` reads at most unless told otherwise: manifests, pointers and JSON are far
+smaller; blob readers pass the size their manifest gives."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoint_override=HOST:PORT&scheme=http "
@@ -43,6 +46,10 @@ URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoi
 
 class StoreUriError(StoreError, ValueError):
     """The store URI cannot be opened; the message says what is wrong and what to do."""
+
+
+class TooLargeError(StoreError, ValueError):
+    """A file is larger than its reader allows: a blob larger than its manifest says, a huge manifest."""
 
 
 class UnsafePathError(StoreError, ValueError):
@@ -145,28 +152,35 @@ class Root:
                                   "device or pipe): the store only uses files it wrote; remove it")
         return st
 
-    def read(self, rel: str) -> bytes:
-        """The whole file; FileNotFoundError when absent."""
+    def read(self, rel: str, max_bytes: int = MAX_SMALL_READ) -> bytes:
+        """The whole file; FileNotFoundError when absent, TooLargeError when over `max_bytes` (found
+        before reading where the size is known), so a swapped or endless file cannot exhaust memory."""
         if self.local:
-            data = self._read_local(rel)
+            data = self._read_local(rel, max_bytes)
         else:
             try:
                 with self.fs.open_input_stream(self._abs(rel)) as f:
-                    data = f.read()
+                    data = f.read(max_bytes + 1)
             except OSError as exc:  # pyarrow reports a missing object as a generic OSError
                 if self.fs.get_file_info(self._abs(rel)).type == pafs.FileType.NotFound:
                     raise FileNotFoundError(f"{self.display}/{rel}") from exc
                 raise
+        if len(data) > max_bytes:
+            raise TooLargeError(f"{self.display}/{rel} holds more than {max_bytes} bytes, more than expected")
         self.bytes_read += len(data)
         self.reads.append(rel)
         return data
 
-    def _read_local(self, rel: str) -> bytes:
+    def _read_local(self, rel: str, max_bytes: int) -> bytes:
         parts = self._parts(rel)
         try:
             dfd = self._open_dir(parts[:-1])
             try:
-                self._lstat(dfd, rel, parts[-1])  # before opening: a pipe or device is never opened
+                # Checked before opening: a pipe or device (/dev/zero) is never opened.
+                size = self._lstat(dfd, rel, parts[-1]).st_size
+                if size > max_bytes:
+                    raise TooLargeError(f"{self.display}/{rel} holds {size} bytes, more than the {max_bytes} "
+                                        "expected")
                 # O_NONBLOCK: should a pipe replace the file after the check, opening it does not wait.
                 fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
             finally:
@@ -176,7 +190,7 @@ class Root:
         with open(fd, "rb") as f:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise UnsafePathError(f"{self.display}/{rel} is not a regular file; remove it")
-            return f.read()
+            return f.read(max_bytes + 1)  # a file growing meanwhile is caught by the caller's length check
 
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write `rel` so that readers see either the old content or all of `data`, never a part."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpoint_store import codec
-from checkpoint_store.fs import TMP_MARK, TMP_RE, Root, UnsafePathError
+from checkpoint_store.fs import TMP_MARK, TMP_RE, Root, TooLargeError, UnsafePathError
 from checkpoint_store.manifest import (
     VERSION_RE,
     BlobRef,
@@ -52,6 +52,9 @@ BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 MAX_SEQ = 99_999_999
 """The last version id (v99999999): a longer one would match no pattern, so it would be listed as
 nothing and cleanup would delete its blobs."""
+
+MAX_POINTER_BYTES = 4096
+"""A pointer (refs/latest, a tag, refs/high-water) holds one version id."""
 
 TMP_MIN_AGE_S = 600.0
 """Cleanup deletes a temporary file only once it is this old: younger, it may be a write in progress
@@ -166,11 +169,13 @@ class SnapshotStore:
         for ref in [HIGH_WATER, "refs/latest", *(f"refs/tags/{e.path.rsplit('/', 1)[-1]}"
                                                  for e in self.root.list("refs/tags"))]:
             try:
-                text = self.root.read(ref).decode().strip()
+                text = self.root.read(ref, MAX_POINTER_BYTES).decode().strip()
             except FileNotFoundError:
                 continue
             except UnicodeDecodeError:
                 text = "<binary>"
+            except (TooLargeError, UnsafePathError):
+                text = "<not a small regular file>"
             if re.fullmatch(r"v\d{8}", text):
                 seqs.append(int(text[1:]))
             elif ref == HIGH_WATER:  # ignoring it could hand out an id already used
@@ -205,7 +210,10 @@ class SnapshotStore:
             c = manifest.components[name]
             skel = self._read_blob(c.skeleton, f"{name}.skeleton", manifest.version)
             tensors = self._read_blob(c.tensors, f"{name}.tensors", manifest.version) if c.tensors else None
-            state[name] = codec.decode(skel, tensors)
+            try:
+                state[name] = codec.decode(skel, tensors)
+            except codec.CodecError as exc:
+                raise IntegrityError(f"component {name} of version {manifest.version}: {exc}") from exc
         return Snapshot(state, manifest)
 
     def read_file(self, ref: str, name: str) -> bytes:
@@ -218,9 +226,11 @@ class SnapshotStore:
     def _read_blob(self, ref: BlobRef, label: str, version: str) -> bytes:
         where = f"blob {label} ({ref.path}) of version {version}"
         try:
-            data = self.root.read(ref.path)
+            data = self.root.read(ref.path, max_bytes=ref.size)
         except FileNotFoundError as exc:
             raise IntegrityError(f"{where} is missing") from exc
+        except TooLargeError as exc:
+            raise IntegrityError(f"{where} is larger than the {ref.size} bytes the manifest says") from exc
         except UnsafePathError as exc:
             raise IntegrityError(f"{where} cannot be read: {exc}") from exc
         if len(data) != ref.size:
@@ -240,6 +250,8 @@ class SnapshotStore:
             data = self.root.read(_manifest_path(version))
         except FileNotFoundError as exc:
             raise SnapshotNotFound(f"version {version} does not exist in {self.uri}") from exc
+        except (TooLargeError, UnsafePathError) as exc:
+            raise ManifestError(str(exc)) from exc
         m = Manifest.from_bytes(data, expect_version=version)
         self._manifests[version] = m
         return m
@@ -271,8 +283,11 @@ class SnapshotStore:
 
     def _pointer(self, rel: str) -> str | None:
         try:
-            value = self.root.read(rel).decode().strip()
+            value = self.root.read(rel, MAX_POINTER_BYTES).decode(errors="replace").strip()
         except FileNotFoundError:
+            return None
+        except (TooLargeError, UnsafePathError) as exc:  # as a pointer holding no version id
+            log.warning("ignoring pointer %s: %s", rel, exc)
             return None
         return value if VERSION_RE.match(value) else None
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -318,3 +320,97 @@ def test_a_tag_named_like_a_temporary_file_is_refused(store_uri: str):
     with pytest.raises(StoreError, match="holds no '.tmp-'"):
         store.tag("latest", "a.tmp-1")
     assert store.tags() == {} and store.root.list("refs/tags") == []
+
+
+def _finishes(fn: Any, timeout_s: float = 120.0) -> BaseException | None:
+    """What `fn` raised (None if nothing), run in a thread: a read that hangs (on a pipe) or
+    grows without end (/dev/zero) fails the test instead of hanging it."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    assert outcome, f"still running after {timeout_s:.0f} s"
+    return outcome[0]
+
+
+def test_a_blob_or_pointer_swapped_for_dev_zero_a_pipe_or_a_huge_file_is_refused_without_reading_it(tmp_path):
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    blob = root / m.components["net"].tensors.path
+    for swap in ("/dev/zero", "pipe", "64 GB sparse file"):
+        blob.unlink()
+        if swap == "pipe":
+            os.mkfifo(blob)
+        elif swap == "/dev/zero":
+            os.symlink("/dev/zero", blob)
+        else:
+            with open(blob, "wb") as f:
+                f.truncate(64 << 30)
+        raised = _finishes(lambda: SnapshotStore(str(root)).get(m.version))
+        assert isinstance(raised, IntegrityError) and m.components["net"].tensors.path in str(raised), (swap, raised)
+        problems: list[str] = []
+        assert _finishes(lambda: problems.extend(SnapshotStore(str(root)).verify())) is None  # noqa: B023
+        assert len(problems) == 1 and m.components["net"].tensors.path in problems[0], (swap, problems)
+    (root / "refs" / "latest").unlink()
+    os.mkfifo(root / "refs" / "latest")
+    assert _finishes(lambda: SnapshotStore(str(root)).resolve("latest")) is None  # ignored, as a corrupt pointer
+    assert SnapshotStore(str(root)).resolve("latest") == m.version
+    with open(root / "versions" / "v00000002.json", "wb") as f:
+        f.truncate(64 << 30)
+    assert _finishes(lambda: SnapshotStore(str(root)).list()) is None  # skipped with a warning, never read
+    assert any("v00000002" in p for p in SnapshotStore(str(root)).verify())
+
+
+def test_a_blob_larger_than_its_manifest_says_is_not_read_whole(store_uri: str):
+    store = SnapshotStore(store_uri)
+    m = store.put(small_state(1))
+    ref = m.components["net"].tensors
+    store.root.write_atomic(ref.path, store.root.read(ref.path) + bytes(1 << 20))
+    reader = SnapshotStore(store_uri)
+    with pytest.raises(IntegrityError, match=f"larger than the {ref.size} bytes the manifest says"):
+        reader.get(m.version)
+    assert reader.root.bytes_read < (1 << 20)
+
+
+def test_a_deeply_nested_or_mistyped_manifest_or_skeleton_is_a_store_error(tmp_path):
+    import dataclasses
+
+    from checkpoint_store.manifest import ComponentRef, Manifest, _checksum
+
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (root / "versions" / "v00000002.json").write_bytes(b'{"format": "carla-fleet.snapshot/1", "x": ' + deep + b"}")
+    mistyped = [("learner_updates", "many"), ("env_steps", float("inf")), ("config", ["not", "a", "dict"])]
+    for i, (key, value) in enumerate(mistyped, start=3):
+        body = {**json.loads(m.to_bytes()), "version": f"v{i:08d}", key: value}
+        body.pop("checksum")
+        body["checksum"] = _checksum(body)
+        (root / "versions" / f"v{i:08d}.json").write_bytes(json.dumps(body).encode())
+    reader = SnapshotStore(str(root))
+    assert [v.version for v in reader.list()] == [m.version]
+    problems = reader.verify()
+    assert len(problems) == 4 and all("manifest" in p for p in problems), problems
+    with pytest.raises(StoreError, match="nests too deeply"):
+        reader.get("v00000002")
+    with pytest.raises(StoreError, match="mistypes field"):
+        reader.get("v00000005")
+    # Skeletons that nest too deeply for the decoder, or put the wrong type under a tag.
+    for i, skeleton in enumerate([deep, b"[" * 3000 + b"]" * 3000, b'{"$tuple": 5}', b'{"$tensor": [1]}',
+                                  b'{"$items": [1]}'], start=6):
+        bad = dataclasses.replace(m, version=f"v{i:08d}", components={"net": ComponentRef(store._put_blob(skeleton),
+                                                                                          None)})
+        (root / "versions" / f"{bad.version}.json").write_bytes(bad.to_bytes())
+        with pytest.raises(IntegrityError, match=f"component net of version {bad.version}: .*does not decode"):
+            SnapshotStore(str(root)).get(bad.version)
+    assert Manifest.from_bytes((root / "versions" / f"{m.version}.json").read_bytes()) == m
