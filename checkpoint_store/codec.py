@@ -94,7 +94,14 @@ def decode(skeleton: bytes, tensor_bytes: bytes | None) -> Any:
         tensors = st_load(tensor_bytes) if tensor_bytes is not None else {}
     except (ValueError, SafetensorError) as exc:
         raise CodecError(f"stored component does not decode: {exc}") from exc
-    return _decode_tree(tree, tensors)
+    except RecursionError as exc:
+        raise CodecError("stored component does not decode: its skeleton JSON nests too deeply") from exc
+    try:
+        return _decode_tree(tree, tensors)
+    except RecursionError as exc:
+        raise CodecError("stored component does not decode: its skeleton nests too deeply") from exc
+    except (TypeError, ValueError) as exc:  # e.g. {"$tuple": 5}, {"$items": [1]}, {"$tensor": []}
+        raise CodecError(f"stored component does not decode: its skeleton is malformed ({exc})") from exc
 
 
 def _decode_tree(v: Any, tensors: dict[str, torch.Tensor]) -> Any:

@@ -2,15 +2,22 @@
 
 Writes are atomic everywhere: on a local disk a file is written under a temporary
 name, fsynced and renamed (then the directory is fsynced), so a killed writer
-leaves at worst a stray `*.tmp-*` file; on S3 and GCS an object appears only when
-its single PUT (or completed multipart upload) succeeds.
+leaves at worst a stray `<name>.tmp-<8 hex>` file; on S3 and GCS an object appears
+only when its single PUT (or completed multipart upload) succeeds.
+
+On a local disk the store never follows a symbolic link inside itself: every read,
+write and delete walks the path one folder at a time with O_NOFOLLOW, and a listing
+neither descends into a linked folder nor reports a link. Anyone who can plant a link
+in the store (a shared folder) could otherwise make cleanup delete files elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +31,13 @@ from learner.errors import StoreError
 log = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
+TMP_RE = re.compile(r"(.+)\.tmp-[0-9a-f]{8}")
+"""The exact name `write_atomic` gives its temporary file (fullmatch on the file name): the only
+temporary files cleanup may delete."""
+MAX_SMALL_READ = 8 << 20
+"""What `Root.read` reads at most unless told otherwise: manifests, pointers and JSON are far
+smaller; blob readers pass the size their manifest gives."""
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
 URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoint_override=HOST:PORT&scheme=http "
             "for a non-AWS server; credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), "
@@ -32,6 +46,15 @@ URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoi
 
 class StoreUriError(StoreError, ValueError):
     """The store URI cannot be opened; the message says what is wrong and what to do."""
+
+
+class TooLargeError(StoreError, ValueError):
+    """A file is larger than its reader allows: a blob larger than its manifest says, a huge manifest."""
+
+
+class UnsafePathError(StoreError, ValueError):
+    """A store path that is malformed, or that leads through a symbolic link or to something that
+    is not a regular file: the store never reads, writes or deletes through one."""
 
 
 def redact(uri: str) -> str:
@@ -89,65 +112,163 @@ class Root:
     def _abs(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
 
-    def read(self, rel: str) -> bytes:
-        """The whole file; FileNotFoundError when absent."""
+    def _parts(self, rel: str) -> list[str]:
+        parts = rel.split("/") if rel else []
+        if any(p in ("", ".", "..") for p in parts) or "\0" in rel:
+            raise UnsafePathError(f"bad store path {rel!r}: expected names separated by '/', no '.' or '..'")
+        return parts
+
+    def _open_dir(self, parts: list[str], create: bool = False) -> int:
+        """A descriptor of the local folder base/parts, reached one step at a time without following a
+        link; FileNotFoundError when a step is missing (and `create` is false)."""
+        fd = os.open(self.base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for i, name in enumerate(parts):
+                if create:
+                    try:
+                        os.mkdir(name, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                try:
+                    step = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise UnsafePathError(
+                            f"{self.display}/{'/'.join(parts[:i + 1])} is a symbolic link or not a folder: the "
+                            "store never follows a link out of itself; remove it") from exc
+                    raise
+                os.close(fd)
+                fd = step
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _lstat(self, dfd: int, rel: str, name: str) -> os.stat_result:
+        """The entry itself (a link is not followed); UnsafePathError unless it is a regular file."""
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafePathError(f"{self.display}/{rel} is not a regular file (a symbolic link, folder, "
+                                  "device or pipe): the store only uses files it wrote; remove it")
+        return st
+
+    def read(self, rel: str, max_bytes: int = MAX_SMALL_READ) -> bytes:
+        """The whole file; FileNotFoundError when absent, TooLargeError when over `max_bytes` (found
+        before reading where the size is known), so a swapped or endless file cannot exhaust memory."""
         if self.local:
-            data = Path(self._abs(rel)).read_bytes()
+            data = self._read_local(rel, max_bytes)
         else:
             try:
                 with self.fs.open_input_stream(self._abs(rel)) as f:
-                    data = f.read()
+                    data = f.read(max_bytes + 1)
             except OSError as exc:  # pyarrow reports a missing object as a generic OSError
                 if self.fs.get_file_info(self._abs(rel)).type == pafs.FileType.NotFound:
                     raise FileNotFoundError(f"{self.display}/{rel}") from exc
                 raise
+        if len(data) > max_bytes:
+            raise TooLargeError(f"{self.display}/{rel} holds more than {max_bytes} bytes, more than expected")
         self.bytes_read += len(data)
         self.reads.append(rel)
         return data
 
+    def _read_local(self, rel: str, max_bytes: int) -> bytes:
+        parts = self._parts(rel)
+        try:
+            dfd = self._open_dir(parts[:-1])
+            try:
+                # Checked before opening: a pipe or device (/dev/zero) is never opened.
+                size = self._lstat(dfd, rel, parts[-1]).st_size
+                if size > max_bytes:
+                    raise TooLargeError(f"{self.display}/{rel} holds {size} bytes, more than the {max_bytes} "
+                                        "expected")
+                # O_NONBLOCK: should a pipe replace the file after the check, opening it does not wait.
+                fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{self.display}/{rel}") from exc
+        with open(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafePathError(f"{self.display}/{rel} is not a regular file; remove it")
+            return f.read(max_bytes + 1)  # a file growing meanwhile is caught by the caller's length check
+
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Write `rel` so that readers see either the old content or all of `data`, never a part."""
-        path = self._abs(rel)
         if not self.local:
+            path = self._abs(rel)
             parent = path.rsplit("/", 1)[0]
             self.fs.create_dir(parent, recursive=True)
             with self.fs.open_output_stream(path) as f:
                 f.write(data)
             return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}{TMP_MARK}{uuid.uuid4().hex[:8]}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        parts = self._parts(rel)
+        name = parts[-1]
+        tmp = f"{name}{TMP_MARK}{uuid.uuid4().hex[:8]}"
+        dfd = self._open_dir(parts[:-1], create=True)
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=dfd)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # a failed write (full disk, read-only, I/O error) leaves no partial file
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        dfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                # Replaces a link at `name` itself, never what it points to.
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except BaseException:
+                try:  # a failed write (full disk, read-only, I/O error) leaves no partial file
+                    os.unlink(tmp, dir_fd=dfd)
+                except FileNotFoundError:
+                    pass
+                raise
+            os.fsync(dfd)  # the rename is durable only once the directory entry is on disk
         finally:
             os.close(dfd)
 
     def info(self, rel: str) -> FileEntry | None:
-        fi = self.fs.get_file_info(self._abs(rel))
-        if fi.type != pafs.FileType.File:
+        """The regular file `rel`, None when absent or something else (a link, a folder)."""
+        if not self.local:
+            fi = self.fs.get_file_info(self._abs(rel))
+            if fi.type != pafs.FileType.File:
+                return None
+            return FileEntry(rel, fi.size, fi.mtime.timestamp() if fi.mtime else None)
+        parts = self._parts(rel)
+        try:
+            dfd = self._open_dir(parts[:-1])
+        except FileNotFoundError:
             return None
-        return FileEntry(rel, fi.size, fi.mtime.timestamp() if fi.mtime else None)
+        try:
+            st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        finally:
+            os.close(dfd)
+        return FileEntry(rel, st.st_size, st.st_mtime) if stat.S_ISREG(st.st_mode) else None
 
     def exists(self, rel: str) -> bool:
         return self.info(rel) is not None
 
     def list(self, rel_dir: str) -> list[FileEntry]:
-        """Files under `rel_dir`, recursively; empty when the directory does not exist."""
+        """Files under `rel_dir`, recursively; empty when the directory does not exist. Locally only
+        regular files: a symbolic link is neither followed nor reported."""
+        if self.local:
+            parts = self._parts(rel_dir)
+            try:
+                dfd = self._open_dir(parts)
+            except FileNotFoundError:
+                return []
+            except UnsafePathError as exc:  # as a link met deeper in the tree: not followed, not listed
+                log.warning("store %s: ignoring %s", self.display, exc)
+                return []
+            out: list[FileEntry] = []
+            try:
+                self._walk(dfd, "".join(f"{p}/" for p in parts), out)
+            finally:
+                os.close(dfd)
+            return sorted(out, key=lambda e: e.path)
         sel = pafs.FileSelector(self._abs(rel_dir), recursive=True, allow_not_found=True)
         prefix = len(self.base) + 1
         out = []
@@ -156,11 +277,47 @@ class Root:
                 out.append(FileEntry(fi.path[prefix:], fi.size, fi.mtime.timestamp() if fi.mtime else None))
         return sorted(out, key=lambda e: e.path)
 
+    def _walk(self, dfd: int, prefix: str, out: list[FileEntry]) -> None:
+        with os.scandir(dfd) as it:
+            entries = list(it)
+        for e in entries:
+            if e.is_symlink():
+                log.warning("store %s: ignoring symbolic link %s%s (the store never follows links)",
+                            self.display, prefix, e.name)
+            elif e.is_dir(follow_symlinks=False):
+                try:
+                    sub = os.open(e.name, _DIR_FLAGS, dir_fd=dfd)
+                except OSError:  # removed, or replaced by a link, since it was listed
+                    continue
+                try:
+                    self._walk(sub, f"{prefix}{e.name}/", out)
+                finally:
+                    os.close(sub)
+            elif e.is_file(follow_symlinks=False):
+                st = e.stat(follow_symlinks=False)
+                out.append(FileEntry(f"{prefix}{e.name}", st.st_size, st.st_mtime))
+
     def delete(self, rel: str) -> None:
+        """Delete the file `rel` (absent: nothing to do); locally only a regular file, reached without
+        following a link."""
+        if not self.local:
+            try:
+                self.fs.delete_file(self._abs(rel))
+            except FileNotFoundError:
+                pass
+            return
+        parts = self._parts(rel)
         try:
-            self.fs.delete_file(self._abs(rel))
+            dfd = self._open_dir(parts[:-1])
+        except FileNotFoundError:
+            return
+        try:
+            self._lstat(dfd, rel, parts[-1])
+            os.unlink(parts[-1], dir_fd=dfd)
         except FileNotFoundError:
             pass
+        finally:
+            os.close(dfd)
 
 
 PROBE_TIMEOUT_S = 20.0

@@ -24,6 +24,8 @@ class ManifestError(StoreError, ValueError):
 
 
 def version_id(seq: int) -> str:
+    if not 0 <= seq <= 99_999_999:  # a longer id matches no pattern: the version would be invisible
+        raise ManifestError(f"version number {seq} does not fit the 8-digit version ids")
     return f"v{seq:08d}"
 
 
@@ -43,7 +45,8 @@ class BlobRef:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BlobRef:
         sha, size = d["sha256"], d["size"]
-        if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)) or not isinstance(size, int):
+        if (not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha))
+                or not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise ManifestError(f"bad blob reference {d!r}")
         return cls(sha, size)
 
@@ -116,7 +119,14 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes, expect_version: str | None = None) -> Manifest:
-        """Parse and verify; raises ManifestError saying what is wrong."""
+        """Parse and verify; raises ManifestError saying what is wrong, whatever the bytes are."""
+        try:
+            return cls._from_bytes(data, expect_version)
+        except RecursionError as exc:  # json and the checksum recurse per nesting level
+            raise ManifestError("manifest nests too deeply: it is not one this store wrote") from exc
+
+    @classmethod
+    def _from_bytes(cls, data: bytes, expect_version: str | None) -> Manifest:
         try:
             body = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -136,8 +146,15 @@ class Manifest:
                 files={n: BlobRef.from_json(b) for n, b in body["files"].items()},
                 config=body["config"], metrics=body["metrics"], notes=list(body["notes"]),
             )
-        except (KeyError, TypeError, AttributeError) as exc:
+        except ManifestError:
+            raise
+        except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exc:
             raise ManifestError(f"manifest lacks or mistypes field {exc}") from exc
+        wrong = [name for name, value, kind in (("version", m.version, str), ("config", m.config, dict),
+                                                ("metrics", m.metrics, dict))
+                 if not isinstance(value, kind)]
+        if wrong or not VERSION_RE.match(m.version):
+            raise ManifestError(f"manifest mistypes field(s) {wrong or ['version']}: it is not one this store wrote")
         if expect_version is not None and m.version != expect_version:
             raise ManifestError(f"manifest file of {expect_version} claims version {m.version}")
         return m

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from checkpoint_store import codec
-from checkpoint_store.fs import TMP_MARK, Root
+from checkpoint_store.fs import TMP_MARK, TMP_RE, Root, TooLargeError, UnsafePathError
 from checkpoint_store.manifest import (
     VERSION_RE,
     BlobRef,
@@ -46,9 +46,27 @@ FileValue = bytes | str
 HIGH_WATER = "refs/high-water"
 """The last version id handed out (ids are never reused)."""
 
+BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
+"""The path of a blob the store writes (`blob_path`): the only blobs cleanup may delete."""
+
+MAX_SEQ = 99_999_999
+"""The last version id (v99999999): a longer one would match no pattern, so it would be listed as
+nothing and cleanup would delete its blobs."""
+
+MAX_POINTER_BYTES = 4096
+"""A pointer (refs/latest, a tag, refs/high-water) holds one version id."""
+
+TMP_MIN_AGE_S = 600.0
+"""Cleanup deletes a temporary file only once it is this old: younger, it may be a write in progress
+(another process's fsync of a large blob to a slow disk can take minutes)."""
+
 
 class SnapshotNotFound(StoreError, LookupError):
     """No version matches the reference; the message lists what the store has."""
+
+
+class BadRefError(StoreError, ValueError):
+    """A tag name or version reference that is malformed; the message says what a good one looks like."""
 
 
 class IntegrityError(StoreError, ValueError):
@@ -86,6 +104,7 @@ class SnapshotStore:
             raise ValueError(f"unknown snapshot meta key(s) {unknown}; allowed: {sorted(META_KEYS)}")
         for name in tags:
             _check_tag(name)
+        version = version_id(self._next_seq())  # first: a store with no id left refuses before writing blobs
         self.last_put_bytes = 0
         components = {}
         for name, value in state.items():
@@ -97,7 +116,7 @@ class SnapshotStore:
         stored_files = {name: self._put_file(name, v) for name, v in (files or {}).items()}
         notes = meta.get("notes", [])
         manifest = Manifest(
-            version=version_id(self._next_seq()), created=float(meta.get("created", time.time())),
+            version=version, created=float(meta.get("created", time.time())),
             learner_updates=int(meta.get("learner_updates", 0)), env_steps=int(meta.get("env_steps", 0)),
             components=components, files=stored_files, config=dict(meta.get("config", {})),
             metrics=dict(meta.get("metrics", {})), notes=[notes] if isinstance(notes, str) else list(notes),
@@ -150,12 +169,23 @@ class SnapshotStore:
         for ref in [HIGH_WATER, "refs/latest", *(f"refs/tags/{e.path.rsplit('/', 1)[-1]}"
                                                  for e in self.root.list("refs/tags"))]:
             try:
-                text = self.root.read(ref).decode().strip()
-            except (FileNotFoundError, UnicodeDecodeError):
+                text = self.root.read(ref, MAX_POINTER_BYTES).decode().strip()
+            except FileNotFoundError:
                 continue
+            except UnicodeDecodeError:
+                text = "<binary>"
+            except (TooLargeError, UnsafePathError):
+                text = "<not a small regular file>"
             if re.fullmatch(r"v\d{8}", text):
                 seqs.append(int(text[1:]))
-        return max(seqs, default=0) + 1
+            elif ref == HIGH_WATER:  # ignoring it could hand out an id already used
+                raise StoreError(f"{self.uri}/{HIGH_WATER} holds {text[:40]!r}, not a version id: it is corrupt. "
+                                 "Write the highest version id the store ever held (e.g. v00000042) into it")
+        seq = max(seqs, default=0) + 1
+        if seq > MAX_SEQ:
+            raise StoreError(f"{self.uri} has handed out version v{MAX_SEQ:08d}, the last 8-digit id: no version "
+                             f"can be added (check {HIGH_WATER} and the tags; start a new store)")
+        return seq
 
     def get(self, ref: str = "latest", components: Iterable[str] | None = None) -> Snapshot:
         """Load a version, or only `components` of it; every blob read is verified."""
@@ -180,7 +210,10 @@ class SnapshotStore:
             c = manifest.components[name]
             skel = self._read_blob(c.skeleton, f"{name}.skeleton", manifest.version)
             tensors = self._read_blob(c.tensors, f"{name}.tensors", manifest.version) if c.tensors else None
-            state[name] = codec.decode(skel, tensors)
+            try:
+                state[name] = codec.decode(skel, tensors)
+            except codec.CodecError as exc:
+                raise IntegrityError(f"component {name} of version {manifest.version}: {exc}") from exc
         return Snapshot(state, manifest)
 
     def read_file(self, ref: str, name: str) -> bytes:
@@ -193,9 +226,13 @@ class SnapshotStore:
     def _read_blob(self, ref: BlobRef, label: str, version: str) -> bytes:
         where = f"blob {label} ({ref.path}) of version {version}"
         try:
-            data = self.root.read(ref.path)
+            data = self.root.read(ref.path, max_bytes=ref.size)
         except FileNotFoundError as exc:
             raise IntegrityError(f"{where} is missing") from exc
+        except TooLargeError as exc:
+            raise IntegrityError(f"{where} is larger than the {ref.size} bytes the manifest says") from exc
+        except UnsafePathError as exc:
+            raise IntegrityError(f"{where} cannot be read: {exc}") from exc
         if len(data) != ref.size:
             raise IntegrityError(f"{where} has {len(data)} bytes, the manifest says {ref.size}")
         if sha256_hex(data) != ref.sha256:
@@ -213,6 +250,8 @@ class SnapshotStore:
             data = self.root.read(_manifest_path(version))
         except FileNotFoundError as exc:
             raise SnapshotNotFound(f"version {version} does not exist in {self.uri}") from exc
+        except (TooLargeError, UnsafePathError) as exc:
+            raise ManifestError(str(exc)) from exc
         m = Manifest.from_bytes(data, expect_version=version)
         self._manifests[version] = m
         return m
@@ -244,8 +283,11 @@ class SnapshotStore:
 
     def _pointer(self, rel: str) -> str | None:
         try:
-            value = self.root.read(rel).decode().strip()
+            value = self.root.read(rel, MAX_POINTER_BYTES).decode(errors="replace").strip()
         except FileNotFoundError:
+            return None
+        except (TooLargeError, UnsafePathError) as exc:  # as a pointer holding no version id
+            log.warning("ignoring pointer %s: %s", rel, exc)
             return None
         return value if VERSION_RE.match(value) else None
 
@@ -341,19 +383,27 @@ class SnapshotStore:
     def gc(self, min_age_s: float = 0.0) -> tuple[int, int]:
         """Delete blobs no version references, and stray temp files; returns (files, bytes) deleted.
 
-        `min_age_s` spares files younger than that, so a gc run beside a live writer does not
-        remove the blobs of a version whose manifest is not written yet.
+        Only names the store itself writes are deleted: blobs at `blob_path` of a sha256 digest and
+        temporary files named as `write_atomic` names them, the latter once `TMP_MIN_AGE_S` old.
+        Anything else someone put in the store stays. `min_age_s` spares files younger than that, so
+        a gc run beside a live writer does not remove the blobs of a version whose manifest is not
+        written yet.
         """
         referenced = {b.sha256 for m in self.list() for _, b in m.blobs()}
         now, n, freed = time.time(), 0, 0
         for e in self.root.list(""):
-            is_tmp = TMP_MARK in e.path
-            if not is_tmp and not (e.path.startswith("blobs/") and e.path.rsplit("/", 1)[-1] not in referenced):
+            is_tmp = TMP_RE.fullmatch(e.path.rsplit("/", 1)[-1]) is not None
+            blob = BLOB_RE.fullmatch(e.path)
+            if not is_tmp and (blob is None or blob.group(2) in referenced):
                 continue
-            min_age = max(min_age_s, 60.0) if is_tmp else min_age_s  # a temp file may be a write in progress
-            if min_age > 0 and e.mtime is not None and now - e.mtime < min_age:
+            min_age = max(min_age_s, TMP_MIN_AGE_S) if is_tmp else min_age_s
+            if min_age > 0 and (e.mtime is None or now - e.mtime < min_age):
                 continue
-            self.root.delete(e.path)
+            try:
+                self.root.delete(e.path)
+            except UnsafePathError as exc:  # replaced by a link or a folder since it was listed
+                log.warning("gc skipped %s: %s", e.path, exc)
+                continue
             n, freed = n + 1, freed + e.size
         if n:
             log.info("gc deleted %d file(s), %.1f MB", n, freed / 1e6)
@@ -365,6 +415,8 @@ def _manifest_path(version: str) -> str:
 
 
 def _check_tag(name: str) -> None:
-    if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name):
-        raise ValueError(f"bad tag name {name!r}: use letters, digits, '_', '.', '-', starting with a letter; "
-                         "not 'latest' and not a version id")
+    # TMP_MARK: a name like a temporary file's is hidden from tags() and may be removed by cleanup.
+    if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name) or TMP_MARK in name:
+        raise BadRefError(f"bad tag name or version {name!r}: a version id is v + 8 digits (v00000042); a tag "
+                          f"uses letters, digits, '_', '.', '-', starts with a letter, holds no {TMP_MARK!r}, "
+                          "and is not 'latest'")

@@ -15,15 +15,23 @@ Port blocks are reserved with flock'd files, which holds across processes and
 between servers of one process (locks belong to open file descriptions), and
 vanishes with the process that held it, so a crashed run leaves no stale
 reservation.
+
+Lock files and server logs live by default in `<tmp>/carla-fleet-<uid>`, a folder
+only this user can enter (mode 0700, refused when it is a link, someone else's or
+open to others): in a /tmp shared between users, anyone could plant a link where a
+shared folder or file would be, and have our logs appended to, or a lock file
+truncated, wherever it pointed. Files there are opened with O_NOFOLLOW.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -33,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from learner.errors import FleetError
 from rollout_workers import procfs
 from rollout_workers.contract import SimulatorError
 from rollout_workers.procfs import group_members  # also what tests import from here
@@ -80,9 +89,9 @@ class ServerConfig:
     max_blocks: int = 64
     """Blocks tried before giving up."""
     lock_dir: str = ""
-    """Folder of the port-block lock files; empty: <tmp>/carla-fleet-ports."""
+    """Folder of the port-block lock files; empty: <tmp>/carla-fleet-<uid>/ports (see `private_dir`)."""
     log_dir: str = ""
-    """Folder of server logs; empty: <tmp>/carla-fleet-logs."""
+    """Folder of server logs; empty: <tmp>/carla-fleet-<uid>/logs (see `private_dir`)."""
     startup_timeout_s: float = 120.0
     """Time a server gets to answer the readiness probe after launch."""
     probe_timeout_s: float = 5.0
@@ -150,13 +159,52 @@ def _port_free(port: int) -> bool:
     return True
 
 
+class UnsafeFileError(FleetError, PermissionError):
+    """A lock or log location that someone else could control (a link, another user's folder, a
+    folder open to others); the message names it and what to do."""
+
+
+def private_dir(sub: str) -> Path:
+    """`<tmp>/carla-fleet-<uid>/<sub>`, created with mode 0700; UnsafeFileError when it exists as a link,
+    as another user's or as open to others. `<tmp>` honours TMPDIR, so every process of a user on a
+    node (Ray workers included, which may not share a login's XDG_RUNTIME_DIR) finds the same one."""
+    base = Path(tempfile.gettempdir()) / f"carla-fleet-{os.getuid()}"
+    for folder in (base, base / sub):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(folder)
+        if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077):
+            what = ("a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a folder" if not stat.S_ISDIR(st.st_mode)
+                    else f"owned by uid {st.st_uid}" if st.st_uid != os.getuid()
+                    else f"open to others (mode {stat.S_IMODE(st.st_mode):o})")
+            raise UnsafeFileError(f"{folder} is {what}; carla-fleet keeps its CARLA lock files and logs in a folder "
+                                  "only you can use: remove it, or set carla_server.lock_dir and log_dir")
+    return base / sub
+
+
+def open_private(path: Path, flags: int, mode: int = 0o600) -> int:
+    """os.open with O_NOFOLLOW|O_CLOEXEC (never through a link someone planted), never truncating."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafeFileError(f"{path} is a symbolic link; carla-fleet never writes through one: "
+                                  "remove it") from exc
+        raise
+
+
 def reserve_block(cfg: ServerConfig) -> PortBlock:
     """The first block that no supervisor holds and whose ports nobody listens on."""
-    lock_dir = Path(cfg.lock_dir or Path(tempfile.gettempdir()) / "carla-fleet-ports")
-    lock_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.lock_dir:
+        lock_dir = Path(cfg.lock_dir)
+        lock_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        lock_dir = private_dir("ports")
     for k in range(cfg.max_blocks):
         rpc = cfg.port_base + k * cfg.port_stride
-        fd = os.open(lock_dir / f"{rpc}.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        fd = open_private(lock_dir / f"{rpc}.lock", os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -291,7 +339,8 @@ class CarlaServer:
     @property
     def log_path(self) -> Path:
         rpc = self._block.rpc if self._block else 0
-        return Path(self.config.log_dir or Path(tempfile.gettempdir()) / "carla-fleet-logs") / f"carla-{rpc}.log"
+        folder = self.config.log_dir or Path(tempfile.gettempdir()) / f"carla-fleet-{os.getuid()}" / "logs"
+        return Path(folder) / f"carla-{rpc}.log"
 
     def start(self) -> Endpoint:
         """Launch (or, attached, check) the server and wait until it answers; SimulatorError if it never does."""
@@ -336,8 +385,11 @@ class CarlaServer:
         name = f"carla-fleet-{block.rpc}-{os.getpid()}"
         argv = server_command(cfg, block, self.gpu, name=name)
         container = name if cfg.docker_image and not cfg.command else ""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
+        if cfg.log_dir:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            private_dir("logs")
+        with open(open_private(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab") as out:
             # Own session = own process group: the only thing we will ever signal.
             self._proc = subprocess.Popen(watched(argv, cfg.kill_grace_s, container), stdout=out,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -356,7 +408,9 @@ class CarlaServer:
 
     def _log_tail(self, chars: int = 800) -> str:
         try:
-            return self.log_path.read_bytes()[-chars:].decode(errors="replace")
+            with open(os.open(self.log_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+                f.seek(max(os.fstat(f.fileno()).st_size - chars, 0))
+                return f.read(chars).decode(errors="replace")
         except OSError:
             return "(no log)"
 
@@ -491,7 +545,8 @@ def claim_carla_host(worker_index: int, claimant: str = "", environ: Mapping[str
         return _claims[spec, who][1]
     for k in range(len(hosts)):
         ep = hosts[(worker_index + k) % len(hosts)]
-        lock = open(os.path.join(tempfile.gettempdir(), f"carla-fleet-{ep.host}-{ep.port}.lock"), "w")  # noqa: SIM115
+        path = private_dir("claims") / f"{ep.host}-{ep.port}.lock"
+        lock = open(open_private(path, os.O_CREAT | os.O_RDWR), "rb+", buffering=0)  # noqa: SIM115
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

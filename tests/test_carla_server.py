@@ -243,3 +243,70 @@ def test_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CARLA_ROOT")
     with pytest.raises(FileNotFoundError, match="CARLA_ROOT"):
         server_command(ServerConfig(), block, gpu=0, name="n")
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_default_lock_and_log_files_never_follow_links_planted_in_a_shared_tmp(
+        cfg: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import stat
+    import tempfile
+
+    from rollout_workers import carla_server
+
+    shared, victim = tmp_path / "tmp", tmp_path / "victim"
+    shared.mkdir()
+    victim.mkdir()
+    (victim / ".bashrc").write_bytes(b"keep me")
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    monkeypatch.setattr(carla_server, "_claims", {})
+    # What another user of the machine could plant where the old shared names were.
+    os.symlink(victim, shared / "carla-fleet-ports")
+    os.symlink(victim, shared / "carla-fleet-logs")
+    os.symlink(victim / ".bashrc", shared / "carla-fleet-127.0.0.1-2000.lock")
+    before = _tree(victim)
+    with CarlaServer(replace(cfg, lock_dir="", log_dir=""), probe=probe) as server:
+        assert probe("127.0.0.1", server.endpoint.port, 1.0)
+    assert carla_server.claim_carla_host(0, environ={"CARLA_HOSTS": "127.0.0.1:2000"}) == Endpoint(
+        "127.0.0.1", 2000, 8000)
+    carla_server.release_carla_hosts()
+    assert _tree(victim) == before
+    private = shared / f"carla-fleet-{os.getuid()}"
+    assert stat.S_IMODE(private.lstat().st_mode) == 0o700 and private.lstat().st_uid == os.getuid()
+    assert list((private / "logs").glob("carla-*.log")) and list((private / "ports").glob("*.lock"))
+    # A lock folder the user names is theirs, yet a link planted in it is not written through either.
+    (tmp_path / "locks").mkdir()
+    os.symlink(victim / ".bashrc", tmp_path / "locks" / f"{cfg.port_base}.lock")
+    with pytest.raises(PermissionError, match="symbolic link"):
+        reserve_block(cfg)
+    assert _tree(victim) == before
+
+
+@pytest.mark.parametrize("planted", ["link", "open to others", "someone else's"])
+def test_a_private_folder_that_is_a_link_open_to_others_or_not_ours_is_refused(
+        planted: str, cfg: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from rollout_workers import carla_server
+
+    shared, victim = tmp_path / "tmp", tmp_path / "victim"
+    shared.mkdir()
+    victim.mkdir(mode=0o700)
+    monkeypatch.setattr(tempfile, "tempdir", str(shared))
+    monkeypatch.setattr(carla_server, "_claims", {})
+    private = shared / f"carla-fleet-{os.getuid()}"
+    if planted == "link":
+        os.symlink(victim, private)
+    else:
+        private.mkdir(mode=0o700)
+        if planted == "open to others":
+            private.chmod(0o777)
+        else:
+            os.chown(private, 65534, 65534)
+    with pytest.raises(PermissionError, match=f"carla-fleet-{os.getuid()} is .*only you can use"):
+        reserve_block(replace(cfg, lock_dir=""))
+    with pytest.raises(PermissionError, match=f"carla-fleet-{os.getuid()} is "):
+        carla_server.claim_carla_host(0, environ={"CARLA_HOSTS": "127.0.0.1:2000"})
+    assert list(victim.iterdir()) == []

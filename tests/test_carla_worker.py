@@ -325,7 +325,7 @@ def test_fleet_train_cli_attached_to_carla_hosts(tmp_path: Path) -> None:
         assert summary["env_steps"] >= 120 and summary["episodes"] >= 8 and summary["env_failures"] == 0
         assert summary["learner_updates"] > 0
         assert theirs.poll() is None and probe("127.0.0.1", port, 1.0)  # attached: never stopped
-        assert not (tmp_path / "carla-fleet-logs").exists()  # and nothing launched
+        assert not (tmp_path / f"carla-fleet-{os.getuid()}" / "logs").exists()  # and nothing launched
     finally:
         theirs.kill()
         theirs.wait(10)

@@ -115,3 +115,24 @@ def test_fleet_evaluate_video_writes_an_animated_gif_of_one_episode(tmp_path: Pa
     assert gif.n_frames == steps + 1 and 2 <= gif.n_frames <= 41
     assert f"{gif.n_frames} frames" in ev.stdout
     assert gif.size == (256 + 8 + 2 * 84 + 4, 272)  # overview, then the network's four frames and its actions
+
+
+def test_evaluate_with_a_bad_version_or_no_episodes_and_a_temp_like_tag_exit_2_in_one_line(tmp_path: Path) -> None:
+    from checkpoint_store.store import SnapshotStore
+    from learner.td3 import TD3Agent, TD3Config
+
+    store = tmp_path / "store"
+    SnapshotStore(str(store)).put(TD3Agent(TD3Config(device="cpu")).state(),
+                                  {"config": experiment.ExperimentConfig.public_dict(experiment.load(None, {}))})
+    cases = [
+        (["evaluate", "--local", "--snapshot", f"{store}@bad!name"], "bad tag name or version 'bad!name'"),
+        (["evaluate", "--local", "--snapshot", f"{store}@latest", "--episodes", "0"], "--episodes"),
+        # A tag named like a temporary file would be hidden from the tag list and deleted by cleanup.
+        (["snapshots", "tag", str(store), "latest", "best.tmp-0123abcd"], "holds no '.tmp-'"),
+    ]
+    for args, said in cases:
+        proc = subprocess.run([FLEET, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV)
+        assert proc.returncode == 2, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+        assert said in proc.stderr, proc.stderr
+    assert not (store / "refs" / "tags").exists() and not (tmp_path / "runs").exists()

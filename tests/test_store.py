@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,10 +14,11 @@ import pytest
 import torch
 
 from checkpoint_store import codec
-from checkpoint_store.fs import StoreUriError
+from checkpoint_store.fs import StoreUriError, UnsafePathError
 from checkpoint_store.manifest import blob_path
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotStore
+from learner.errors import StoreError
 from learner.td3 import Batch, TD3Agent, TD3Config
 
 
@@ -215,3 +221,196 @@ def test_a_version_id_is_never_reused_after_its_manifest_is_deleted_by_hand(stor
     store.root.delete("refs/latest")
     v3 = SnapshotStore(store_uri).put(small_state(3)).version
     assert v3 > v2  # a report or tag that named v2 never comes to mean other content
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_gc_never_follows_a_link_out_of_the_store_nor_deletes_what_it_did_not_write(tmp_path: Path):
+    """The reported case: links blobs/evil and refs/a.tmp-1 to another folder made gc delete its files."""
+    victim = tmp_path / "victim"
+    (victim / "sub").mkdir(parents=True)
+    (victim / "sub" / "id_rsa").write_bytes(b"private key")
+    (victim / ".bashrc").write_bytes(b"alias ls='ls -F'")
+    (victim / "notes.tmp-0123abcd").write_bytes(b"named like a temp file")
+    (victim / "ab").mkdir()
+    (victim / "ab" / ("ab" * 32)).write_bytes(b"named like a blob")
+    old = time.time() - 7200
+    for p in victim.rglob("*"):
+        os.utime(p, (old, old))
+    before = _tree(victim)
+
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    os.symlink(victim, root / "blobs" / "evil")
+    os.symlink(victim, root / "refs" / "a.tmp-1")
+    os.symlink(victim, root / "blobs" / "sha256" / "cd")  # a linked blob folder, as the store names them
+    (root / "blobs" / "sha256" / "ab").mkdir(exist_ok=True)
+    os.symlink(victim / ".bashrc", root / "blobs" / "sha256" / "ab" / ("ab" * 32))  # an unreferenced blob name
+    # Files the store did not write, in its folders: not its to delete.
+    (root / "blobs" / "README").write_bytes(b"mine")
+    (root / "refs" / "b.tmp-1").write_bytes(b"mine")
+    for p in (root / "blobs" / "README", root / "refs" / "b.tmp-1"):
+        os.utime(p, (old, old))
+    # What the store did write: an unreferenced blob and an old and a fresh temp file of write_atomic.
+    stray = store._put_blob(b"unreferenced")
+    stale, fresh = root / "versions" / "v00000009.json.tmp-0badcafe", root / "refs" / "latest.tmp-12345678"
+    stale.write_bytes(b"{")
+    fresh.write_bytes(b"v0")
+    os.utime(stale, (old, old))
+
+    n, _ = store.gc()
+
+    assert _tree(victim) == before
+    assert not (root / stray.path).exists() and not stale.exists() and n == 2
+    assert fresh.exists() and (root / "blobs" / "README").exists() and (root / "refs" / "b.tmp-1").exists()
+    assert (root / "blobs" / "evil").is_symlink() and (root / "refs" / "a.tmp-1").is_symlink()
+    assert not any(e.path.startswith(("blobs/evil", "refs/a.tmp-1", "blobs/sha256/cd"))
+                   for e in store.root.list(""))
+    assert store.verify() == [] and store.get(m.version).state["total_it"] == 1
+
+
+def test_reads_writes_and_deletes_never_go_through_a_link(tmp_path: Path):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "secret").write_bytes(b"v00000001")
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    os.symlink(victim, root / "refs" / "tags")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.tag("latest", "secret")  # would overwrite victim/secret
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.root.read("refs/tags/secret")
+    with pytest.raises(UnsafePathError, match="symbolic link"):
+        store.root.delete("refs/tags/secret")
+    assert (victim / "secret").read_bytes() == b"v00000001" and store.tags() == {}
+    # A blob replaced by a link to a file elsewhere is reported, not read.
+    blob = root / m.components["net"].tensors.path
+    blob.unlink()
+    os.symlink(victim / "secret", blob)
+    with pytest.raises(IntegrityError, match="not a regular file"):
+        store.get(m.version)
+    assert any("not a regular file" in p for p in store.verify())
+    with pytest.raises(UnsafePathError, match="bad store path"):
+        store.root.read("refs/../../victim/secret")
+
+
+def test_no_version_id_past_the_8_digit_space_and_a_corrupt_high_water_mark_is_an_error(store_uri: str):
+    store = SnapshotStore(store_uri)
+    m = store.put(small_state(1))
+    store.root.write_atomic("refs/high-water", b"v99999999")
+    with pytest.raises(StoreError, match="v99999999, the last 8-digit id"):
+        store.put(small_state(2))
+    store.root.write_atomic("refs/high-water", b"v1")
+    with pytest.raises(StoreError, match="not a version id: it is corrupt"):
+        store.put(small_state(2))
+    assert [e.path for e in store.root.list("versions")] == [f"versions/{m.version}.json"]
+    store.gc()
+    assert [v.version for v in store.list()] == [m.version] and store.verify() == []
+
+
+def test_a_tag_named_like_a_temporary_file_is_refused(store_uri: str):
+    store = SnapshotStore(store_uri)
+    with pytest.raises(StoreError, match="holds no '.tmp-'"):
+        store.put(small_state(1), tags=["best.tmp-0123abcd"])
+    store.put(small_state(1))
+    with pytest.raises(StoreError, match="holds no '.tmp-'"):
+        store.tag("latest", "a.tmp-1")
+    assert store.tags() == {} and store.root.list("refs/tags") == []
+
+
+def _finishes(fn: Any, timeout_s: float = 120.0) -> BaseException | None:
+    """What `fn` raised (None if nothing), run in a thread: a read that hangs (on a pipe) or
+    grows without end (/dev/zero) fails the test instead of hanging it."""
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            fn()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    assert outcome, f"still running after {timeout_s:.0f} s"
+    return outcome[0]
+
+
+def test_a_blob_or_pointer_swapped_for_dev_zero_a_pipe_or_a_huge_file_is_refused_without_reading_it(tmp_path):
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    blob = root / m.components["net"].tensors.path
+    for swap in ("/dev/zero", "pipe", "64 GB sparse file"):
+        blob.unlink()
+        if swap == "pipe":
+            os.mkfifo(blob)
+        elif swap == "/dev/zero":
+            os.symlink("/dev/zero", blob)
+        else:
+            with open(blob, "wb") as f:
+                f.truncate(64 << 30)
+        raised = _finishes(lambda: SnapshotStore(str(root)).get(m.version))
+        assert isinstance(raised, IntegrityError) and m.components["net"].tensors.path in str(raised), (swap, raised)
+        problems: list[str] = []
+        assert _finishes(lambda: problems.extend(SnapshotStore(str(root)).verify())) is None  # noqa: B023
+        assert len(problems) == 1 and m.components["net"].tensors.path in problems[0], (swap, problems)
+    (root / "refs" / "latest").unlink()
+    os.mkfifo(root / "refs" / "latest")
+    assert _finishes(lambda: SnapshotStore(str(root)).resolve("latest")) is None  # ignored, as a corrupt pointer
+    assert SnapshotStore(str(root)).resolve("latest") == m.version
+    with open(root / "versions" / "v00000002.json", "wb") as f:
+        f.truncate(64 << 30)
+    assert _finishes(lambda: SnapshotStore(str(root)).list()) is None  # skipped with a warning, never read
+    assert any("v00000002" in p for p in SnapshotStore(str(root)).verify())
+
+
+def test_a_blob_larger_than_its_manifest_says_is_not_read_whole(store_uri: str):
+    store = SnapshotStore(store_uri)
+    m = store.put(small_state(1))
+    ref = m.components["net"].tensors
+    store.root.write_atomic(ref.path, store.root.read(ref.path) + bytes(1 << 20))
+    reader = SnapshotStore(store_uri)
+    with pytest.raises(IntegrityError, match=f"larger than the {ref.size} bytes the manifest says"):
+        reader.get(m.version)
+    assert reader.root.bytes_read < (1 << 20)
+
+
+def test_a_deeply_nested_or_mistyped_manifest_or_skeleton_is_a_store_error(tmp_path):
+    import dataclasses
+
+    from checkpoint_store.manifest import ComponentRef, Manifest, _checksum
+
+    root = tmp_path / "store"
+    store = SnapshotStore(str(root))
+    m = store.put(small_state(1))
+    deep = b"[" * 100_000 + b"]" * 100_000
+    (root / "versions" / "v00000002.json").write_bytes(b'{"format": "carla-fleet.snapshot/1", "x": ' + deep + b"}")
+    mistyped = [("learner_updates", "many"), ("env_steps", float("inf")), ("config", ["not", "a", "dict"])]
+    for i, (key, value) in enumerate(mistyped, start=3):
+        body = {**json.loads(m.to_bytes()), "version": f"v{i:08d}", key: value}
+        body.pop("checksum")
+        body["checksum"] = _checksum(body)
+        (root / "versions" / f"v{i:08d}.json").write_bytes(json.dumps(body).encode())
+    reader = SnapshotStore(str(root))
+    assert [v.version for v in reader.list()] == [m.version]
+    problems = reader.verify()
+    assert len(problems) == 4 and all("manifest" in p for p in problems), problems
+    with pytest.raises(StoreError, match="nests too deeply"):
+        reader.get("v00000002")
+    with pytest.raises(StoreError, match="mistypes field"):
+        reader.get("v00000005")
+    # Skeletons that nest too deeply for the decoder, or put the wrong type under a tag.
+    for i, skeleton in enumerate([deep, b"[" * 3000 + b"]" * 3000, b'{"$tuple": 5}', b'{"$tensor": [1]}',
+                                  b'{"$items": [1]}'], start=6):
+        bad = dataclasses.replace(m, version=f"v{i:08d}", components={"net": ComponentRef(store._put_blob(skeleton),
+                                                                                          None)})
+        (root / "versions" / f"{bad.version}.json").write_bytes(bad.to_bytes())
+        with pytest.raises(IntegrityError, match=f"component net of version {bad.version}: .*does not decode"):
+            SnapshotStore(str(root)).get(bad.version)
+    assert Manifest.from_bytes((root / "versions" / f"{m.version}.json").read_bytes()) == m

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cluster.cli import Commands
+from cluster.cli import Commands, UserError
 
 
 def register(cli: Commands) -> None:
@@ -35,6 +35,8 @@ def run(args: argparse.Namespace) -> int:
     from cluster.evaluate import evaluate_snapshot
     from rollout_workers.evaluation import write_report
 
+    if args.episodes < 1 or args.workers < 1:
+        raise UserError(f"--episodes and --workers must be at least 1 (got {args.episodes} and {args.workers})")
     over = overrides(args, flags=(("env", "run.env"),))
     base = experiment.load(args.config, over)
     report = evaluate_snapshot(args.snapshot, args.workers, args.episodes, seed=args.seed, local=args.local,
