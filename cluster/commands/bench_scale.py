@@ -51,6 +51,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--producers", type=int, default=2, help="chunk producers for the ceiling")
     p.add_argument("--chunk-steps", default="64,256", help="comma-separated chunk sizes for the ceiling")
     p.add_argument("--part", choices=["both", "ceiling", "scaling"], default="both")
+    p.add_argument("--paths", default="replay,refs",
+                   help="ceiling data paths: replay (the runtime's), refs (references through a log; a variant)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key of the scaling runs (e.g. worker.weight_sync_every=10)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -116,9 +118,18 @@ def _start_cluster(nodes: int, per_node: int) -> Any:
 
 
 class ChunkProducer:
-    """Sends distinct chunks of fresh frames, as a rollout worker would, as fast as it can."""
+    """Sends distinct chunks of fresh frames, in the workers' format, as fast as the central path takes them.
 
-    def __init__(self, stream: int, replay_name: str, chunk_steps: int, vector_dim: int, max_in_flight: int) -> None:
+    The chunks are a worker stream's (built by `ChunkBuilder` from the tick env): the first two as
+    built, then the second over and over with the next sequence number and new frames (a copy of its
+    frames, each stamped with a counter), which continues the same episode. Making a chunk so costs a
+    copy of its frames, not an env step and a `ChunkBuilder.add_step` per step: the producers stand for
+    workers on other machines, and their own cost is not the central path's.
+    """
+
+    def __init__(self, stream: int, replay_name: str, chunk_steps: int, vector_dim: int, max_in_flight: int,
+                 refs: bool = False) -> None:
+        import numpy as np
         import ray
 
         from learner.replay import BoundedSender
@@ -126,31 +137,99 @@ class ChunkProducer:
         from rollout_workers.envs.tick import TickEnv
 
         replay = ray.get_actor(replay_name)
-        self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), max_in_flight)
-        self.builder = ChunkBuilder(vector_dim, chunk_steps=chunk_steps, stream=stream)
-        self.env = TickEnv(seed=stream, tick_s=0.0)  # no tick: frames as fast as they can be made
+        if refs:  # the chunk stays in this node's object store; the log gets a reference (in a list: unresolved)
+            self.sender = BoundedSender(lambda chunk: replay.add.remote([ray.put(chunk)], len(chunk)), max_in_flight)
+        else:
+            self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), max_in_flight)
+        builder, env = ChunkBuilder(vector_dim, chunk_steps=chunk_steps, stream=stream), TickEnv(
+            stream, tick_s=0.0, episode_steps=10**9)
+        obs, _ = env.reset()
+        builder.begin_episode(obs)
+        action = np.zeros(2, dtype=np.float32)
+        self.first: list[Any] = []
+        while len(self.first) < 2:  # one endless episode
+            obs, reward, terminated, truncated, _ = env.step(action)
+            builder.add_step(action, reward, terminated, truncated, obs, 1)
+            if builder.ready():
+                self.first.append(builder.flush())
+        self.template = self.first[1]
+        self.counter = 0
 
-    def run(self, seconds: float) -> int:
+    def _fresh(self, seq: int) -> Any:
+        import dataclasses
+
         import numpy as np
 
-        action = np.zeros(2, dtype=np.float32)
-        obs, _ = self.env.reset()
-        self.builder.begin_episode(obs)
-        steps, end = 0, time.monotonic() + seconds
-        while time.monotonic() < end:
-            obs, reward, terminated, truncated, _ = self.env.step(action)
-            self.builder.add_step(action, reward, terminated, truncated, obs, 1)
-            steps += 1
-            if truncated:
-                obs, _ = self.env.reset()
-                self.builder.begin_episode(obs)
-            if self.builder.ready():
-                self.sender.send(self.builder.flush())
-        chunk = self.builder.flush()
-        if chunk is not None:
+        frames = self.template.frames.copy()
+        n = frames.shape[0]
+        stamps = np.arange(self.counter, self.counter + n, dtype=np.uint64)
+        frames[:, 0, :8] = stamps.view(np.uint8).reshape(n, 8)
+        self.counter += n
+        return dataclasses.replace(self.template, seq=seq, frames=frames)
+
+    def run(self, seconds: float) -> int:
+        for chunk in self.first:
             self.sender.send(chunk)
+        steps, seq, end = sum(len(c) for c in self.first), self.first[-1].seq + 1, time.monotonic() + seconds
+        while time.monotonic() < end:
+            self.sender.send(self._fresh(seq))
+            steps += len(self.template)
+            seq += 1
         self.sender.drain()
         return steps
+
+
+class RefLog:
+    """A variant of the replay actor for the ceiling's `refs` path: it logs references to chunks the
+    producers put in their own object stores, never the chunks, so a chunk crosses the network once
+    (producer node -> learner node) and is copied by no actor in between. Not the runtime's design
+    (yet): measured here to say what it would change."""
+
+    def __init__(self) -> None:
+        self._log: list[Any] = []
+        self._first = 0
+
+    def add(self, refs: list[Any], steps: int) -> int:
+        self._log.extend(refs)
+        return steps
+
+    def pull_new(self, cursor: int) -> tuple[list[Any], int]:
+        """One consumer: what it has not had yet, dropped from the log once handed out (frees the objects)."""
+        refs, self._log = self._log, []
+        self._first += len(refs)
+        return refs, self._first
+
+
+class RefIngest:
+    """The learner's ingestion for the `refs` path: the real `Learner`, fed with the chunks it fetches."""
+
+    def __init__(self, cfg: Any, log_name: str) -> None:
+        import ray
+
+        from learner.learner import Learner
+
+        self.log = ray.get_actor(log_name)
+        self.learner = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner, seed=0)
+        self._stop = False
+
+    def run(self) -> int:
+        import ray
+
+        cursor = 0
+        while not self._stop:
+            refs, cursor = ray.get(self.log.pull_new.remote(cursor))
+            if refs:
+                self.learner.ingest(ray.get(refs))
+                del refs  # the last reference: the producers' object stores free the chunks
+            else:
+                time.sleep(0.005)
+        return self.learner.env_steps
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def stats(self) -> dict[str, Any]:
+        return {"env_steps": self.learner.env_steps, "dropped_steps": self.learner.dropped_steps}
 
 
 def _base_config(tmp: str, name: str, overrides: dict[str, Any]) -> Any:
@@ -164,22 +243,31 @@ def _base_config(tmp: str, name: str, overrides: dict[str, Any]) -> Any:
     return experiment.load(None, {**base, **overrides})
 
 
-def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: float, windows: int) -> dict[str, Any]:
+def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: float, windows: int,
+            path: str = "replay") -> dict[str, Any]:
+    """`path`: 'replay', the runtime's (chunks through the replay actor, pulled by the learner actor), or
+    'refs' (producers put chunks in their own object store; a log of references in between)."""
     import ray
 
     from cluster.actors import LearnerActor
     from cluster.runtime import replay_actor_class
 
-    name = f"ceiling-{chunk_steps}"
+    name = f"ceiling-{path}-{chunk_steps}"
     cfg = _base_config(tmp, name, {"worker.chunk_steps": chunk_steps})
     on_head = {"learner": 0.5}
-    replay = replay_actor_class().options(name=f"{name}-replay", resources=on_head).remote(
-        cfg.replay, cfg.network.vector_dim)
-    learner = ray.remote(num_cpus=1, max_concurrency=8)(LearnerActor).options(
-        name=f"{name}-learner", resources=on_head).remote(cfg, replay, None)
+    if path == "replay":
+        replay = replay_actor_class().options(name=f"{name}-replay", resources=on_head).remote(
+            cfg.replay, cfg.network.vector_dim)
+        learner = ray.remote(num_cpus=1, max_concurrency=8)(LearnerActor).options(
+            name=f"{name}-learner", resources=on_head).remote(cfg, replay, None)
+    else:
+        replay = ray.remote(num_cpus=0, max_concurrency=1)(RefLog).options(
+            name=f"{name}-replay", resources=on_head).remote()
+        learner = ray.remote(num_cpus=1, max_concurrency=4)(RefIngest).options(
+            name=f"{name}-learner", resources=on_head).remote(cfg, f"{name}-replay")
     producer_cls = ray.remote(num_cpus=1, resources={"carla": 1})(ChunkProducer)
     prods = [producer_cls.options(scheduling_strategy="SPREAD").remote(
-        1000 + i, f"{name}-replay", chunk_steps, cfg.network.vector_dim, cfg.worker.max_in_flight)
+        1000 + i, f"{name}-replay", chunk_steps, cfg.network.vector_dim, cfg.worker.max_in_flight, path == "refs")
         for i in range(producers)]
     pids = {"producers": [_pid(p) for p in prods], "replay": [_pid(replay)], "learner": [_pid(learner)],
             "driver": [os.getpid()], **_ray_pids(cluster)}
@@ -203,7 +291,7 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     load = {k: statistics.median(c[k] for c in cpu) for k in pids}
     # The process nearest its one core (an actor runs one Python thread), or the machine's cores.
     busiest = max(("producers", "replay", "learner"), key=lambda k: load[k] / max(len(pids[k]), 1))
-    return {"chunk_steps": chunk_steps, "producers": producers,
+    return {"path": path, "chunk_steps": chunk_steps, "producers": producers,
             "sampleable_steps_per_s": statistics.median(rates), "windows_steps_per_s": [round(r) for r in rates],
             "steps_sent": sent, "steps_in_memory": stats["env_steps"], "dropped_steps": stats.get("dropped_steps"),
             "cpu_cores": {k: round(v, 3) for k, v in load.items()},
@@ -374,10 +462,10 @@ def report_md(result: dict[str, Any]) -> str:
     lines = [f"Machine: {result['machine']['cpu_model']}, {result['machine']['cores']} cores, "
              f"{'AVX-512' if result['machine']['avx512f'] else 'AVX2 only'}; {result['nodes']} Ray nodes.", ""]
     if result.get("ceiling"):
-        lines += ["| chunk steps | producers | sampleable steps/s | windows | busiest (cores) | CPU cores by process |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| path | chunk steps | producers | sampleable steps/s | windows | busiest (cores) | "
+                  "CPU cores by process |", "|---|---|---|---|---|---|---|"]
         for c in result["ceiling"]:
-            lines.append(f"| {c['chunk_steps']} | {c['producers']} | {c['sampleable_steps_per_s']:,.0f} | "
+            lines.append(f"| {c['path']} | {c['chunk_steps']} | {c['producers']} | {c['sampleable_steps_per_s']:,.0f} | "
                          f"{c['windows_steps_per_s']} | {c['busiest_process']} ({c['busiest_process_cores']}) | "
                          f"{c['cpu_cores']} |")
         lines.append("")
@@ -437,10 +525,13 @@ def run(args: argparse.Namespace) -> int:
         try:
             if args.part in ("both", "ceiling"):
                 result["ceiling"] = []
-                for steps in chunks:
-                    c = ceiling(cluster, tmp, args.producers, steps, args.window_s, args.windows)
+                for path in [x for x in args.paths.split(",") if x]:
+                    if path not in ("replay", "refs"):
+                        raise UserError(f"--paths: unknown path {path!r} (replay, refs)")
+                for path, steps in [(x, n) for x in args.paths.split(",") if x for n in chunks]:
+                    c = ceiling(cluster, tmp, args.producers, steps, args.window_s, args.windows, path)
                     result["ceiling"].append(c)
-                    say(f"ceiling, chunks of {steps}: {c['sampleable_steps_per_s']:,.0f} sampleable steps/s "
+                    say(f"ceiling, {path} path, chunks of {steps}: {c['sampleable_steps_per_s']:,.0f} sampleable steps/s "
                         f"{c['windows_steps_per_s']}; busiest {c['busiest_process']} at "
                         f"{c['busiest_process_cores']} cores; CPU {c['cpu_cores']}")
             if args.part in ("both", "scaling"):

@@ -6,7 +6,7 @@ for `fleet bench scale`: each step returns once the next tick has come (sleeping
 rest), with a fresh frame from a small pool of noise frames, so the measured cost is the
 worker's own (policy inference, chunking, sending), as on a cluster where the simulator
 runs on its own GPU. It obeys the observation contract; its reward and episode ends are
-arbitrary (200-step episodes).
+arbitrary (200-step episodes by default).
 
 `run.env: rollout_workers.envs.tick:make` reads the tick in milliseconds from
 $FLEET_TICK_MS (default 100).
@@ -27,10 +27,11 @@ POOL = 32
 
 
 class TickEnv(gym.Env):
-    def __init__(self, seed: int = 0, tick_s: float = 0.1) -> None:
+    def __init__(self, seed: int = 0, tick_s: float = 0.1, episode_steps: int = EPISODE_STEPS) -> None:
         self.observation_space = contract.observation_space()
         self.action_space = contract.action_space()
         self.tick_s = tick_s
+        self.episode_steps = episode_steps
         rng = np.random.default_rng(seed)
         self._pool = rng.integers(0, 256, (POOL, 84, 84), dtype=np.uint8)
         self._vectors = np.clip(rng.normal(0, 0.3, (POOL, contract.vector_dim())), -1, 1).astype(np.float32)
@@ -67,8 +68,8 @@ class TickEnv(gym.Env):
         self._wait_tick()
         self._t += 1
         self._frames = np.concatenate([self._frames[1:], self._frame()[None]])
-        truncated = self._t >= EPISODE_STEPS
-        info = {"route_completion": self._t / EPISODE_STEPS, "collision": False, "off_road": False,
+        truncated = self._t >= self.episode_steps
+        info = {"route_completion": self._t / self.episode_steps, "collision": False, "off_road": False,
                 "distance_m": float(self._t), "speed": 1.0}
         return self._obs(), 0.0, False, truncated, info
 
