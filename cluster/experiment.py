@@ -54,6 +54,9 @@ class RunConfig:
     worker_resource: str = "auto"
     """Custom Ray resource each rollout worker takes one unit of: 'auto' is `carla` on CARLA runs and none
     otherwise; '' never; any other name (e.g. `carla`) always, so workers land only on nodes advertising it."""
+    learner_resource: str = ""
+    """Custom Ray resource the learner takes one unit of, besides a GPU when the cluster has one (the replay
+    follows it), e.g. `learner` on the one node meant to hold it; '' none."""
     collect_steps: int = 100
     """Env steps per worker call between control checks (stop, pacing)."""
     max_ahead_steps: int = 2_000
