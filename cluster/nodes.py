@@ -102,28 +102,31 @@ class NodeWatch:
         self.every_s = every_s
         self._known: dict[str, dict[str, Any]] = {}
         self._checked = 0.0
+        self._unreported: list[dict[str, Any]] = []
         self.lost: list[dict[str, Any]] = []
-        self.poll(force=True)
+        self._refresh()
 
-    def poll(self, force: bool = False) -> list[dict[str, Any]]:
-        """Nodes lost since the last call (at most one GCS query every `every_s`)."""
+    def _refresh(self) -> None:
         import ray
 
-        now = time.monotonic()
-        if not force and now - self._checked < self.every_s:
-            return []
-        self._checked = now
-        new = []
+        self._checked = time.monotonic()
         for node in ray.nodes():
             nid = node["NodeID"]
             if node.get("Alive"):
                 self._known[nid] = node
             elif nid in self._known:
-                new.append(self._known.pop(nid))
-        self.lost.extend(new)
-        return new
+                lost = self._known.pop(nid)
+                self.lost.append(lost)
+                self._unreported.append(lost)
+
+    def poll(self) -> list[dict[str, Any]]:
+        """Nodes lost and not returned before (at most one GCS query every `every_s`)."""
+        if time.monotonic() - self._checked >= self.every_s:
+            self._refresh()
+        out, self._unreported = self._unreported, []
+        return out
 
     def is_dead(self, node_id: str) -> bool:
         """Whether Ray reports `node_id` dead now (asks the GCS)."""
-        self.poll(force=True)
+        self._refresh()
         return any(n["NodeID"] == node_id for n in self.lost)

@@ -528,8 +528,8 @@ class RayRun:
         if ready:
             try:
                 ray.get(self.learner_run)  # raises the learner's error, if any
-            except RayActorError as exc:
-                self._learner_failed(exc, status)
+            except RayActorError as exc:  # its loop is gone, whatever the actor's state: no transient
+                self._learner_failed(exc, status, transient=False)
             raise RuntimeError("the learner loop stopped unexpectedly")
         self._watch_nodes(status)
         done, _ = ray.wait(list(self._runs), timeout=0.5, num_returns=1)
@@ -577,9 +577,11 @@ class RayRun:
             log.warning("node %s lost at %d env steps: worker(s) %s%s were on it", describe(node),
                         status.env_steps, workers or "none", f" and the {', '.join(others)}" if others else "")
 
-    def _learner_failed(self, exc: Exception, status: Status, patience_s: float = 120.0) -> None:
+    def _learner_failed(self, exc: Exception, status: Status, transient: bool = True,
+                        patience_s: float = 120.0) -> None:
         """The learner did not answer: raise NodeLost when its node is gone, else return when it answers
-        again (ActorUnavailableError: a moment's disconnection) or re-raise `exc` (it died on its own).
+        again (ActorUnavailableError on a call, when `transient`: a moment's disconnection) or re-raise
+        `exc` (it died on its own).
 
         Ray tells callers at once that an actor is unreachable, and marks its node dead only after the
         missed health checks (about 15 to 30 s with its defaults): waited for here, at most `patience_s`."""
@@ -594,7 +596,7 @@ class RayRun:
                 self._watch_nodes(status)
                 raise NodeLost(self._lost_message(node, status)) from None
             state = _actor_state(self.learner)
-            if state == "ALIVE" and not isinstance(exc, ray.exceptions.ActorDiedError):
+            if transient and state == "ALIVE" and not isinstance(exc, ray.exceptions.ActorDiedError):
                 return
             if state == "DEAD" and not self.watch.is_dead(node):
                 raise exc
@@ -721,7 +723,9 @@ class RayRun:
                       getattr(self, "writer", None)]:
             if actor is not None:
                 ray.kill(actor)
-        if self._started_ray:
+        # The learner's node lost: this driver is done with the cluster; disconnecting stops Ray's streamed
+        # worker logs (recovering lost objects, ...), which would otherwise print after the run's one line.
+        if self._started_ray or self.learner_lost:
             ray.shutdown()
 
 
