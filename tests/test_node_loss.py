@@ -146,6 +146,7 @@ def test_losing_the_learners_node_fails_in_one_line_and_resume_auto_continues_fr
         assert first.returncode == 1, err[-3000:]
         assert "Traceback" not in err and lines, err[-3000:]
         assert lines[-1].startswith("fleet: error: the learner's node") and "--resume auto" in lines[-1], lines[-1]
+        assert sum("fleet: error" in line for line in lines) == 1  # above it only Ray's own log lines
         assert nodes[1].node_id[:8] in lines[-1]
         assert "no snapshot" in out  # the first run of `--resume auto` said it started from scratch
         dead = json.loads((tmp_path / "runs" / "spot" / "summary.json").read_text())
