@@ -51,7 +51,8 @@ class WorkerActor:
         self.cfg = cfg
         replay, learner = ray.get_actor(replay_name), ray.get_actor(learner_name)
         self.learner = learner
-        learner.register_worker.remote(worker_id)  # every (re)start is counted: restarts = starts - workers
+        # Every (re)start is counted (restarts = starts - workers), with the node it runs on now.
+        learner.register_worker.remote(worker_id, ray.get_runtime_context().get_node_id())
         self.worker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network, cfg.exploration,
                                     cfg.worker, seed=cfg.run.seed)
         self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), cfg.worker.max_in_flight)
@@ -112,6 +113,9 @@ class LearnerActor:
         self._stop = threading.Event()
         self.snapshots = 0
         self.worker_starts: dict[int, int] = {}
+        self.worker_nodes: dict[int, str] = {}
+        self._paused_s = 0.0
+        self._paused_since: float | None = None
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
@@ -198,7 +202,12 @@ class LearnerActor:
         learner lags behind the replay, the workers are held back instead of running on unbounded.
         """
         self.collected += collected
-        return self.learner.steps_ahead(self.collected)
+        ahead = self.learner.steps_ahead(self.collected)
+        now = time.monotonic()
+        if self._paused_since is not None:  # the time the workers were held back, for the summary
+            self._paused_s += now - self._paused_since
+        self._paused_since = now if ahead > self.cfg.run.max_ahead_steps else None
+        return ahead
 
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)
@@ -207,14 +216,17 @@ class LearnerActor:
         """The driver's periodic evaluation found a new best; later snapshots carry the score."""
         self.learner.best_eval = score
 
-    def register_worker(self, worker_id: int) -> None:
+    def register_worker(self, worker_id: int, node_id: str = "") -> None:
         self.worker_starts[worker_id] = self.worker_starts.get(worker_id, 0) + 1
+        self.worker_nodes[worker_id] = node_id
 
     def stats(self) -> dict[str, Any]:
         out = self.learner.stats()
         out["worker_restarts"] = sum(n - 1 for n in self.worker_starts.values())
         out["collected_steps"] = self.collected
         out["steps_ahead"] = self.learner.steps_ahead(self.collected)
+        out["worker_nodes"] = dict(self.worker_nodes)
+        out["workers_paused_s"] = round(self._paused_s, 1)
         return out
 
 

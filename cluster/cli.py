@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except FleetError as exc:  # bad input, config, store, simulator setup or state: one line, never a traceback
         print(f"fleet: error: {exc}", file=sys.stderr)
-        return 2
+        return getattr(exc, "exit_code", 2)  # 2: the user's to fix; 1: a lost node (cluster/nodes.py NodeLost)
 
 
 class UserError(FleetError):

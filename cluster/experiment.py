@@ -55,8 +55,8 @@ class RunConfig:
     """Custom Ray resource each rollout worker takes one unit of: 'auto' is `carla` on CARLA runs and none
     otherwise; '' never; any other name (e.g. `carla`) always, so workers land only on nodes advertising it."""
     learner_resource: str = ""
-    """Custom Ray resource the learner (and with it the replay) takes one unit of, so it lands on the node
-    advertising it: '' none (a GPU learner goes where the GPU is). cluster/loopback.yaml's head has `learner`."""
+    """Custom Ray resource the learner takes one unit of, besides a GPU when the cluster has one (the replay
+    follows it), e.g. `learner` on the one node meant to hold it (cluster/loopback.yaml's head); '' none."""
     allow_ray_without_auth: bool = False
     """A local run refuses RAY_AUTH_MODE other than `token` (its Ray would admit any local user without a token)
     unless this is true (`fleet train --allow-ray-without-auth`; docs/security.md)."""

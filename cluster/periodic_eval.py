@@ -148,7 +148,9 @@ class RayEval:
 
         from cluster.actors import EvaluatorActor
 
-        cls = ray.remote(num_cpus=1, resources=cfg.worker_resources())(EvaluatorActor)
+        # Spread over the nodes: Ray would otherwise pack them on the first node with room, whose simulators
+        # (and, on a CARLA node, whose GPU) then run every episode while the other nodes idle.
+        cls = ray.remote(num_cpus=1, resources=cfg.worker_resources(), scheduling_strategy="SPREAD")(EvaluatorActor)
         self.actors = [cls.remote(cfg, i) for i in range(max(cfg.eval.workers if workers is None else workers, 1))]
 
     def start(self, weights: dict[str, Any], seeds: list[int]) -> list[Any]:

@@ -111,6 +111,8 @@ class Status:
     """What the run is doing now, in words (warm-up, learning, waiting for the learner, catching up, ...)."""
     env_failures: int = 0
     worker_restarts: int = 0
+    workers_paused_s: float = 0.0
+    """Seconds the rollout workers were held back for the learner (replay-ratio pacing)."""
     episodes: int = 0
     mean_return: float = float("nan")
     snapshot_block_ms: float | None = None
@@ -255,6 +257,12 @@ def summary_text(summary: dict[str, Any], run_dir: Path) -> str:
     if summary.get("best"):
         lines.append(f"  best snapshot: {summary['best']['version']} (driving score {summary['best']['driving_score']:.2f})")
     health = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("env_failures", "worker_restarts") if summary.get(k)]
+    for lost in summary.get("node_losses") or []:
+        on = [f"worker(s) {', '.join(map(str, lost['workers']))}"] if lost.get("workers") else []
+        health.append(f"node {lost['node']} lost at {lost['at_env_steps']:,} env steps"
+                      + (f" ({', '.join(on + lost.get('actors', []))} on it)" if on or lost.get("actors") else ""))
+    if summary.get("workers_paused_s"):
+        health.append(f"workers waited {summary['workers_paused_s']:.0f} s for the learner")
     if summary.get("snapshot_block_ms_median") is not None:
         health.append(f"snapshots held the learner {summary['snapshot_block_ms_median']} ms (median)")
     if health:

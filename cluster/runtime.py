@@ -24,10 +24,11 @@ from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
+from cluster.nodes import NodeLost, NodeWatch, check_store_shared, describe
 from cluster.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
 from cluster.progress import MetricsLog, Progress, Status
 from learner import mkl_amd
-from learner.errors import ConfigError, StateError
+from learner.errors import ConfigError, FleetError, StateError
 from learner.replay import ReplayActor
 from learner.replay.segments import saved_chunks
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
@@ -184,7 +185,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
-    store_error: CheckpointError | None = None
+    store_error: FleetError | None = None  # the store failed, or the learner's node was lost
     deadline = started + 60 * cfg.run.max_minutes if cfg.run.max_minutes > 0 else float("inf")
     status.phase = "starting Ray and the actors" if not local else "starting"
     progress.start(status)
@@ -206,6 +207,9 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             except CheckpointError as exc:  # reported by the CLI once the summary is written
                 store_error = exc
                 status.phase = "the store failed: stopping"
+            except NodeLost as exc:  # the learner and its replay are gone: nothing left to snapshot
+                store_error = exc
+                status.phase = "the learner's node was lost: stopping"
             finally:
                 try:
                     if not interrupted and store_error is None:
@@ -226,7 +230,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             "collected_steps": max(status.collected, status.env_steps),
             "learner_updates": status.updates, "episodes": status.episodes,
             "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
-            "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
+            "worker_restarts": status.worker_restarts, "node_losses": getattr(runner, "node_losses", []),
+            "workers_paused_s": status.workers_paused_s, "final_snapshot": final.get("version", "-"),
             "snapshot_block_ms_median": status.snapshot_block_ms,
             "store": redact(cfg.store_uri()), "wall_s": round(time.monotonic() - started, 1),
             "resumed_from": f"{redact(resume.uri)}@{resume.version}" if resume else None,
@@ -247,7 +252,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
         summary["placement_text"] = final.get("placement_text", [])
     progress.summary(summary, run_dir)
     if store_error is not None:
-        raise store_error  # after the summary: the CLI prints it as one line, exit status 2
+        raise store_error  # after the summary: the CLI prints it as one line (exit status 2, or 1 for NodeLost)
     return summary
 
 
@@ -425,6 +430,12 @@ class RayRun:
         self._runs: dict[Any, int] = {}
         self.placement: dict[str, Any] = {}
         self._learner_gpu = False
+        self._drains: dict[int, Any] = {}
+        self._worker_nodes: dict[int, str] = {}
+        self.watch: NodeWatch | None = None
+        self.node_losses: list[dict[str, Any]] = []
+        """Nodes lost during the run: which, when, and the actors that were on them (the summary's)."""
+        self.learner_lost = False
 
     def start(self) -> None:
         import ray
@@ -453,15 +464,20 @@ class RayRun:
                 init_ray(num_cpus=max(os.cpu_count() or 1, needed), resources=custom,
                          log_file=cfg.run_dir() / "ray.log", allow_without_auth=cfg.run.allow_ray_without_auth)
                 self._started_ray = True
+        self.watch = NodeWatch()
+        check_store_shared(cfg.store_uri())  # several nodes: each must see the store's one folder
         gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
         self._learner_gpu = bool(gpus)
+        learner_res = {cfg.run.learner_resource: 1} if cfg.run.learner_resource else {}
+        if learner_res and ray.cluster_resources().get(cfg.run.learner_resource, 0) < 1:
+            raise ConfigError(f"run.learner_resource: no node of this cluster advertises a "
+                              f"{cfg.run.learner_resource!r} resource (ray start --resources, or the cluster YAML)")
         state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
         name = cfg.run.name
         # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
             name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention)
         # The learner first: the replay is then pinned to whatever node it landed on.
-        learner_res = {cfg.run.learner_resource: 1} if cfg.run.learner_resource else {}
         learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, resources=learner_res,
                                  max_concurrency=8)(LearnerActor)
         probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0, resources=learner_res)(_node_id).remote()
@@ -492,7 +508,9 @@ class RayRun:
         self.placement = self._placement()
 
     def _placement(self) -> dict[str, Any]:
-        """The node id each actor runs on (also in the run summary)."""
+        """The node id each actor runs on (also in the run summary). Workers report theirs to the learner
+        when they start (`worker_nodes`): a worker waiting for a node with its resources does not hold
+        up the run, and a restarted one is found where it runs now."""
         import ray
 
         def where(actor: Any) -> Any:
@@ -500,7 +518,7 @@ class RayRun:
 
         refs = {"learner": where(self.learner), "replay": where(self.replay), "checkpoint": where(self.writer)}
         out: dict[str, Any] = {k: ray.get(v, timeout=300) for k, v in refs.items()}
-        out["workers"] = ray.get([where(w) for w in self.workers], timeout=300)
+        out["workers"] = [self._worker_nodes.get(i) for i in range(len(self.workers))]
         return out
 
     def placement_text(self) -> list[str]:
@@ -526,6 +544,14 @@ class RayRun:
         import ray
         from ray.exceptions import RayActorError
 
+        ready, _ = ray.wait([self.learner_run], timeout=0)
+        if ready:
+            try:
+                ray.get(self.learner_run)  # raises the learner's error, if any
+            except RayActorError as exc:  # its loop is gone, whatever the actor's state: no transient
+                self._learner_failed(exc, status, transient=False)
+            raise RuntimeError("the learner loop stopped unexpectedly")
+        self._watch_nodes(status)
         done, _ = ray.wait(list(self._runs), timeout=0.5, num_returns=1)
         for ref in done:
             i = self._runs.pop(ref)
@@ -536,24 +562,89 @@ class RayRun:
                 # Retries ran out for this call; Ray still restarts the actor, the driver re-issues its loop.
                 log.warning("worker %d died (%s); Ray restarts it", i, type(exc).__name__)
             self._runs[self.workers[i].run.remote()] = i
-        ready, _ = ray.wait([self.learner_run], timeout=0)
-        if ready:
-            ray.get(self.learner_run)  # raises the learner's error, if any
-            raise RuntimeError("the learner loop stopped unexpectedly")
+        _absorb_reports(self._drain(), status, metrics, self._returns)
+        self._update(status, metrics)
+
+    def _drain(self, timeout_s: float = 1.0) -> list[Any]:
+        """The workers' new reports. A worker that does not answer in `timeout_s` (waiting for a node
+        with its resources, or being restarted on one) keeps its call for the next poll."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        for i, w in enumerate(self.workers):
+            if i not in self._drains:
+                self._drains[i] = w.drain_reports.remote()
+        pending = {ref: i for i, ref in self._drains.items()}
+        ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=timeout_s)
         reports = []
-        for w in self.workers:
+        for ref in ready:
+            del self._drains[pending[ref]]
             try:
-                reports.extend(ray.get(w.drain_reports.remote(), timeout=30))
+                reports.extend(ray.get(ref))
             except RayActorError:
                 continue
-        _absorb_reports(reports, status, metrics, self._returns)
-        self._update(status, metrics)
+        return reports
+
+    def _watch_nodes(self, status: Status) -> None:
+        """Record each node lost during the run with the workers that were on it (Ray restarts those
+        on the nodes left that have their resources; the summary's `node_losses`)."""
+        assert self.watch is not None
+        for node in self.watch.poll():
+            workers = sorted(i for i, n in self._worker_nodes.items() if n == node["NodeID"])
+            others = [k for k in ("learner", "replay", "checkpoint") if self.placement.get(k) == node["NodeID"]]
+            self.node_losses.append({"node": describe(node), "node_id": node["NodeID"],
+                                     "at_env_steps": status.env_steps, "workers": workers, "actors": others})
+            log.warning("node %s lost at %d env steps: worker(s) %s%s were on it", describe(node),
+                        status.env_steps, workers or "none", f" and the {', '.join(others)}" if others else "")
+
+    def _learner_failed(self, exc: Exception, status: Status, transient: bool = True,
+                        patience_s: float = 120.0) -> None:
+        """The learner did not answer: raise NodeLost when its node is gone, else return when it answers
+        again (ActorUnavailableError on a call, when `transient`: a moment's disconnection) or re-raise
+        `exc` (it died on its own).
+
+        Ray tells callers at once that an actor is unreachable, and marks its node dead only after the
+        missed health checks (about 15 to 30 s with its defaults): waited for here, at most `patience_s`."""
+        import ray
+
+        assert self.watch is not None
+        node = self.placement.get("learner", "")
+        deadline = time.monotonic() + patience_s
+        while time.monotonic() < deadline:
+            if self.watch.is_dead(node):
+                self.learner_lost = True
+                self._watch_nodes(status)
+                raise NodeLost(self._lost_message(node, status)) from None
+            state = _actor_state(self.learner)
+            if transient and state == "ALIVE" and not isinstance(exc, ray.exceptions.ActorDiedError):
+                return
+            if state == "DEAD" and not self.watch.is_dead(node):
+                raise exc
+            time.sleep(1.0)
+        raise exc
+
+    def _lost_message(self, node_id: str, status: Status) -> str:
+        """One line: what was lost, what the store keeps, how to go on."""
+        node = next((n for n in self.watch.lost if n["NodeID"] == node_id), {"NodeID": node_id}) \
+            if self.watch else {"NodeID": node_id}
+        try:
+            kept = SnapshotStore(self.cfg.store_uri(), create=False).manifest("latest")
+            keeps = f"keeps {kept.version} ({kept.env_steps:,} env steps, {kept.learner_updates:,} updates)"
+        except Exception:  # noqa: BLE001 - no version yet, or the store cannot be read from here
+            keeps = "holds no snapshot of this run yet"
+        return (f"the learner's node {describe(node)} was lost at {status.env_steps:,} env steps and "
+                f"{status.updates:,} updates; the store {redact(self.cfg.store_uri())} {keeps}: run the same "
+                f"command with --resume auto to continue from its latest snapshot")
 
     def _update(self, status: Status, metrics: MetricsLog, check_store: bool = True) -> None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
-        stats = ray.get(self.learner.stats.remote())
+        try:
+            stats = ray.get(self.learner.stats.remote())
+        except RayActorError as exc:
+            self._learner_failed(exc, status)
+            return
         status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
         status.snapshot_block_ms = stats.get("snapshot_block_ms_median", status.snapshot_block_ms)
         status.replay_size = stats["replay_size"]
@@ -561,6 +652,8 @@ class RayRun:
         status.worker_restarts = stats["worker_restarts"]
         status.collected = stats["collected_steps"]
         status.steps_ahead = stats["steps_ahead"]
+        status.workers_paused_s = stats["workers_paused_s"]
+        self._worker_nodes = stats["worker_nodes"]
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
         try:
@@ -583,15 +676,18 @@ class RayRun:
                snapshot: bool = True) -> dict[str, Any]:
         import ray
 
-        result: dict[str, Any] = {"placement": self.placement, "placement_text": self.placement_text()}
         if not self.workers:
-            return result
+            return {"placement": self.placement, "placement_text": self.placement_text()}
+        if self.learner_lost:  # nothing to catch up or snapshot: the last stored version is what is left
+            self.stop_workers(timeout_s=30)
+            self.placement["workers"] = [self._worker_nodes.get(i) for i in range(len(self.workers))]
+            return {"placement": self.placement, "placement_text": self.placement_text()}
         self.stop_workers()
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
         if not snapshot:  # the store is failing: nothing more to write there
             self._update(status, metrics, check_store=False)
-            return result
+            return {"placement": self.placement, "placement_text": self.placement_text()}
         # The catch-up takes a minute or more at the default ratio: the progress display follows its updates.
         caught_up = self.learner.catch_up.remote(timeout_s=600, updates=catch_up)
         final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False))["learner_updates"]
@@ -606,9 +702,9 @@ class RayRun:
             ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False))
         else:
             raise RuntimeError(f"the final snapshot ({final} updates) was not saved by the checkpoint writer")
-        result["version"] = manifest.version
         self._update(status, metrics, check_store=False)
-        return result
+        self.placement["workers"] = [self._worker_nodes.get(i) for i in range(len(self.workers))]
+        return {"placement": self.placement, "placement_text": self.placement_text(), "version": manifest.version}
 
     def _writer(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
         """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed)."""
@@ -647,7 +743,9 @@ class RayRun:
                       getattr(self, "writer", None)]:
             if actor is not None:
                 ray.kill(actor)
-        if self._started_ray:
+        # The learner's node lost: this driver is done with the cluster; disconnecting stops Ray's streamed
+        # worker logs (recovering lost objects, ...), which would otherwise print after the run's one line.
+        if self._started_ray or self.learner_lost:
             ray.shutdown()
 
 

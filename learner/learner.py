@@ -270,7 +270,7 @@ class Learner:
         self.settle_replay()
         state = self.agent.state(copy=self.snapshot_copies)
         state["learner"] = {"env_steps": self.env_steps, "policy_version": self.policy_version,
-                            "best_eval": self.best_eval}
+                            "best_eval": self.best_eval, "schedule": self._schedule()}
         sink(state, self.meta())
         # What the training loop lost to this snapshot: the state copy and the hand-over.
         blocked = 1000 * (time.perf_counter() - start)
@@ -292,9 +292,18 @@ class Learner:
         self.best_eval = own.get("best_eval")
         self._updates_at_start = self.updates
         # The updates already done stand for the data already seen: the schedule continues from here
-        # (no burst of catch-up updates, whatever learning_starts and the ratio were).
+        # (no burst of catch-up updates, whatever learning_starts and the ratio were) ...
         self._anchor = (self.env_steps, self.updates) if self.env_steps >= self.cfg.learning_starts else (0, 0)
+        # ... unless the snapshot's schedule is this one: then exactly the schedule of the run it came from,
+        # including the updates it still owed (a mid-run snapshot, taken while the learner lagged the
+        # workers by up to run.max_ahead_steps), as if it had never stopped.
+        if own.get("schedule", {}).get("of") == self._schedule()["of"]:
+            self._anchor = tuple(own["schedule"]["anchor"])
         self.publish()
+
+    def _schedule(self) -> dict[str, Any]:
+        """The replay-ratio schedule a snapshot carries: its anchor, and the settings it holds for."""
+        return {"anchor": list(self._anchor), "of": [self.cfg.replay_ratio, self.cfg.learning_starts]}
 
     def stats(self) -> dict[str, Any]:
         out = self.meta()

@@ -240,6 +240,24 @@ def test_a_restored_learner_keeps_the_schedule_and_paces_workers_from_where_it_w
     assert fresh.updates_allowed() == 50  # 0.5 per new step, no burst (issue 18, item 5)
 
 
+def test_a_mid_run_snapshot_restores_the_updates_it_still_owed_under_the_same_schedule(tmp_path, monkeypatch):
+    """A snapshot taken while the learner lagged (the node lost, `--resume auto`): the resumed run owes the
+    same updates the lost one did; with another ratio it starts its schedule at the snapshot instead."""
+    cfg = make_cfg(tmp_path, **{"learner.learning_starts": 100, "learner.replay_ratio": 0.5})
+    lrn = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    lrn.env_steps, lrn.agent.total_it.value = 1000, 400  # 50 updates behind int(0.5 * (1000 - 100 + 1))
+    saved = {}
+    lrn.snapshot(lambda state, meta: saved.update(state))
+    monkeypatch.setattr(type(lrn.memory), "__len__", lambda self: 10**6)  # a full memory, as if restored
+    same = Learner(cfg.agent, cfg.network, cfg.replay, cfg.learner)
+    same.restore(dict(saved))
+    assert same.updates_allowed() == 50 and same.steps_ahead(1000) == 1000 - (99 + 400 / 0.5)
+    other = make_cfg(tmp_path, **{"learner.learning_starts": 100, "learner.replay_ratio": 0.25})
+    changed = Learner(other.agent, other.network, other.replay, other.learner)
+    changed.restore(dict(saved))
+    assert changed.updates_allowed() == 0 and changed.steps_ahead(1000) == 0
+
+
 def test_carla_run_on_a_ray_it_starts_fails_fast_naming_what_to_set(tmp_path):
     import os
     import subprocess

@@ -17,8 +17,10 @@ def register(cli: Commands) -> None:
     p.add_argument("--store", help="snapshot store URI (local path, s3://bucket/prefix?endpoint_override=...)")
     p.add_argument("--name", help="run name (results under runs/<name>/)")
     p.add_argument("--local", action="store_true", help="run every component in this process, without Ray")
-    p.add_argument("--resume", metavar="URI[@VERSION]",
-                   help="continue from a snapshot (default version: latest); counters continue")
+    p.add_argument("--resume", metavar="URI[@VERSION]|auto",
+                   help="continue from a snapshot (default version: latest); counters continue. 'auto': from the "
+                        "latest snapshot in the store this run writes to, or from scratch when it has none yet "
+                        "(the same command again after a lost node)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set agent.batch_size=128 (YAML value syntax)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -50,11 +52,16 @@ def overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...] = TRA
 
 def run(args: argparse.Namespace) -> int:
     from checkpoint_store.fs import redact
-    from cluster import experiment
+    from cluster import config, experiment
     from cluster.runtime import Resume, train
 
     cfg = experiment.load(args.config, overrides(args))
-    resume = Resume.parse(args.resume) if args.resume else None
+    if args.resume == "auto":
+        # Named by the user, not a fresh timestamp: the config as given, before `load` fills in a name.
+        given = config.load_yaml(experiment.ExperimentConfig, args.config or experiment.DEFAULT_CONFIG, overrides(args))
+        resume = resume_auto(cfg, named=bool(given.run.name))
+    else:
+        resume = Resume.parse(args.resume) if args.resume else None
     if resume and not args.store and not cfg.run.store:
         # New snapshots go on in the store the run came from.
         from dataclasses import replace
@@ -68,3 +75,25 @@ def run(args: argparse.Namespace) -> int:
           f"store={redact(cfg.store_uri())}" + (" (local, no Ray)" if args.local else ""), flush=True)
     summary = train(cfg, resume=resume, local=args.local, quiet=args.quiet)
     return 130 if summary["interrupted"] else 0
+
+
+def resume_auto(cfg: Any, named: bool) -> Any:
+    """`--resume auto`: the latest complete version of the store this run writes to (--store, run.store,
+    or runs/<name>/snapshots), or None when it holds none yet. The same command can then be run again
+    after a lost node, as on spot machines, and never restarts a run that has snapshots from scratch."""
+    from checkpoint_store.fs import StoreUriError, redact
+    from checkpoint_store.store import SnapshotNotFound, SnapshotStore
+    from cluster.runtime import Resume
+
+    if not cfg.run.store and not named:
+        raise UserError("--resume auto needs the run's store or name to find its snapshots again: add --store "
+                        "URI or --name NAME (the default name is a new timestamp each time)")
+    uri = cfg.store_uri()
+    try:
+        manifest = SnapshotStore(uri, create=False).manifest("latest")
+    except (SnapshotNotFound, StoreUriError):
+        print(f"--resume auto: no snapshot in {redact(uri)} yet: starting from scratch", flush=True)
+        return None
+    print(f"--resume auto: continuing from {redact(uri)}@{manifest.version} ({manifest.env_steps:,} env steps, "
+          f"{manifest.learner_updates:,} updates)", flush=True)
+    return Resume(uri, manifest.version)
