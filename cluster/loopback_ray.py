@@ -28,6 +28,23 @@ from types import ModuleType
 TARGET = "ray._private.services"
 
 
+_DEFAULT_TO_LOOPBACK = False
+
+
+def _default_to_loopback(module: ModuleType) -> None:
+    """A node started in this process without an IP (ray.cluster_utils.Cluster, ray.init) takes 127.0.0.1,
+    not the address Ray would route towards the internet from."""
+    original = getattr(module, "node_ip_address_from_perspective", None)
+    if original is None or getattr(original, "_keeps_loopback", False):
+        return
+
+    def node_ip_address_from_perspective(address: str | None = None) -> str:
+        return "127.0.0.1" if address is None else original(address)
+
+    node_ip_address_from_perspective._keeps_loopback = True  # type: ignore[attr-defined]
+    module.node_ip_address_from_perspective = node_ip_address_from_perspective
+
+
 def _keep_loopback(module: ModuleType) -> None:
     original = getattr(module, "resolve_ip_for_localhost", None)
     if original is None:
@@ -40,6 +57,8 @@ def _keep_loopback(module: ModuleType) -> None:
 
     resolve_ip_for_localhost._keeps_loopback = True  # type: ignore[attr-defined]
     module.resolve_ip_for_localhost = resolve_ip_for_localhost
+    if _DEFAULT_TO_LOOPBACK:
+        _default_to_loopback(module)
 
 
 class _Finder(importlib.abc.MetaPathFinder):
@@ -62,14 +81,21 @@ class _Finder(importlib.abc.MetaPathFinder):
         return spec
 
 
-def install() -> bool:
-    """Keep loopback node IPs in this process: now when Ray's module is loaded, else when it is."""
+def install(default_to_loopback: bool = False) -> bool:
+    """Keep loopback node IPs in this process: now when Ray's module is loaded, else when it is.
+
+    `default_to_loopback`: also give 127.0.0.1 to a node started here without an IP (one-machine
+    clusters of tests and of `fleet bench scale`, whose `ray.cluster_utils.Cluster` takes no IP)."""
+    global _DEFAULT_TO_LOOPBACK
+    _DEFAULT_TO_LOOPBACK = _DEFAULT_TO_LOOPBACK or default_to_loopback
     if TARGET in sys.modules:
         module = sys.modules[TARGET]
         if not hasattr(module, "resolve_ip_for_localhost"):
             return False
         if not getattr(module.resolve_ip_for_localhost, "_keeps_loopback", False):
             _keep_loopback(module)
+        elif _DEFAULT_TO_LOOPBACK:
+            _default_to_loopback(module)
         return True
     if not any(isinstance(f, _Finder) for f in sys.meta_path):
         sys.meta_path.insert(0, _Finder())

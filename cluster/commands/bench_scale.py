@@ -103,6 +103,11 @@ def _start_cluster(nodes: int, per_node: int) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
+    from cluster import loopback_ray
+
+    # Every node on 127.0.0.1, so every listener of the cluster is on loopback (cluster/loopback_ray.py).
+    loopback_ray.install(default_to_loopback=True)
+
     # Logical CPUs: more than this machine has, so every actor of a point can be placed (they wait on a
     # tick or on each other most of the time); object stores kept small so three fit in memory.
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -253,7 +258,8 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     from cluster.runtime import replay_actor_class
 
     name = f"ceiling-{path}-{chunk_steps}"
-    cfg = _base_config(tmp, name, {"worker.chunk_steps": chunk_steps})
+    # A log of 262,144 steps (1.8 GB at most): producers outrun the learner by design here, with no pacing.
+    cfg = _base_config(tmp, name, {"worker.chunk_steps": chunk_steps, "replay.log_steps": 262_144})
     on_head = {"learner": 0.5}
     if path == "replay":
         replay = replay_actor_class().options(name=f"{name}-replay", resources=on_head).remote(
