@@ -43,7 +43,7 @@ class RunConfig:
     """Environment steps to collect before the run stops (the learner then catches up its ratio)."""
     max_minutes: float = 0.0
     """Wall-clock budget: the run stops like at the end of its steps after this many minutes (0: none)."""
-    store: str = ""
+    store: str = field(default="", repr=False)  # may hold credentials: kept out of every repr and log line
     """Snapshot store URI (local path, s3://bucket/prefix?endpoint_override=...). Empty: <run dir>/snapshots."""
     runs_dir: str = "runs"
     """Folder holding one sub-folder per run (metrics, TensorBoard, reports)."""

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from checkpoint_store.fs import probe, redact
-from checkpoint_store.manifest import Manifest
+from checkpoint_store.fs import probe, redact, userinfo_end
+from checkpoint_store.manifest import VERSION_RE, Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
@@ -33,6 +34,9 @@ from learner.replay.segments import saved_chunks
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
 
 log = logging.getLogger(__name__)
+
+_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""What may follow the '@' of `--resume URI@VERSION`: 'latest', a version id or a tag."""
 
 # Ray's GCS keeps an event record (about 2.5 KB) for each of the last N tasks, N = 100,000 by
 # default: a run's polling calls fill that in about half an hour, a 250 MB heap. Instances fleet
@@ -112,13 +116,32 @@ def check_ray_auth_mode(allow_without_auth: bool, warn: bool = False) -> None:
 class Resume:
     """Where a resumed run comes from."""
 
-    uri: str
+    uri: str = field(repr=False)  # may hold credentials
     version: str = "latest"
 
     @classmethod
     def parse(cls, text: str) -> Resume:
+        """`URI[@VERSION]`. The version's '@' is the last one, after the last '/' of the URI's path;
+        never the '@' that ends credentials in the URI (`s3://KEY:SECRET@bucket` is a store, not the
+        store `s3://KEY:SECRET` at version `bucket`, which was then printed with its secret). At a
+        bucket's root, `s3://bucket@VERSION` reads the same as `s3://USER@bucket`: it is taken as a
+        version only for `latest` or a version id; write `s3://bucket/@TAG` for a tag."""
         uri, sep, version = text.rpartition("@")
-        return cls(uri, version) if sep and "/" not in version else cls(text)
+        if not sep or not _REF_RE.fullmatch(version):
+            return cls(text)
+        m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", text)
+        if m is None:  # a local path
+            return cls(uri, version)
+        location = text[m.end():]
+        cut = min([i for i in (location.find("?"), location.find("#")) if i >= 0], default=len(location))
+        path = location[:cut]
+        at = len(uri) - m.end()  # index of the separator candidate in `location`
+        end = userinfo_end(path)
+        if at >= cut or at > end and "/" not in path[at:]:
+            return cls(uri, version)
+        if at == end and ":" not in path[:at] and "/" not in path and (version == "latest" or VERSION_RE.match(version)):
+            return cls(uri, version)
+        return cls(text)
 
 
 @contextmanager
