@@ -20,8 +20,10 @@ import re
 import stat
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import pyarrow as pa
@@ -30,6 +32,7 @@ import pyarrow.fs as pafs
 from learner.errors import StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TMP_MARK = ".tmp-"
 TMP_RE = re.compile(r"(.+)\.tmp-[0-9a-f]{8}")
@@ -51,6 +54,10 @@ URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoi
             "AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or an instance role), "
             "or gs://bucket/prefix")
 
+OPEN_TIMEOUT_S = 20.0
+"""How long a command waits for a remote store's first answer (opening it) before it gives up in one
+line: against an S3 server that accepts connections and never answers, the AWS SDK inside pyarrow
+retried for about 100 s before it failed (and the process then waited as long again to exit)."""
 NO_ANSWER_HELP = ("check that its server is up and reachable (for S3 the endpoint_override host:port), and its "
                   "credentials (AWS_* or GOOGLE_APPLICATION_CREDENTIALS in the environment, a credentials file, or "
                   "an instance role)")
@@ -155,12 +162,18 @@ class FileEntry:
 class Root:
     """Files under one directory (or bucket prefix) of a pyarrow filesystem."""
 
-    def __init__(self, uri: str, create: bool = True) -> None:
+    def __init__(self, uri: str, create: bool = True, timeout_s: float | None = OPEN_TIMEOUT_S) -> None:
+        """Open the root (creating it when `create`). A remote store must answer within `timeout_s`:
+        otherwise StoreUriError, and the stuck call is left to a daemon thread (see `bounded`)."""
         self.uri = uri
         self.display = redact(uri)
         self.bytes_read = 0
         self.reads: list[str] = []  # relative paths read, in order: lets tests prove what a load touched
-        self._open(create)
+        if "://" not in uri or uri.lower().startswith("file://"):
+            self._open(create)
+        else:
+            bounded(lambda: self._open(create), timeout_s, lambda: StoreUriError(
+                f"snapshot store {self.display!r} did not answer within {timeout_s:.0f} s: {NO_ANSWER_HELP}"))
 
     def _open(self, create: bool) -> None:
         self.fs, self.base, self.local = _open(self.uri, create)
@@ -401,38 +414,69 @@ class Root:
 
 
 PROBE_TIMEOUT_S = 20.0
+_abandoned: list[threading.Thread] = []
+
+
+def bounded(fn: Callable[[], T], timeout_s: float | None, error: Callable[[], BaseException]) -> T:
+    """`fn()`, run on a daemon thread and waited for at most `timeout_s` seconds (None: no limit);
+    raises `error()` after that. A call stuck in the filesystem cannot be interrupted, so it is left
+    running: `abandoned()` tells the command line to end the process with os._exit, since pyarrow's
+    S3 shutdown waits for such a call (measured: 100 s after the command had failed)."""
+    if timeout_s is None:
+        return fn()
+    outcome: list[tuple[bool, Any]] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=attempt, name="store-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        _abandoned.append(worker)
+        raise error()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def abandon(thread: threading.Thread) -> None:
+    """Count `thread`, stuck in a store call that was given up on, as `bounded` counts its own."""
+    _abandoned.append(thread)
+
+
+def abandoned() -> bool:
+    """Whether a store call given up by `bounded` is still running in this process."""
+    return any(t.is_alive() for t in _abandoned)
+
+
 def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Check at the start of a run that the store answers: open (creating it), write, list and
     delete a probe object, all within `timeout_s`. Raises StoreUriError naming the (redacted) URI and
     what to check, instead of a run that stalls for minutes at its first snapshot (issue 18)."""
-    outcome: list[BaseException | None] = []
 
     def attempt() -> None:
+        root = Root(uri, create=True, timeout_s=None)  # bounded here, as a whole
+        name = f"probes/probe{TMP_MARK}{uuid.uuid4().hex}"  # its own folder: listing it stays cheap
+        root.write_atomic(name, b"carla-fleet store probe")
         try:
-            root = Root(uri, create=True)
-            name = f"probes/probe{TMP_MARK}{uuid.uuid4().hex}"  # its own folder: listing it stays cheap
-            root.write_atomic(name, b"carla-fleet store probe")
-            try:
-                if not any(e.path == name for e in root.list("probes")):
-                    raise OSError("a probe object written there was not listed back")
-            finally:
-                root.delete(name)
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
-            outcome.append(exc)
+            if not any(e.path == name for e in root.list("probes")):
+                raise OSError("a probe object written there was not listed back")
+        finally:
+            root.delete(name)
 
-    worker = threading.Thread(target=attempt, name="store-probe", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
     shown = redact(uri)
-    if not outcome:
-        raise StoreUriError(
+    try:
+        bounded(attempt, timeout_s, lambda: StoreUriError(
             f"snapshot store {shown!r} did not answer within {timeout_s:.0f} s (open, write, list, delete a probe "
-            f"object): {NO_ANSWER_HELP}")
-    exc = outcome[0]
-    if isinstance(exc, StoreUriError):
-        raise exc
-    if exc is not None:
+            f"object): {NO_ANSWER_HELP}"))
+    except StoreUriError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the store, in one line
         raise StoreUriError(f"snapshot store {shown!r} cannot be written: {_first_line(exc, uri)}. Check the location, its "
                             f"permissions and free space, and the store's credentials") from None
 

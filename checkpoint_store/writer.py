@@ -272,6 +272,15 @@ class CheckpointWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def close_now(self) -> threading.Thread:
+        """Stop taking saves without waiting for the running one (stuck in a store that does not answer,
+        where no call can interrupt it); returns its thread, a daemon, to be left running."""
+        with self._cond:
+            self._closing = True
+            self._pending = None
+            self._cond.notify_all()
+        return self._thread
+
     def _run(self) -> None:
         req = self._next()
         while req is not None:

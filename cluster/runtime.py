@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from checkpoint_store.fs import probe, redact, userinfo_end
+from checkpoint_store.fs import abandon, probe, redact, userinfo_end
 from checkpoint_store.manifest import VERSION_RE, Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
@@ -236,6 +236,9 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
                     # Interrupted (Ctrl-C, SIGTERM from `ray job stop` or a scheduler, which give ~30 s): the
                     # final snapshot first, without catching up the updates the ratio still owes.
                     final = runner.finish(status, metrics, catch_up=not interrupted, snapshot=store_error is None)
+                    if final.get("error"):  # the final snapshot was not stored in time: reported after the summary
+                        store_error = CheckpointError(final["error"])
+                        status.phase = "the final snapshot was not stored: stopping"
                     if evaluator is not None and not interrupted and store_error is None:
                         status.phase = f"evaluating the final snapshot {status.last_snapshot}"
                         evaluator.finish(status, metrics)  # the final version too, so `best` considers it
@@ -250,6 +253,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             "learner_updates": status.updates, "episodes": status.episodes,
             "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
             "worker_restarts": status.worker_restarts, "final_snapshot": final.get("version", "-"),
+            "final_snapshot_stored": "version" in final, "last_stored_version": status.last_snapshot or "-",
             "snapshot_block_ms_median": status.snapshot_block_ms,
             "store": redact(cfg.store_uri()), "wall_s": round(time.monotonic() - started, 1),
             "resumed_from": f"{redact(resume.uri)}@{resume.version}" if resume else None,
@@ -306,6 +310,43 @@ def raise_if_store_failed(writer: dict[str, Any]) -> None:
             f"fix the store (space, permissions, reachability), then continue with --resume {writer.get('store')}")
 
 
+def await_final_snapshot(wait: Callable[[float], Manifest | None], resubmit: Callable[[float], None],
+                         final_updates: int, timeout_s: float, attempts: int = 3) -> Manifest | None:
+    """The manifest of the run's final snapshot (`final_updates` updates) once the writer has stored it,
+    or None when it was not stored within `timeout_s` in all.
+
+    `wait(left)` blocks until the writer is idle, at most `left` seconds, and returns its last manifest
+    (None: still busy). An older manifest means the writer restarted and lost the final save:
+    `resubmit(left)` hands it over again. A store that stops answering used to keep a Ray run waiting
+    3 x 600 s, then fail with a traceback and no summary; the stuck save itself cannot be
+    interrupted, so this only stops waiting for it."""
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(attempts):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        manifest = wait(left)
+        if manifest is None:
+            return None
+        if manifest.learner_updates >= final_updates:
+            return manifest
+        # A writer restarted during the final save: nothing of it was kept, so the learner submits the
+        # final snapshot again (catch_up has no updates left to do).
+        log.warning("final snapshot not in the store (writer has %s); submitting it again", manifest.version)
+        if attempt + 1 < attempts:
+            resubmit(deadline - time.monotonic())
+    return None
+
+
+def final_not_stored(updates: int, timeout_s: float, last: str | None, store: str) -> str:
+    """The one line a run ends with when its final snapshot was not stored in time."""
+    last = last if last and last != "-" else "none"
+    return (f"the final snapshot ({updates} updates) was not stored within run.store_timeout_s={timeout_s:g} s: "
+            f"the store {store} did not finish the save, so the run stops without it. The last complete version "
+            f"is {last} (summary.json says the same): fix the store (reachability, space), then continue with "
+            f"--resume {store}")
+
+
 def eval_figures(report: Any) -> dict[str, float]:
     """What a person reads of an evaluation: how far, how well, how fast, what it earned."""
     return {"route_completion": round(report.mean_route_completion, 3),
@@ -354,6 +395,7 @@ class LocalRun:
         self._chunks: list[Any] = []
         self._returns: list[float] = []
         self._replay_refs: dict[str, str] | None = None
+        self._stuck = False
 
     def start(self) -> None:
         pass
@@ -370,7 +412,10 @@ class LocalRun:
         self.learner.best_eval = score
 
     def close(self) -> None:
-        self.writer.close()
+        if self._stuck:
+            abandon(self.writer.close_now())
+        else:
+            self.writer.close()
 
     def _source(self) -> list[Any]:
         out, self._chunks = self._chunks, []
@@ -420,9 +465,14 @@ class LocalRun:
         while catch_up and self.learner.step(self._source, self._sink):
             pass
         self.learner.snapshot(self._sink)
-        manifest = self.writer.wait(timeout=600)
+        timeout_s = self.cfg.run.store_timeout_s
+        manifest = self.writer.wait(timeout=timeout_s)
         self._update(status, metrics, check_store=False)
-        return {"version": manifest.version if manifest else "-"}
+        if manifest is None:  # the save is stuck in the store, and cannot be interrupted: leave it
+            self._stuck = True
+            return {"error": final_not_stored(self.learner.stats()["learner_updates"], timeout_s,
+                                              status.last_snapshot, self.writer.store.uri)}
+        return {"version": manifest.version}
 
 
 def replay_actor_class() -> Any:
@@ -605,6 +655,7 @@ class RayRun:
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
                snapshot: bool = True) -> dict[str, Any]:
         import ray
+        from ray.exceptions import GetTimeoutError
 
         result: dict[str, Any] = {"placement": self.placement, "placement_text": self.placement_text()}
         if not self.workers:
@@ -618,23 +669,31 @@ class RayRun:
         # The catch-up takes a minute or more at the default ratio: the progress display follows its updates.
         caught_up = self.learner.catch_up.remote(timeout_s=600, updates=catch_up)
         final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False))["learner_updates"]
-        for _ in range(3):
-            manifest = self._writer("wait", 600)
-            if manifest is not None and manifest.learner_updates >= final:
-                break
-            # A writer restarted during the final save (or a save timed out): nothing of it was kept,
-            # so the learner submits the final snapshot again (catch_up has no updates left to do).
-            log.warning("final snapshot not in the store (writer has %s); submitting it again",
-                        manifest.version if manifest else "nothing")
-            ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False))
-        else:
-            raise RuntimeError(f"the final snapshot ({final} updates) was not saved by the checkpoint writer")
-        result["version"] = manifest.version
+
+        def wait(left: float) -> Manifest | None:
+            try:  # the writer's own wait returns None after `left`; ray.get is bounded should the call hang
+                return self._writer("wait", left, get_timeout_s=left + 30)
+            except GetTimeoutError:
+                return None
+
+        def resubmit(left: float) -> None:
+            try:
+                ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False), timeout=max(left, 1.0))
+            except GetTimeoutError:
+                pass
+
+        timeout_s = self.cfg.run.store_timeout_s
+        manifest = await_final_snapshot(wait, resubmit, final, timeout_s)
         self._update(status, metrics, check_store=False)
+        if manifest is None:
+            result["error"] = final_not_stored(final, timeout_s, status.last_snapshot, redact(self.cfg.store_uri()))
+            return result
+        result["version"] = manifest.version
         return result
 
-    def _writer(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
-        """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed)."""
+    def _writer(self, method: str, *args: Any, patience_s: float = 120.0, get_timeout_s: float | None = None) -> Any:
+        """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed); each
+        call waited for at most `get_timeout_s` (GetTimeoutError)."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -642,7 +701,7 @@ class RayRun:
         warned = False
         while True:
             try:
-                return ray.get(getattr(self.writer, method).remote(*args))
+                return ray.get(getattr(self.writer, method).remote(*args), timeout=get_timeout_s)
             except RayActorError as exc:  # ActorUnavailableError included: restarting
                 # Past the patience, wait on only while Ray says the writer is coming back: a restart on a
                 # loaded machine may take minutes, a dead actor never returns.
