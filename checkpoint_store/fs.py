@@ -18,10 +18,13 @@ import logging
 import os
 import re
 import stat
+import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, TypeVar
+from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,6 +32,7 @@ import pyarrow.fs as pafs
 from learner.errors import StoreError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 TMP_MARK = ".tmp-"
 TMP_RE = re.compile(r"(.+)\.tmp-[0-9a-f]{8}")
@@ -39,9 +43,24 @@ MAX_SMALL_READ = 8 << 20
 smaller; blob readers pass the size their manifest gives."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _SECRET_KEYS = {"access_key", "secret_key", "session_token"}
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):(//)?")  # two letters at least: C:\\ is a path
+_STORE_SCHEMES = {"s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss"}
+_PARAM_RE = re.compile(r"([?&;])([^=&;#]*)=([^&;#]*)")
+_SECRET_PARAM_RE = re.compile(r"([?&;]([^=&;#]*)=)[^&;#]*")
+_MIN_SCRUB = 4
+"""Shorter credentials are hidden where the URI is shown, not searched for in every message."""
 URI_HELP = ("use a local path, file:///abs/path, s3://bucket/prefix (add ?endpoint_override=HOST:PORT&scheme=http "
-            "for a non-AWS server; credentials come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), "
+            "for a non-AWS server; credentials come from ~/.aws/credentials or AWS_SHARED_CREDENTIALS_FILE with "
+            "AWS_PROFILE, AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or an instance role), "
             "or gs://bucket/prefix")
+
+OPEN_TIMEOUT_S = 20.0
+"""How long a command waits for a remote store's first answer (opening it) before it gives up in one
+line: against an S3 server that accepts connections and never answers, the AWS SDK inside pyarrow
+retried for about 100 s before it failed (and the process then waited as long again to exit)."""
+NO_ANSWER_HELP = ("check that its server is up and reachable (for S3 the endpoint_override host:port), and its "
+                  "credentials (AWS_* or GOOGLE_APPLICATION_CREDENTIALS in the environment, a credentials file, or "
+                  "an instance role)")
 
 
 class StoreUriError(StoreError, ValueError):
@@ -59,17 +78,76 @@ class UnsafePathError(StoreError, ValueError):
 
 def redact(uri: str) -> str:
     """The URI with every credential replaced by ***, safe to log, print or store in a manifest:
-    the user-info part (`s3://KEY:SECRET@bucket`) and secret query parameters."""
-    if "://" not in uri:
+    the user-info part (`s3://KEY:SECRET@bucket`, also when the secret holds an unencoded '/') and
+    secret query parameters. The rest of the URI is kept as written."""
+    parts = _split(uri)
+    if parts is None:
         return uri
-    parts = urlsplit(uri)
-    if "@" in parts.netloc:
-        parts = parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2])
-    if parts.query:
-        query = [(k, "***" if k.lower() in _SECRET_KEYS else v)
-                 for k, v in parse_qsl(parts.query, keep_blank_values=True)]
-        parts = parts._replace(query=urlencode(query, safe=":/*"))
-    return urlunsplit(parts)
+    head, location, tail = parts
+    end = userinfo_end(location)
+    if end >= 0:
+        location = "***" + location[end:]
+    return head + location + _SECRET_PARAM_RE.sub(_hide_param, tail)
+
+
+def _split(uri: str) -> tuple[str, str, str] | None:
+    """('scheme://', what follows up to the query, the query and fragment) of a URI; None for a local
+    path. A store scheme without '//' (`s3:KEY:SECRET@bucket`, refused by `_open`) counts too."""
+    m = _SCHEME_RE.match(uri)
+    if m is None or (not m.group(2) and m.group(1).lower() not in _STORE_SCHEMES):
+        return None
+    rest = uri[m.end():]
+    cut = min([i for i in (rest.find("?"), rest.find("#")) if i >= 0], default=len(rest))
+    return uri[:m.end()], rest[:cut], rest[cut:]
+
+
+def userinfo_end(location: str) -> int:
+    """Where the user info of `location` (a URI after 'scheme://', before its query) ends: the index
+    of its '@', or -1 when it has none.
+
+    Not urlsplit's answer: an AWS secret may hold an unencoded '/' (`s3://KEY:ab/cd@bucket`), and
+    urlsplit then ends the host at that '/' and finds no user info, so the secret was printed as is.
+    Here the user info runs from the start to the last '@' before the first '/' that follows the
+    first '@' (a password with an unencoded '@' is hidden whole). An '@' after a '/' belongs to the
+    path (`s3://bucket/run@2`) unless the first segment holds a ':' as KEY:SECRET does."""
+    at = location.find("@")
+    if at < 0:
+        return -1
+    if "/" in location[:at] and ":" not in location.split("/", 1)[0]:
+        return -1
+    slash = location.find("/", at)
+    return location.rfind("@", 0, slash if slash >= 0 else len(location))
+
+
+def _hide_param(m: re.Match[str]) -> str:
+    return f"{m.group(1)}***" if unquote_plus(m.group(2)).lower() in _SECRET_KEYS else m.group(0)
+
+
+def secrets_of(uri: str) -> list[str]:
+    """The credentials written in `uri` (user info, its key and secret, secret query values), raw and
+    percent-decoded, longest first: what `scrub` removes from a message."""
+    parts = _split(uri)
+    if parts is None:
+        return []
+    _, location, tail = parts
+    found: list[str] = []
+    end = userinfo_end(location)
+    if end >= 0:
+        found += [location[:end], *location[:end].split(":", 1)]
+    found += [m.group(3) for m in _PARAM_RE.finditer(tail) if unquote_plus(m.group(2)).lower() in _SECRET_KEYS]
+    out = {v for s in found for v in (s, unquote(s), unquote_plus(s)) if len(v) >= _MIN_SCRUB}
+    return sorted(out, key=len, reverse=True)
+
+
+def scrub(text: str, *uris: str) -> str:
+    """`text` (an exception's message, which pyarrow and the AWS SDK fill with the URI they were
+    given) with each of `uris` replaced by its redacted form and every credential in them by ***."""
+    for uri in uris:
+        if uri:
+            text = text.replace(uri, redact(uri))
+            for secret in secrets_of(uri):
+                text = text.replace(secret, "***")
+    return text
 
 
 @dataclass(frozen=True)
@@ -84,17 +162,32 @@ class FileEntry:
 class Root:
     """Files under one directory (or bucket prefix) of a pyarrow filesystem."""
 
-    def __init__(self, uri: str, create: bool = True) -> None:
+    def __init__(self, uri: str, create: bool = True, timeout_s: float | None = OPEN_TIMEOUT_S) -> None:
+        """Open the root (creating it when `create`). A remote store must answer within `timeout_s`:
+        otherwise StoreUriError, and the stuck call is left to a daemon thread (see `bounded`)."""
         self.uri = uri
         self.display = redact(uri)
-        self.fs, self.base, self.local = _open(uri, create)
         self.bytes_read = 0
         self.reads: list[str] = []  # relative paths read, in order: lets tests prove what a load touched
+        if "://" not in uri or uri.lower().startswith("file://"):
+            self._open(create)
+        else:
+            bounded(lambda: self._open(create), timeout_s, lambda: StoreUriError(
+                f"snapshot store {self.display!r} did not answer within {timeout_s:.0f} s: {NO_ANSWER_HELP}"))
+
+    def _open(self, create: bool) -> None:
+        self.fs, self.base, self.local = _open(self.uri, create)
         if create:
             self._ensure_root()
-        elif self.fs.get_file_info(self.base).type != pafs.FileType.Directory:
-            raise StoreUriError(f"no snapshot store at {self.display}: the location does not exist "
-                                "(check the URI, or write a snapshot there first)")
+        else:
+            try:
+                found = self.fs.get_file_info(self.base).type
+            except (OSError, pa.ArrowException) as exc:
+                raise StoreUriError(f"cannot read snapshot store {self.display}: {_first_line(exc, self.uri)}. "
+                                    f"Check the URI, then {NO_ANSWER_HELP}") from None
+            if found != pafs.FileType.Directory:
+                raise StoreUriError(f"no snapshot store at {self.display}: the location does not exist "
+                                    "(check the URI, or write a snapshot there first)")
 
     def _ensure_root(self) -> None:
         try:
@@ -106,8 +199,8 @@ class Root:
                     log.info("creating bucket %s", bucket)
                 self.fs.create_dir(self.base, recursive=True)
         except (OSError, pa.ArrowException) as exc:
-            raise StoreUriError(f"cannot create snapshot store at {self.display}: {exc}. "
-                                "Check the URI and credentials, or create the bucket yourself.") from exc
+            raise StoreUriError(f"cannot create snapshot store at {self.display}: {_first_line(exc, self.uri)}. "
+                                "Check the URI and credentials, or create the bucket yourself.") from None
 
     def _abs(self, rel: str) -> str:
         return f"{self.base}/{rel}" if rel else self.base
@@ -321,46 +414,77 @@ class Root:
 
 
 PROBE_TIMEOUT_S = 20.0
+_abandoned: list[threading.Thread] = []
+
+
+def bounded(fn: Callable[[], T], timeout_s: float | None, error: Callable[[], BaseException]) -> T:
+    """`fn()`, run on a daemon thread and waited for at most `timeout_s` seconds (None: no limit);
+    raises `error()` after that. A call stuck in the filesystem cannot be interrupted, so it is left
+    running: `abandoned()` tells the command line to end the process with os._exit, since pyarrow's
+    S3 shutdown waits for such a call (measured: 100 s after the command had failed)."""
+    if timeout_s is None:
+        return fn()
+    outcome: list[tuple[bool, Any]] = []
+
+    def attempt() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread below
+            outcome.append((False, exc))
+
+    worker = threading.Thread(target=attempt, name="store-call", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if not outcome:
+        _abandoned.append(worker)
+        raise error()
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
+
+
+def abandon(thread: threading.Thread) -> None:
+    """Count `thread`, stuck in a store call that was given up on, as `bounded` counts its own."""
+    _abandoned.append(thread)
+
+
+def abandoned() -> bool:
+    """Whether a store call given up by `bounded` is still running in this process."""
+    return any(t.is_alive() for t in _abandoned)
 
 
 def probe(uri: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
     """Check at the start of a run that the store answers: open (creating it), write, list and
     delete a probe object, all within `timeout_s`. Raises StoreUriError naming the (redacted) URI and
     what to check, instead of a run that stalls for minutes at its first snapshot (issue 18)."""
-    import threading
-
-    outcome: list[BaseException | None] = []
 
     def attempt() -> None:
+        root = Root(uri, create=True, timeout_s=None)  # bounded here, as a whole
+        name = f"probes/probe{TMP_MARK}{uuid.uuid4().hex}"  # its own folder: listing it stays cheap
+        root.write_atomic(name, b"carla-fleet store probe")
         try:
-            root = Root(uri, create=True)
-            name = f"probes/probe{TMP_MARK}{uuid.uuid4().hex}"  # its own folder: listing it stays cheap
-            root.write_atomic(name, b"carla-fleet store probe")
-            try:
-                if not any(e.path == name for e in root.list("probes")):
-                    raise OSError("a probe object written there was not listed back")
-            finally:
-                root.delete(name)
-            outcome.append(None)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
-            outcome.append(exc)
+            if not any(e.path == name for e in root.list("probes")):
+                raise OSError("a probe object written there was not listed back")
+        finally:
+            root.delete(name)
 
-    worker = threading.Thread(target=attempt, name="store-probe", daemon=True)
-    worker.start()
-    worker.join(timeout_s)
     shown = redact(uri)
-    if not outcome:
-        raise StoreUriError(
+    try:
+        bounded(attempt, timeout_s, lambda: StoreUriError(
             f"snapshot store {shown!r} did not answer within {timeout_s:.0f} s (open, write, list, delete a probe "
-            f"object): check that its server is up and reachable (for S3 the endpoint_override host:port), and "
-            f"its credentials (AWS_* or GOOGLE_APPLICATION_CREDENTIALS in the environment, or an instance role)")
-    exc = outcome[0]
-    if isinstance(exc, StoreUriError):
-        raise exc
-    if exc is not None:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StoreUriError(f"snapshot store {shown!r} cannot be written: {first[:300]}. Check the location, its "
-                            f"permissions and free space, and the store's credentials") from exc
+            f"object): {NO_ANSWER_HELP}"))
+    except StoreUriError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the store, in one line
+        raise StoreUriError(f"snapshot store {shown!r} cannot be written: {_first_line(exc, uri)}. Check the location, its "
+                            f"permissions and free space, and the store's credentials") from None
+
+
+def _first_line(exc: BaseException, uri: str) -> str:
+    """The first line of an error's message, without the credentials of `uri`."""
+    text = scrub(str(exc).strip(), uri)
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _open(uri: str, create: bool) -> tuple[pafs.FileSystem, str, bool]:
@@ -370,6 +494,7 @@ def _open(uri: str, create: bool) -> tuple[pafs.FileSystem, str, bool]:
         if re.match(r"^(s3|gs|gcs|file|hdfs):", uri, re.IGNORECASE):
             raise StoreUriError(f"snapshot store URI {redact(uri)!r} looks like a URI without '//': {URI_HELP}")
         return pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve()), True
+    given = uri
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme in ("s3", "gs", "gcs") and not parts.netloc:
@@ -381,6 +506,8 @@ def _open(uri: str, create: bool) -> tuple[pafs.FileSystem, str, bool]:
     try:
         fs, base = pafs.FileSystem.from_uri(uri)
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise StoreUriError(f"cannot open snapshot store {redact(uri)!r}: {exc}. Fix: {URI_HELP}") from exc
+        # pyarrow's message quotes the URI it was given, credentials and all.
+        raise StoreUriError(f"cannot open snapshot store {redact(uri)!r}: {scrub(str(exc), uri, given)}. "
+                            f"Fix: {URI_HELP}") from None
     local = isinstance(fs, pafs.LocalFileSystem)
     return fs, base.rstrip("/"), local

@@ -7,6 +7,7 @@ launched (SIGTERM, then SIGKILL after a grace period: SeaweedFS exits slowly).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -73,6 +74,8 @@ class SeaweedS3:
     startup_timeout_s: float = 60.0
     stop_grace_s: float = 3.0
     port: int = 0
+    identities: dict[str, str] | None = None
+    """{access key: secret key} the gateway accepts (each may do anything); None: it checks no credentials."""
     proc: subprocess.Popen | None = field(default=None, repr=False)
     _own_dir: bool = field(default=False, repr=False)
 
@@ -106,6 +109,14 @@ class SeaweedS3:
             "-master.volumeSizeLimitMB=512", "-volume.max=64", "-volume.preStopSeconds=0",
             f"-s3.localSocket={self.workdir}/s3.sock", f"-filer.localSocket={self.workdir}/filer.sock",
         ]
+        if self.identities is not None:
+            config = self.workdir / "s3.json"
+            config.write_text(json.dumps({"identities": [
+                {"name": f"user{i}", "credentials": [{"accessKey": key, "secretKey": secret}],
+                 "actions": ["Admin", "Read", "Write", "List", "Tagging"]}
+                for i, (key, secret) in enumerate(self.identities.items())]}))
+            config.chmod(0o600)
+            cmd.append(f"-s3.config={config}")
         log_path = self.workdir / "weed.log"
         with open(log_path, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

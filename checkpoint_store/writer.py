@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from checkpoint_store.fs import scrub
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
@@ -271,6 +272,15 @@ class CheckpointWriter:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def close_now(self) -> threading.Thread:
+        """Stop taking saves without waiting for the running one (stuck in a store that does not answer,
+        where no call can interrupt it); returns its thread, a daemon, to be left running."""
+        with self._cond:
+            self._closing = True
+            self._pending = None
+            self._cond.notify_all()
+        return self._thread
+
     def _run(self) -> None:
         req = self._next()
         while req is not None:
@@ -298,7 +308,7 @@ class CheckpointWriter:
                 if attempt == self.retries:
                     raise
                 delay = self.backoff_s * 2 ** attempt
-                log.warning("snapshot save failed (%s); retry %d of %d in %.0f s", _one_line(exc), attempt + 1,
+                log.warning("snapshot save failed (%s); retry %d of %d in %.0f s", self._one_line(exc), attempt + 1,
                             self.retries, delay)
                 with self._cond:
                     self._stats["retries"] += 1
@@ -318,10 +328,10 @@ class CheckpointWriter:
             if self.retention is not None:
                 self.store.apply_retention(self.retention)
         except Exception as exc:  # noqa: BLE001 - any failure must reach status()/wait(), not kill the thread
-            log.error("snapshot save at %s updates failed: %s", req.meta.get("learner_updates"), _one_line(exc))
+            log.error("snapshot save at %s updates failed: %s", req.meta.get("learner_updates"), self._one_line(exc))
             with self._cond:
                 self._stats["errors"] += 1
-                self._last_error = f"{type(exc).__name__}: {exc}"
+                self._last_error = scrub(f"{type(exc).__name__}: {exc}", self.store.root.uri)
                 self._last_failed = True
             return
         with self._cond:
@@ -329,10 +339,10 @@ class CheckpointWriter:
             self._stats.update(saves_done=self._stats["saves_done"] + 1, last_save_s=time.perf_counter() - t0,
                                last_save_bytes=written, last_latency_s=time.monotonic() - req.submitted)
 
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
+    def _one_line(self, exc: BaseException) -> str:
+        """The first line of the error, without the store's credentials (status() and logs show it)."""
+        text = scrub(str(exc).strip(), self.store.root.uri)
+        return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
 
 
 def _materialize(state: Any, timeout_s: float) -> Any:

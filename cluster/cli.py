@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from collections.abc import Callable, Sequence
@@ -68,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    store_fs = sys.modules.get("checkpoint_store.fs")  # not imported: no store call to wait for
+    if store_fs is not None and store_fs.abandoned():
+        # A store call given up on (a server that never answers) is still running, and pyarrow's S3
+        # shutdown would wait for it: end now, with what was printed already out.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     mkl_amd.preload()  # before the commands import torch: MKL's AVX-512 kernels on AMD CPUs
     parser = build_parser()
     args = parser.parse_args(argv)

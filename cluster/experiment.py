@@ -43,7 +43,7 @@ class RunConfig:
     """Environment steps to collect before the run stops (the learner then catches up its ratio)."""
     max_minutes: float = 0.0
     """Wall-clock budget: the run stops like at the end of its steps after this many minutes (0: none)."""
-    store: str = ""
+    store: str = field(default="", repr=False)  # may hold credentials: kept out of every repr and log line
     """Snapshot store URI (local path, s3://bucket/prefix?endpoint_override=...). Empty: <run dir>/snapshots."""
     runs_dir: str = "runs"
     """Folder holding one sub-folder per run (metrics, TensorBoard, reports)."""
@@ -60,6 +60,10 @@ class RunConfig:
     allow_ray_without_auth: bool = False
     """A local run refuses RAY_AUTH_MODE other than `token` (its Ray would admit any local user without a token)
     unless this is true (`fleet train --allow-ray-without-auth`; docs/security.md)."""
+    store_timeout_s: float = 120.0
+    """Seconds the end of a run waits for its final snapshot to be stored. Past them (a store that stopped
+    answering) the run stops without it: one line, exit status 2, and a summary that says the final
+    snapshot was not stored and names the last complete version."""
     collect_steps: int = 100
     """Env steps per worker call between control checks (stop, pacing)."""
     max_ahead_steps: int = 2_000
@@ -74,6 +78,8 @@ class RunConfig:
             raise ConfigError("run.total_env_steps and run.collect_steps must be >= 1")
         if self.max_minutes < 0 or self.progress_every_s <= 0:
             raise ConfigError("run.max_minutes must be >= 0 and run.progress_every_s > 0")
+        if not self.store_timeout_s > 0:
+            raise ConfigError(f"run.store_timeout_s must be > 0 seconds, got {self.store_timeout_s}")
 
 
 @dataclass(frozen=True)

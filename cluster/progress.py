@@ -270,7 +270,10 @@ def summary_text(summary: dict[str, Any], run_dir: Path) -> str:
     store = summary.get("store", "")
     lines += ["  where:",
               f"    run folder     {run_dir}  (summary.json, metrics/*.parquet, tb/, ray.log)",
-              f"    snapshots      {store}  (final {summary.get('final_snapshot')})"]
+              f"    snapshots      {store}  (final {summary.get('final_snapshot')})"
+              if summary.get("final_snapshot_stored", True) else
+              f"    snapshots      {store}  (final snapshot NOT stored; last complete version "
+              f"{summary.get('last_stored_version', '-')})"]
     if summary.get("learning_plot"):
         lines.append(f"    learning curve {summary['learning_plot']}")
     if summary.get("placement_text"):

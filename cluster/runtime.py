@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from checkpoint_store.fs import probe, redact
-from checkpoint_store.manifest import Manifest
+from checkpoint_store.fs import abandon, probe, redact, userinfo_end
+from checkpoint_store.manifest import VERSION_RE, Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
 from cluster.experiment import ExperimentConfig
@@ -34,6 +35,9 @@ from learner.replay.segments import saved_chunks
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
 
 log = logging.getLogger(__name__)
+
+_REF_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+"""What may follow the '@' of `--resume URI@VERSION`: 'latest', a version id or a tag."""
 
 # Ray's GCS keeps an event record (about 2.5 KB) for each of the last N tasks, N = 100,000 by
 # default: a run's polling calls fill that in about half an hour, a 250 MB heap. Instances fleet
@@ -113,13 +117,32 @@ def check_ray_auth_mode(allow_without_auth: bool, warn: bool = False) -> None:
 class Resume:
     """Where a resumed run comes from."""
 
-    uri: str
+    uri: str = field(repr=False)  # may hold credentials
     version: str = "latest"
 
     @classmethod
     def parse(cls, text: str) -> Resume:
+        """`URI[@VERSION]`. The version's '@' is the last one, after the last '/' of the URI's path;
+        never the '@' that ends credentials in the URI (`s3://KEY:SECRET@bucket` is a store, not the
+        store `s3://KEY:SECRET` at version `bucket`, which was then printed with its secret). At a
+        bucket's root, `s3://bucket@VERSION` reads the same as `s3://USER@bucket`: it is taken as a
+        version only for `latest` or a version id; write `s3://bucket/@TAG` for a tag."""
         uri, sep, version = text.rpartition("@")
-        return cls(uri, version) if sep and "/" not in version else cls(text)
+        if not sep or not _REF_RE.fullmatch(version):
+            return cls(text)
+        m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", text)
+        if m is None:  # a local path
+            return cls(uri, version)
+        location = text[m.end():]
+        cut = min([i for i in (location.find("?"), location.find("#")) if i >= 0], default=len(location))
+        path = location[:cut]
+        at = len(uri) - m.end()  # index of the separator candidate in `location`
+        end = userinfo_end(path)
+        if at >= cut or at > end and "/" not in path[at:]:
+            return cls(uri, version)
+        if at == end and ":" not in path[:at] and "/" not in path and (version == "latest" or VERSION_RE.match(version)):
+            return cls(uri, version)
+        return cls(text)
 
 
 @contextmanager
@@ -217,6 +240,9 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
                     # Interrupted (Ctrl-C, SIGTERM from `ray job stop` or a scheduler, which give ~30 s): the
                     # final snapshot first, without catching up the updates the ratio still owes.
                     final = runner.finish(status, metrics, catch_up=not interrupted, snapshot=store_error is None)
+                    if final.get("error"):  # the final snapshot was not stored in time: reported after the summary
+                        store_error = CheckpointError(final["error"])
+                        status.phase = "the final snapshot was not stored: stopping"
                     if evaluator is not None and not interrupted and store_error is None:
                         status.phase = f"evaluating the final snapshot {status.last_snapshot}"
                         evaluator.finish(status, metrics)  # the final version too, so `best` considers it
@@ -232,6 +258,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             "mean_return_last_episodes": round(status.mean_return, 3), "env_failures": status.env_failures,
             "worker_restarts": status.worker_restarts, "node_losses": getattr(runner, "node_losses", []),
             "workers_paused_s": status.workers_paused_s, "final_snapshot": final.get("version", "-"),
+            "final_snapshot_stored": "version" in final, "last_stored_version": status.last_snapshot or "-",
             "snapshot_block_ms_median": status.snapshot_block_ms,
             "store": redact(cfg.store_uri()), "wall_s": round(time.monotonic() - started, 1),
             "resumed_from": f"{redact(resume.uri)}@{resume.version}" if resume else None,
@@ -288,6 +315,43 @@ def raise_if_store_failed(writer: dict[str, Any]) -> None:
             f"fix the store (space, permissions, reachability), then continue with --resume {writer.get('store')}")
 
 
+def await_final_snapshot(wait: Callable[[float], Manifest | None], resubmit: Callable[[float], None],
+                         final_updates: int, timeout_s: float, attempts: int = 3) -> Manifest | None:
+    """The manifest of the run's final snapshot (`final_updates` updates) once the writer has stored it,
+    or None when it was not stored within `timeout_s` in all.
+
+    `wait(left)` blocks until the writer is idle, at most `left` seconds, and returns its last manifest
+    (None: still busy). An older manifest means the writer restarted and lost the final save:
+    `resubmit(left)` hands it over again. A store that stops answering used to keep a Ray run waiting
+    3 x 600 s, then fail with a traceback and no summary; the stuck save itself cannot be
+    interrupted, so this only stops waiting for it."""
+    deadline = time.monotonic() + timeout_s
+    for attempt in range(attempts):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        manifest = wait(left)
+        if manifest is None:
+            return None
+        if manifest.learner_updates >= final_updates:
+            return manifest
+        # A writer restarted during the final save: nothing of it was kept, so the learner submits the
+        # final snapshot again (catch_up has no updates left to do).
+        log.warning("final snapshot not in the store (writer has %s); submitting it again", manifest.version)
+        if attempt + 1 < attempts:
+            resubmit(deadline - time.monotonic())
+    return None
+
+
+def final_not_stored(updates: int, timeout_s: float, last: str | None, store: str) -> str:
+    """The one line a run ends with when its final snapshot was not stored in time."""
+    last = last if last and last != "-" else "none"
+    return (f"the final snapshot ({updates} updates) was not stored within run.store_timeout_s={timeout_s:g} s: "
+            f"the store {store} did not finish the save, so the run stops without it. The last complete version "
+            f"is {last} (summary.json says the same): fix the store (reachability, space), then continue with "
+            f"--resume {store}")
+
+
 def eval_figures(report: Any) -> dict[str, float]:
     """What a person reads of an evaluation: how far, how well, how fast, what it earned."""
     return {"route_completion": round(report.mean_route_completion, 3),
@@ -336,6 +400,7 @@ class LocalRun:
         self._chunks: list[Any] = []
         self._returns: list[float] = []
         self._replay_refs: dict[str, str] | None = None
+        self._stuck = False
 
     def start(self) -> None:
         pass
@@ -352,7 +417,10 @@ class LocalRun:
         self.learner.best_eval = score
 
     def close(self) -> None:
-        self.writer.close()
+        if self._stuck:
+            abandon(self.writer.close_now())
+        else:
+            self.writer.close()
 
     def _source(self) -> list[Any]:
         out, self._chunks = self._chunks, []
@@ -402,9 +470,14 @@ class LocalRun:
         while catch_up and self.learner.step(self._source, self._sink):
             pass
         self.learner.snapshot(self._sink)
-        manifest = self.writer.wait(timeout=600)
+        timeout_s = self.cfg.run.store_timeout_s
+        manifest = self.writer.wait(timeout=timeout_s)
         self._update(status, metrics, check_store=False)
-        return {"version": manifest.version if manifest else "-"}
+        if manifest is None:  # the save is stuck in the store, and cannot be interrupted: leave it
+            self._stuck = True
+            return {"error": final_not_stored(self.learner.stats()["learner_updates"], timeout_s,
+                                              status.last_snapshot, self.writer.store.uri)}
+        return {"version": manifest.version}
 
 
 def replay_actor_class() -> Any:
@@ -675,6 +748,7 @@ class RayRun:
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
                snapshot: bool = True) -> dict[str, Any]:
         import ray
+        from ray.exceptions import GetTimeoutError
 
         if not self.workers:
             return {"placement": self.placement, "placement_text": self.placement_text()}
@@ -691,23 +765,33 @@ class RayRun:
         # The catch-up takes a minute or more at the default ratio: the progress display follows its updates.
         caught_up = self.learner.catch_up.remote(timeout_s=600, updates=catch_up)
         final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False))["learner_updates"]
-        for _ in range(3):
-            manifest = self._writer("wait", 600)
-            if manifest is not None and manifest.learner_updates >= final:
-                break
-            # A writer restarted during the final save (or a save timed out): nothing of it was kept,
-            # so the learner submits the final snapshot again (catch_up has no updates left to do).
-            log.warning("final snapshot not in the store (writer has %s); submitting it again",
-                        manifest.version if manifest else "nothing")
-            ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False))
-        else:
-            raise RuntimeError(f"the final snapshot ({final} updates) was not saved by the checkpoint writer")
+
+        def wait(left: float) -> Manifest | None:
+            try:  # the writer's own wait returns None after `left`; ray.get is bounded should the call hang
+                return self._writer("wait", left, get_timeout_s=left + 30)
+            except GetTimeoutError:
+                return None
+
+        def resubmit(left: float) -> None:
+            try:
+                ray.get(self.learner.catch_up.remote(timeout_s=600, updates=False), timeout=max(left, 1.0))
+            except GetTimeoutError:
+                pass
+
+        timeout_s = self.cfg.run.store_timeout_s
+        manifest = await_final_snapshot(wait, resubmit, final, timeout_s)
         self._update(status, metrics, check_store=False)
         self.placement["workers"] = [self._worker_nodes.get(i) for i in range(len(self.workers))]
-        return {"placement": self.placement, "placement_text": self.placement_text(), "version": manifest.version}
+        result: dict[str, Any] = {"placement": self.placement, "placement_text": self.placement_text()}
+        if manifest is None:
+            result["error"] = final_not_stored(final, timeout_s, status.last_snapshot, redact(self.cfg.store_uri()))
+            return result
+        result["version"] = manifest.version
+        return result
 
-    def _writer(self, method: str, *args: Any, patience_s: float = 120.0) -> Any:
-        """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed)."""
+    def _writer(self, method: str, *args: Any, patience_s: float = 120.0, get_timeout_s: float | None = None) -> Any:
+        """Call the checkpoint writer, waiting out a restart (Ray restarts it when it is killed); each
+        call waited for at most `get_timeout_s` (GetTimeoutError)."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -715,7 +799,7 @@ class RayRun:
         warned = False
         while True:
             try:
-                return ray.get(getattr(self.writer, method).remote(*args))
+                return ray.get(getattr(self.writer, method).remote(*args), timeout=get_timeout_s)
             except RayActorError as exc:  # ActorUnavailableError included: restarting
                 # Past the patience, wait on only while Ray says the writer is coming back: a restart on a
                 # loaded machine may take minutes, a dead actor never returns.
