@@ -119,9 +119,9 @@ class NodeWatch:
                 self.lost.append(lost)
                 self._unreported.append(lost)
 
-    def poll(self) -> list[dict[str, Any]]:
-        """Nodes lost and not returned before (at most one GCS query every `every_s`)."""
-        if time.monotonic() - self._checked >= self.every_s:
+    def poll(self, force: bool = False) -> list[dict[str, Any]]:
+        """Nodes lost and not returned before (at most one GCS query every `every_s`, unless `force`)."""
+        if force or time.monotonic() - self._checked >= self.every_s:
             self._refresh()
         out, self._unreported = self._unreported, []
         return out

@@ -208,7 +208,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
-    store_error: FleetError | None = None  # the store failed, or the learner's node was lost
+    failure: FleetError | None = None  # the store failed, or the learner's node was lost: after the summary
     deadline = started + 60 * cfg.run.max_minutes if cfg.run.max_minutes > 0 else float("inf")
     status.phase = "starting Ray and the actors" if not local else "starting"
     progress.start(status)
@@ -228,22 +228,22 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
                 interrupted = True
                 status.phase = "interrupted: stopping the workers, writing a final snapshot"
             except CheckpointError as exc:  # reported by the CLI once the summary is written
-                store_error = exc
+                failure = exc
                 status.phase = "the store failed: stopping"
             except NodeLost as exc:  # the learner and its replay are gone: nothing left to snapshot
-                store_error = exc
+                failure = exc
                 status.phase = "the learner's node was lost: stopping"
             finally:
                 try:
-                    if not interrupted and store_error is None:
+                    if not interrupted and failure is None:
                         status.phase = "stopping the workers, catching up the replay ratio, writing the final snapshot"
                     # Interrupted (Ctrl-C, SIGTERM from `ray job stop` or a scheduler, which give ~30 s): the
                     # final snapshot first, without catching up the updates the ratio still owes.
-                    final = runner.finish(status, metrics, catch_up=not interrupted, snapshot=store_error is None)
+                    final = runner.finish(status, metrics, catch_up=not interrupted, snapshot=failure is None)
                     if final.get("error"):  # the final snapshot was not stored in time: reported after the summary
-                        store_error = CheckpointError(final["error"])
+                        failure = CheckpointError(final["error"])
                         status.phase = "the final snapshot was not stored: stopping"
-                    if evaluator is not None and not interrupted and store_error is None:
+                    if evaluator is not None and not interrupted and failure is None:
                         status.phase = f"evaluating the final snapshot {status.last_snapshot}"
                         evaluator.finish(status, metrics)  # the final version too, so `best` considers it
                 finally:
@@ -263,8 +263,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             "store": redact(cfg.store_uri()), "wall_s": round(time.monotonic() - started, 1),
             "resumed_from": f"{redact(resume.uri)}@{resume.version}" if resume else None,
         }
-        if store_error is not None:
-            summary["error"] = str(store_error)
+        if failure is not None:
+            summary["error"] = str(failure)
         if evaluator is not None and evaluator.reports:
             summary["last_eval"] = status.last_eval
             summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
@@ -278,8 +278,8 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
         summary["placement"] = final["placement"]
         summary["placement_text"] = final.get("placement_text", [])
     progress.summary(summary, run_dir)
-    if store_error is not None:
-        raise store_error  # after the summary: the CLI prints it as one line (exit status 2, or 1 for NodeLost)
+    if failure is not None:
+        raise failure  # after the summary: the CLI prints it as one line (exit status 2, or 1 for NodeLost)
     return summary
 
 
@@ -505,6 +505,8 @@ class RayRun:
         self._learner_gpu = False
         self._drains: dict[int, Any] = {}
         self._worker_nodes: dict[int, str] = {}
+        self._ran_on: dict[str, set[int]] = {}
+        """The workers that ran on each node: a lost node's may be restarted elsewhere before it is seen lost."""
         self.watch: NodeWatch | None = None
         self.node_losses: list[dict[str, Any]] = []
         """Nodes lost during the run: which, when, and the actors that were on them (the summary's)."""
@@ -658,12 +660,12 @@ class RayRun:
                 continue
         return reports
 
-    def _watch_nodes(self, status: Status) -> None:
+    def _watch_nodes(self, status: Status, force: bool = False) -> None:
         """Record each node lost during the run with the workers that were on it (Ray restarts those
         on the nodes left that have their resources; the summary's `node_losses`)."""
         assert self.watch is not None
-        for node in self.watch.poll():
-            workers = sorted(i for i, n in self._worker_nodes.items() if n == node["NodeID"])
+        for node in self.watch.poll(force=force):
+            workers = sorted(self._ran_on.get(node["NodeID"], ()))
             others = [k for k in ("learner", "replay", "checkpoint") if self.placement.get(k) == node["NodeID"]]
             self.node_losses.append({"node": describe(node), "node_id": node["NodeID"],
                                      "at_env_steps": status.env_steps, "workers": workers, "actors": others})
@@ -727,6 +729,8 @@ class RayRun:
         status.steps_ahead = stats["steps_ahead"]
         status.workers_paused_s = stats["workers_paused_s"]
         self._worker_nodes = stats["worker_nodes"]
+        for i, node in self._worker_nodes.items():
+            self._ran_on.setdefault(node, set()).add(i)
         if stats["metrics"]:
             metrics.record("learner", status.updates, stats["metrics"])
         try:
@@ -754,9 +758,11 @@ class RayRun:
             return {"placement": self.placement, "placement_text": self.placement_text()}
         if self.learner_lost:  # nothing to catch up or snapshot: the last stored version is what is left
             self.stop_workers(timeout_s=30)
+            self._watch_nodes(status, force=True)
             self.placement["workers"] = [self._worker_nodes.get(i) for i in range(len(self.workers))]
             return {"placement": self.placement, "placement_text": self.placement_text()}
         self.stop_workers()
+        self._watch_nodes(status, force=True)  # a node lost near the end, seen once its workers' loops ended
         self.learner.stop.remote()
         ray.get(self.learner_run, timeout=120)
         if not snapshot:  # the store is failing: nothing more to write there
