@@ -107,6 +107,23 @@ def test_fleet_evaluate_refuses_more_local_workers_than_cores_before_reading_the
     assert few.returncode == 2 and "no snapshot store" in few.stderr, few.stderr[-2000:]
 
 
+def test_evaluate_starts_no_more_workers_than_episodes(monkeypatch) -> None:
+    from cluster import evaluate
+
+    cfg = experiment.load(None)
+    monkeypatch.setattr(evaluate, "load_for_evaluation", lambda *a, **k: (cfg, {}, "store@v00000001"))
+    started = []
+
+    def on_ray(cfg, weights, seeds, workers, address=None):
+        started.append(workers)
+        raise KeyboardInterrupt  # what it would run is all this test needs
+
+    monkeypatch.setattr(evaluate, "_on_ray", on_ray)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate_snapshot("store", workers=1000, episodes=3)
+    assert started == [3]  # Ray was started with as many logical CPUs as workers: 1,000 for 3 episodes
+
+
 def test_local_capacity_counts_rollout_and_evaluation_workers() -> None:
     per_core = experiment.LOCAL_PROCESSES_PER_CORE
     cfg = experiment.load(None, {"run.workers": 4 * per_core, "eval.every_updates": 0})
