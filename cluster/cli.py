@@ -81,8 +81,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+def runs_a_learner(argv: Sequence[str]) -> bool:
+    """Whether the command in `argv` runs a CPU learner in this process (`train --local`, `bench
+    learner`): the only commands that load learner/mkl_amd.py's library, which must happen before the
+    command modules import torch, so before `argv` is parsed. A Ray run's learner gets it on its node."""
+    if "-h" in argv or "--help" in argv:
+        return False
+    words = [a for a in argv if not a.startswith("-")]  # the top level has no option taking a value
+    if words[:1] == ["train"]:
+        return "--local" in argv
+    return words[:2] == ["bench", "learner"]
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
-    mkl_amd.preload()  # before the commands import torch: MKL's AVX-512 kernels on AMD CPUs
+    if runs_a_learner(sys.argv[1:] if argv is None else list(argv)):
+        mkl_amd.preload()  # MKL's AVX-512 kernels on AMD CPUs
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

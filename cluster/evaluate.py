@@ -27,6 +27,7 @@ def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = 
     cfg, weights, label = load_for_evaluation(ref, base, overrides, say)
     first = cfg.eval.seed if seed is None else seed
     seeds = [first + i for i in range(episodes)]
+    workers = min(workers, episodes)  # a local Ray is started with one logical CPU per worker: no idle ones
     if local or workers <= 1:
         worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
         worker.load(weights)

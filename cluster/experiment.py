@@ -129,6 +129,16 @@ class ExperimentConfig:
                 f"{cores} cores can run ({limit}, {LOCAL_PROCESSES_PER_CORE} per core): lower --workers, or "
                 f"run on a cluster (run.ray_address / ray job submit), where Ray places workers on its nodes")
 
+    def check_local_evaluators(self, workers: int, cores: int) -> None:
+        """Refuse a one-machine `fleet evaluate` with far more evaluation workers than cores: it started
+        Ray with as many logical CPUs and one actor each (1,000 on 2 cores)."""
+        limit = LOCAL_PROCESSES_PER_CORE * cores
+        if workers > limit:
+            raise ConfigError(
+                f"--workers {workers} is more evaluation workers than this machine's {cores} cores can run "
+                f"({limit}, {LOCAL_PROCESSES_PER_CORE} per core): lower --workers, or evaluate on a cluster "
+                f"(--address, or RAY_ADDRESS inside ray job submit), where Ray places them on its nodes")
+
     def worker_resources(self) -> dict[str, float]:
         """The custom resources of one rollout worker actor."""
         name = self.run.worker_resource

@@ -9,10 +9,12 @@ tiny library that answers yes, loaded before torch, lets MKL run its AVX-512 ker
 matmul: 456-470 GFLOP/s). The math is the same up to float rounding (summation order).
 
 It is used only where it can help and is safe to use: Linux on an AMD CPU with the AVX-512 subsets
-MKL's kernels use (F, CD, BW, DQ, VL), a C compiler to build the library (cached), and
-`FLEET_MKL_AVX512` not set to 0. The fleet CLI loads it into its own process before torch (the
-learner of `--local` runs and `fleet bench learner`). A Ray learner on the CPU gets it in
-`LD_PRELOAD` through its runtime environment, decided on its node (cluster/runtime.py). It is
+MKL's kernels use (F, CD, BW, DQ, VL), a C compiler to build the library (cached in
+~/.cache/carla-fleet, which must be a folder of yours with mode 0700, holding a file of yours that
+no one else can write), and `FLEET_MKL_AVX512` not set to 0. Only processes that run a learner
+load it: the fleet CLI into its own process before torch for `train --local` and `bench learner`
+(`cluster.cli.runs_a_learner`), never for `--help` or another command. A Ray learner on the CPU
+gets it in `LD_PRELOAD` through its runtime environment, decided on its node (cluster/runtime.py). It is
 never exported to a whole Ray instance: Ray preloads its jemalloc into the raylet and the GCS only
 when `LD_PRELOAD` is unset. Anything that goes wrong (no compiler, a noexec cache directory) leaves
 MKL's own choice, with a warning, and never stops a command.
@@ -28,6 +30,7 @@ import platform
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -84,20 +87,66 @@ def cache_dir() -> Path:
     return Path(base) / "carla-fleet"
 
 
+def unsafe_directory(directory: Path) -> str | None:
+    """Why `directory` may not hold the library (None: it may). Whoever can write there can replace
+    a library every learner of yours preloads, so it must be a folder (not a link) you own with mode
+    0700."""
+    st = os.lstat(directory)
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a folder (a symbolic link or a file)"
+    if st.st_uid != os.getuid():
+        return f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    if stat.S_IMODE(st.st_mode) != 0o700:
+        return f"has mode {stat.S_IMODE(st.st_mode):04o}, not 0700 (chmod 700 it)"
+    return None
+
+
+def unsafe_file(path: Path) -> str | None:
+    """Why the library file at `path` may not be loaded (None: it may): a regular file you own that
+    neither group nor others can write."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if st.st_uid != os.getuid():
+        return f"is owned by uid {st.st_uid}, not by you (uid {os.getuid()})"
+    if st.st_mode & 0o022:
+        return f"is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
 def build(directory: Path | None = None) -> Path | None:
-    """The library, built once per source into `directory` (default: ~/.cache/carla-fleet); None
-    without a C compiler or when the build fails."""
+    """The library, built once per source into `directory` (default: ~/.cache/carla-fleet, created
+    with mode 0700); None without a C compiler, when the build fails, or when the folder or the
+    file there could have been written by someone else (`unsafe_directory`, `unsafe_file`)."""
     try:
         directory = directory or cache_dir()
         digest = hashlib.sha256(SOURCE.encode()).hexdigest()[:12]
         target = directory / f"{NAME}{digest}.so"
-        if target.exists():
+        if os.path.lexists(directory):
+            why = unsafe_directory(directory)
+            if why is not None:
+                log.warning("MKL keeps its AVX2 kernels: %s %s, so a library there is not used (%s=0 turns "
+                            "this off)", directory, why, ENV)
+                return None
+        if os.path.lexists(target):
+            why = unsafe_file(target)
+            if why is not None:
+                log.warning("MKL keeps its AVX2 kernels: %s %s; delete it (%s=0 turns this off)", target, why, ENV)
+                return None
             return target
         compiler = (shlex.split(os.environ.get("CC", "")) or
                     [next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), "")])
         if not compiler[0]:
             return None
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            directory.mkdir(mode=0o700)
+        except FileExistsError:  # made meanwhile by another builder: checked again
+            pass
+        why = unsafe_directory(directory)
+        if why is not None:
+            log.warning("MKL keeps its AVX2 kernels: %s %s", directory, why)
+            return None
         with tempfile.TemporaryDirectory(dir=directory) as tmp:
             src, out = Path(tmp) / "shim.c", Path(tmp) / "shim.so"
             src.write_text(SOURCE)

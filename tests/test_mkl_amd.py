@@ -105,3 +105,94 @@ def test_a_process_that_preloads_it_runs_mkl_on_its_answer_and_stays_correct():
     assert r["ld_preload"] is None  # not exported: Ray preloads jemalloc into its services only without it
     r = probe({**env, mkl_amd.ENV: "0"})
     assert not r["preloaded"] and not r["active"] and r["queries"] == 0 and r["error"] < 1e-3
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAKE_AMD = """
+import sys
+from learner import mkl_amd
+mkl_amd.cpu_qualifies = lambda cpuinfo=None: True  # this machine has no AVX-512: the decision is what is tested
+from cluster.cli import main
+try:
+    code = main(sys.argv[1:])
+except SystemExit as exc:  # --help
+    code = exc.code
+print("LOADED" if mkl_amd.active() else "NOT LOADED", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+@pytest.mark.skipif(not has_compiler(), reason="no C compiler")
+def test_only_commands_that_run_a_learner_build_and_load_the_library(tmp_path):
+    """Issue 18, item 12: every command, --help included, built and loaded it from ~/.cache."""
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", mkl_amd.ENV)}
+    env.update(XDG_CACHE_HOME=str(tmp_path / "cache"), PYTHONPATH=REPO)
+    cache = tmp_path / "cache" / "carla-fleet"
+    missing = str(tmp_path / "no-store")
+    for args in (["--help"], ["train", "--local", "--help"], ["config", "--keys"], ["snapshots", "list", missing],
+                 ["evaluate", "--local", "--snapshot", missing], ["inspect", "--snapshot", missing]):
+        proc = subprocess.run([sys.executable, "-c", FAKE_AMD, *args], capture_output=True, text=True, timeout=120,
+                              cwd=REPO, env=env)
+        assert proc.stderr.strip().splitlines()[-1] == "NOT LOADED", (args, proc.stderr[-2000:])
+        assert not cache.exists(), args
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a store")  # train --local stops at its store check, after the preload
+    proc = subprocess.run([sys.executable, "-c", FAKE_AMD, "train", "--local", "--store", str(a_file), "--set",
+                           f"run.runs_dir={tmp_path / 'runs'}"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO, env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == "LOADED", proc.stderr[-2000:]
+    assert oct(cache.stat().st_mode & 0o777) == oct(0o700)
+
+
+def test_the_command_line_decides_which_commands_run_a_learner():
+    from cluster.cli import runs_a_learner
+
+    assert runs_a_learner(["train", "--local"]) and runs_a_learner(["-v", "train", "--steps", "9", "--local"])
+    assert runs_a_learner(["bench", "learner", "--batch", "64"])
+    for argv in (["train"], ["train", "--local", "--help"], ["-h"], [], ["evaluate", "--local", "--snapshot", "x"],
+                 ["inspect", "--snapshot", "x"], ["snapshots", "list", "x"], ["config", "--show"],
+                 ["import-legacy", "f.pth", "--store", "x"], ["bench", "replay"]):
+        assert not runs_a_learner(argv), argv
+
+
+@pytest.mark.skipif(not has_compiler(), reason="no C compiler")
+@pytest.mark.skipif(os.getuid() != 0, reason="chown to another user needs root")
+def test_a_folder_or_file_someone_else_could_write_is_refused(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv("CC", raising=False)
+    good = tmp_path / "good"
+    lib = mkl_amd.build(good)
+    assert lib is not None and oct(good.stat().st_mode & 0o777) == oct(0o700)  # made private
+    assert mkl_amd.build(good) == lib
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    assert mkl_amd.build(shared) is None and "not 0700" in caplog.text
+    assert not list(shared.iterdir())  # nothing built there either
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o700)
+    os.chown(theirs, 65534, 65534)
+    assert mkl_amd.build(theirs) is None and "owned by uid 65534" in caplog.text
+
+    linked = tmp_path / "linked"
+    linked.symlink_to(good)
+    assert mkl_amd.build(linked) is None and "not a folder" in caplog.text
+
+    lib.chmod(0o775)  # group-writable library in a private folder
+    assert mkl_amd.build(good) is None and "writable by group or others" in caplog.text
+    lib.chmod(0o755)
+    os.chown(lib, 65534, 65534)
+    assert mkl_amd.build(good) is None and "owned by uid 65534" in caplog.text
+    os.chown(lib, os.getuid(), os.getgid())
+    assert mkl_amd.build(good) == lib
+
+
+def test_library_asks_for_the_cpu_check_only_when_enabled(monkeypatch, tmp_path):
+    built = []
+    monkeypatch.setattr(mkl_amd, "build", lambda directory=None: built.append(1) or tmp_path / "lib.so")
+    monkeypatch.setattr(mkl_amd, "cpu_qualifies", lambda cpuinfo=None: True)
+    assert mkl_amd.library("1") == tmp_path / "lib.so" and built == [1]
+    assert mkl_amd.library("0") is None and built == [1]
+    monkeypatch.setattr(mkl_amd, "cpu_qualifies", lambda cpuinfo=None: False)
+    assert mkl_amd.library("1") is None and built == [1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--episodes and --workers must be at least 1 (got {args.episodes} and {args.workers})")
     over = overrides(args, flags=(("env", "run.env"),))
     base = experiment.load(args.config, over)
+    if not args.local and not (args.address or os.environ.get("RAY_ADDRESS")):
+        # One machine: refused before the store is read or Ray starts (a cluster places its own actors).
+        base.check_local_evaluators(min(args.workers, args.episodes), os.cpu_count() or 1)
     report = evaluate_snapshot(args.snapshot, args.workers, args.episodes, seed=args.seed, local=args.local,
                                address=args.address, base=base, overrides=over,
                                say=lambda line: print(line, file=sys.stderr))
