@@ -146,14 +146,16 @@ def test_stale_frames_dropped_and_the_ticks_frame_used(sim: FakeSim) -> None:
 
 
 def test_late_and_out_of_order_frames(sim: FakeSim) -> None:
-    env = _env(sim)
+    # A sensor timeout far above the frame's delay: a loaded machine never turns the late frame into a timeout.
+    env = _env(sim, CarlaEnvConfig(**{**vars(FAST), "sensor_timeout_s": 60.0}))
     env.reset()
     # the tick's own frame arrives late, after a stale one: waited for, stale one dropped
     sim.camera_deliveries = lambda f: [(f - 1, 0.0), (f, 0.15)]
     t0 = time.monotonic()
     obs, *_, info = env.step(np.array([0.0, 0.3], np.float32))
-    assert 0.14 <= time.monotonic() - t0 < FAST.sensor_timeout_s
-    assert int(obs["image"][-1, 0, 0]) == info["frame"] % 256
+    assert time.monotonic() - t0 >= 0.14  # it waited for the frame sent 0.15 s after the tick
+    assert int(obs["image"][-1, 0, 0]) == info["frame"] % 256  # ... and took it, not the stale one
+    assert env._camera.stale_dropped == 1
     # the next tick's frame arrives early (with this tick's): kept for the next step, which gets nothing new
     sim.camera_deliveries = lambda f: [(f + 1, 0.0), (f, 0.0)]
     obs, *_, info = env.step(np.array([0.0, 0.3], np.float32))
@@ -168,9 +170,10 @@ def test_missing_frame_is_a_simulator_error_within_the_timeout(sim: FakeSim) -> 
     env.reset()
     sim.camera_deliveries = lambda f: [(f - 1, 0.0)]  # only a stale frame, never the tick's
     t0 = time.monotonic()
-    with pytest.raises(SimulatorError, match=rf"{WHERE}.*no camera data for frame"):
+    with pytest.raises(SimulatorError, match=rf"{WHERE}.*no camera data for frame \d+ within 0.3s"):
         env.step(np.array([0.0, 0.3], np.float32))
-    assert time.monotonic() - t0 < FAST.sensor_timeout_s + 0.2
+    # Its own 0.3 s, waited once: not a hang, nor the 2 s default (bounds no load can break).
+    assert FAST.sensor_timeout_s * 0.9 <= time.monotonic() - t0 < 30.0
     env.close()  # server still answers: the episode's actors are cleaned up
     assert sim.live == {}
 
@@ -179,13 +182,16 @@ def test_hung_server_is_a_simulator_error_within_the_timeout(sim: FakeSim) -> No
     env = _env(sim)
     env.reset()
     sim.hang = True
+    calls = []
+    gate = sim.gate
+    sim.gate = lambda seconds=None: (calls.append(seconds), gate(seconds))[1]  # every client call passes here
     t0 = time.monotonic()
     with pytest.raises(SimulatorError, match=rf"{WHERE}: stepping failed: time-out of 300ms"):
-        env.step(np.array([0.0, 0.3], np.float32))
-    assert FAST.timeout_s * 0.9 <= time.monotonic() - t0 < FAST.timeout_s + 0.2
-    t0 = time.monotonic()
+        env.step(np.array([0.0, 0.3], np.float32))  # the client's timeout is the config's 0.3 s, not 5 s
+    assert FAST.timeout_s * 0.9 <= time.monotonic() - t0 < 30.0  # it waited once; a hang would not return
+    assert len(calls) == 1  # one call timed out; none was retried against the hung server
     env.close()  # a hung server is left to its supervisor, not waited on again
-    assert time.monotonic() - t0 < 0.1
+    assert len(calls) == 1
     with pytest.raises(SimulatorError, match="recreate the env"):
         env.reset()
 
@@ -201,7 +207,7 @@ def test_dead_server_and_unreachable_server(sim: FakeSim) -> None:
     t0 = time.monotonic()
     with pytest.raises(SimulatorError, match=r"10.1.2.3:2010 did not answer within 0.3s.*running.*CARLA_HOSTS.*firewall"):
         nobody.reset()
-    assert time.monotonic() - t0 < FAST.timeout_s + 0.2
+    assert time.monotonic() - t0 < 30.0  # the message names the 0.3 s it waited; this only excludes a hang
 
 
 def test_cleanup_destroys_every_actor_and_leaves_sync_mode(sim: FakeSim) -> None:
@@ -266,7 +272,9 @@ def test_real_client_on_a_closed_port_fails_fast_and_clearly() -> None:
     with pytest.raises(SimulatorError) as err:
         env.reset()
     elapsed = time.monotonic() - t0
-    assert elapsed < 1.0 + 1.5
+    # Its own 1 s timeout, not the client's default of CarlaEnvConfig().timeout_s (10 s): a bound that load
+    # cannot reach, half of what the default would take.
+    assert elapsed < CarlaEnvConfig().timeout_s / 2
     msg = str(err.value)
     for part in (f"127.0.0.1:{port}", "is running", "RPC port", "CARLA_HOSTS", "firewall"):
         assert part in msg

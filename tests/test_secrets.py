@@ -128,12 +128,11 @@ def test_a_run_on_s3_with_credentials_in_the_uri_writes_them_nowhere(tmp_path: P
     prefix = f"secrets-{uuid.uuid4().hex[:8]}"
     clean = s3_server.uri("secrets-test", prefix)  # a bucket not named like the key id, so grepping means something
     uri = clean.replace("s3://", f"s3://{SERVER_KEY_ID}:{SERVER_SECRET}@", 1)
-    fleet = str(Path(sys.executable).parent / "fleet")
-    repo = Path(__file__).resolve().parents[1]
+    repo = REPO
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     env["PYTHONPATH"] = str(repo)  # the env double lives in tests/
     proc = subprocess.run(
-        [fleet, "train", "--local", "--steps", "300", "--name", "sec", "--store", uri,
+        [sys.executable, "-m", "cluster.cli", "train", "--local", "--steps", "300", "--name", "sec", "--store", uri,
          "--set", f"run.runs_dir={tmp_path / 'runs'}", "--set", "run.env=tests.env_double:make",
          "--set", "learner.learning_starts=100", "--set", "agent.batch_size=16", "--set", "learner.snapshot_every=40",
          "--set", "eval.every_updates=0", "--set", "run.progress_every_s=0.5"],
