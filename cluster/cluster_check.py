@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from learner.errors import FleetError
+
 USER = "fleetcheck"
 HEAD, WORKERS = "127.0.0.1", ("127.0.0.2", "127.0.0.3")
 DASHBOARD = "http://127.0.0.1:8265"
@@ -46,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 YAML = "cluster/loopback.yaml"
 
 
-class CheckFailed(RuntimeError):
+class CheckFailed(FleetError, RuntimeError):
     """A step of the check did not do what it must; the message says what."""
 
 

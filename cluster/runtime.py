@@ -128,11 +128,13 @@ class Resume:
         bucket's root, `s3://bucket@VERSION` reads the same as `s3://USER@bucket`: it is taken as a
         version only for `latest` or a version id; write `s3://bucket/@TAG` for a tag."""
         uri, sep, version = text.rpartition("@")
-        if not sep or not _REF_RE.fullmatch(version):
+        if not sep:
             return cls(text)
         m = re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", text)
-        if m is None:  # a local path
-            return cls(uri, version)
+        if m is None:  # a local path holds no credentials: an '@' after its last '/' starts the version, which
+            return cls(uri, version) if "/" not in version else cls(text)  # the store then checks
+        if not _REF_RE.fullmatch(version):
+            return cls(text)
         location = text[m.end():]
         cut = min([i for i in (location.find("?"), location.find("#")) if i >= 0], default=len(location))
         path = location[:cut]
