@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv)
     store_fs = sys.modules.get("checkpoint_store.fs")  # not imported: no store call to wait for
-    if store_fs is not None and store_fs.abandoned():
+    # Only as the process's own command (argv None: the `fleet` script, `python -m cluster.cli`): a caller
+    # that passes argv (a test, a library user) keeps its process, whatever an earlier call abandoned.
+    if argv is None and store_fs is not None and store_fs.abandoned():
         # A store call given up on (a server that never answers) is still running, and pyarrow's S3
         # shutdown would wait for it: end now, with what was printed already out.
         logging.shutdown()
