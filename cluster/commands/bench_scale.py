@@ -450,18 +450,15 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def _machine() -> dict[str, Any]:
-    flags = ""
+    """CPU model and the flags every figure must name (AVX-512 or AVX2 only), from one read of /proc/cpuinfo."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = line
-                break
+        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().splitlines() if ":" in line)
     except OSError:
-        pass
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"cpu_model": model, "cores": os.cpu_count(), "avx512f": " avx512f" in flags, "avx2": " avx2" in flags,
-            "python": platform.python_version()}
+        info = {}
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get("flags", "").split())
+    return {"cpu_model": info.get("model name", platform.processor()), "cores": os.cpu_count(),
+            "avx512f": "avx512f" in flags, "avx2": "avx2" in flags, "python": platform.python_version()}
 
 
 def report_md(result: dict[str, Any]) -> str:
