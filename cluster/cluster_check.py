@@ -181,8 +181,8 @@ class Machine:
         probe = run(["runuser", "-u", USER, "--", "test", "-r", str(site / "ray" / "__init__.py")], check=False)
         if probe.returncode != 0:  # this environment is not readable by others: a hard-linked copy is
             packages = home / "site-packages"
-            run(["cp", "-al", str(site), str(packages)], check=False, timeout=600).returncode == 0 or run(
-                ["cp", "-a", str(site), str(packages)], timeout=900)
+            if run(["cp", "-al", str(site), str(packages)], check=False, timeout=600).returncode != 0:
+                run(["cp", "-a", str(site), str(packages)], timeout=900)  # another filesystem: a real copy
             site = packages
         (target / "fleet-checkout.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
         shutil.copy(REPO / "cluster" / "loopback_ray.py", target / "fleet_loopback_ray.py")
