@@ -473,7 +473,9 @@ class Check:
                        f"{summary.get('interrupted')}, final snapshot {summary.get('final_snapshot')} at "
                        f"{summary.get('learner_updates')} updates")
             if not summary.get("interrupted") or not summary.get("final_snapshot"):
-                raise CheckFailed(f"the stopped job wrote no final snapshot (status: {status.strip()[-200:]})")
+                tail = "\n".join(logs.strip().splitlines()[-15:])
+                raise CheckFailed(f"the stopped job wrote no final snapshot; `ray job stop` took {stopped:.1f} s "
+                                  f"(status: {status.strip()[-200:]}); the job's last log lines:\n{tail}")
 
     def down(self) -> None:
         with self.t.step("ray down -y"):

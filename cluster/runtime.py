@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -147,22 +148,35 @@ class Resume:
         return cls(text)
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (`ray job stop`, a scheduler) gets the same clean shutdown as Ctrl-C."""
+class StopRequest:
+    """A stop asked for by a signal: SIGTERM (`ray job stop`, a scheduler) and Ctrl-C get one clean shutdown.
 
-    def handler(signum: int, frame: Any) -> None:
+    The handler raises KeyboardInterrupt in the main thread at once, and also sets `requested`. Python runs a
+    handler at whatever bytecode the main thread is at; when that is a finalizer or a callback whose errors
+    are only printed ("Exception ignored in ..."), the raise is lost. The run loop checks `requested` on every
+    pass, so the stop still happens, one poll later.
+    """
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.requested.set()
         raise KeyboardInterrupt
 
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        previous: dict[int, Any] = {}
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 class Restored(NamedTuple):
@@ -210,6 +224,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
+    stop = StopRequest()
     failure: FleetError | None = None  # the store failed, or the learner's node was lost: after the summary
     deadline = started + 60 * cfg.run.max_minutes if cfg.run.max_minutes > 0 else float("inf")
     status.phase = "starting Ray and the actors" if not local else "starting"
@@ -219,13 +234,15 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
             try:
                 runner.start()
                 # After start: ray.init installs its own SIGTERM handler (a bare exit), ours replaces it.
-                signals.enter_context(sigterm_as_interrupt())
+                signals.enter_context(stop.installed())
                 evaluator = runner.evaluator(best_eval(restored))
                 while max(status.env_steps, status.collected) < cfg.run.total_env_steps \
-                        and time.monotonic() < deadline:
+                        and time.monotonic() < deadline and not stop.requested.is_set():
                     runner.poll(status, metrics)
                     evaluator.poll(status, metrics)
                     status.phase = phase(status, cfg)
+                if stop.requested.is_set():  # the signal's raise was lost (see StopRequest)
+                    raise KeyboardInterrupt
             except KeyboardInterrupt:
                 interrupted = True
                 status.phase = "interrupted: stopping the workers, writing a final snapshot"

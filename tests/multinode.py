@@ -40,9 +40,14 @@ def local_cluster(monkeypatch: pytest.MonkeyPatch, head: dict[str, Any],
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     if ray.is_initialized():
         ray.shutdown()
+    # Ray waits 30 s for a new GCS to report its port; a machine loaded by the suite's earlier tests may need more.
+    monkeypatch.setenv("RAY_gcs_server_port_wait_time_s", "90")
     cluster = Cluster()
     try:
-        nodes = [cluster.add_node(**{"include_dashboard": False, **head})]
+        try:
+            nodes = [cluster.add_node(**{"include_dashboard": False, **head})]
+        except RuntimeError as exc:  # the GCS did not start: say why (its own log), and what else ran then
+            raise RuntimeError(f"{exc}\n{_start_diagnosis(Path(tmp))}") from exc
         nodes += [cluster.add_node(**spec) for spec in others]
         cluster.wait_for_nodes(timeout=120)
         ray.init(address=cluster.address, log_to_driver=False)
@@ -51,6 +56,19 @@ def local_cluster(monkeypatch: pytest.MonkeyPatch, head: dict[str, Any],
         ray.shutdown()
         cluster.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start_diagnosis(tmp: Path, lines: int = 20) -> str:
+    """The tails of the head's GCS logs under `tmp`, and the busiest processes of the machine."""
+    import subprocess
+
+    parts = []
+    for log in sorted(tmp.glob("ray/session_*/logs/gcs_server*")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        parts.append(f"--- {log.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+    ps = subprocess.run(["ps", "-eo", "pid,pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True)
+    parts.append("--- busiest processes\n" + "\n".join(line[:200] for line in ps.stdout.splitlines()[:12]))
+    return "\n".join(parts) or "(no GCS log)"
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

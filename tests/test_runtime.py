@@ -386,3 +386,40 @@ def test_steps_the_memory_drops_do_not_hold_the_workers_back_forever(tmp_path):
     assert learner.ingest(chunks) == 270 and learner.dropped_steps == 30
     assert learner.steps_ahead(300) == learner.steps_ahead(270) == 270 - 99
     assert learner.stats()["dropped_steps"] == 30
+
+
+def test_a_sigterm_whose_raise_is_swallowed_still_stops_the_run(tmp_path, monkeypatch):
+    """Python runs a signal handler at whatever bytecode the main thread is at; in a finalizer the handler's
+    KeyboardInterrupt is only printed ("Exception ignored in ..."), so a bare raise is lost and the run went
+    on until `ray job stop`'s SIGKILL. The SIGTERM here lands inside a `__del__`, in the middle of a poll."""
+    import gc
+    import os
+    import signal
+
+    import cluster.runtime as runtime
+
+    class Swallows:
+        def __del__(self) -> None:
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, and its raise goes nowhere
+
+    polls = {"n": 0, "stopped_at": None}
+    real_phase = runtime.phase
+
+    def phase(status, cfg):  # called once per pass of the run loop
+        polls["n"] += 1
+        if status.updates >= 5 and polls["stopped_at"] is None:
+            polls["stopped_at"] = status.env_steps
+            obj = Swallows()
+            del obj
+            gc.collect()
+        return real_phase(status, cfg)
+
+    monkeypatch.setattr(runtime, "phase", phase)
+    cfg = make_cfg(tmp_path, **{"run.total_env_steps": 100_000})
+    summary = train(cfg, local=True, quiet=True)
+    assert polls["stopped_at"] is not None
+    # One poll later: the workers' steps in flight then, not the rest of the budget.
+    print(f"\nSIGTERM at {polls['stopped_at']} env steps, the run stopped at {summary['env_steps']}")
+    assert summary["interrupted"] is True and summary["env_steps"] <= polls["stopped_at"] + 1000
+    assert SnapshotStore(cfg.store_uri()).get("latest").manifest.version == summary["final_snapshot"]
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handlers are back
