@@ -27,12 +27,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+PULL_IDLE_S = 0.02
+"""The learner's pause after a pull from the replay actor that brought nothing."""
+
+
 class WeightsPoller:
-    """Asks the learner for newer weights without ever blocking the env loop."""
+    """Asks the learner for newer weights without ever blocking the env loop.
+
+    A call sends an ask when none is in flight; while one is (`in_flight`), the worker calls every step
+    and the answer is taken at the first call that finds it ready."""
 
     def __init__(self, learner: Any) -> None:
         self.learner = learner
         self._pending: Any = None
+
+    @property
+    def in_flight(self) -> bool:
+        return self._pending is not None
 
     def __call__(self, version: int) -> tuple[int, dict[str, Any]] | None:
         if self._pending is None:
@@ -62,13 +73,17 @@ class WorkerActor:
         self._lock = threading.Lock()
 
     def run(self) -> dict[str, Any]:
-        """Collect until stopped, pacing to the learner's replay ratio."""
-        self._stop.clear()
+        """Collect until stopped, or until the learner says collection is over, pacing to its replay ratio.
+
+        A stop that arrived first is kept: Ray retries both calls on a restarted actor (a lost node), in
+        either order. The learner's word covers a restart that lost the stop altogether."""
         try:
             unreported = 0
             while not self._stop.is_set():
                 ahead = ray.get(self.learner.ahead_steps.remote(unreported))
                 unreported = 0
+                if ahead is None:  # the run has ended its collection
+                    break
                 if ahead > self.cfg.run.max_ahead_steps:
                     self._stop.wait(0.05)
                     continue
@@ -109,6 +124,7 @@ class LearnerActor:
         self._cursor = self.learner.memory.chunks_added
         self.collected = self.learner.env_steps  # steps the workers reported (restored runs: from here)
         self._pending: Any = None
+        self._next_pull_at = 0.0  # monotonic time before which no new pull is sent (after an empty one)
         self._stager = SnapshotStager()
         self._stop = threading.Event()
         self.snapshots = 0
@@ -116,13 +132,23 @@ class LearnerActor:
         self.worker_nodes: dict[int, str] = {}
         self._paused_s = 0.0
         self._paused_since: float | None = None
+        self._collection_over = False
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
     def _pull(self) -> list[Any]:
-        # One pull of new chunks in flight at a time; taken only when ready.
+        """New chunks from the replay actor: one pull in flight at a time, taken only when ready.
+
+        After a pull that brought nothing the next one waits PULL_IDLE_S, sleeping if no update is due:
+        asked again at once, the learner and the replay actor each spent a third of a core on empty pulls
+        at one worker (docs/benchmarks.md, "Scaling with workers")."""
         if self._pending is None:
+            idle = self._next_pull_at - time.monotonic()
+            if idle > 0:
+                if self.learner.updates_allowed():
+                    return []  # the updates run meanwhile
+                self._stop.wait(idle)
             self._pending = self.replay.pull_new.remote(self._cursor)
             return []
         wait = 0 if self.learner.updates_allowed() else 0.05
@@ -131,6 +157,8 @@ class LearnerActor:
             return []
         chunks, self._cursor = ray.get(self._pending)
         self._pending = None
+        if not chunks:
+            self._next_pull_at = time.monotonic() + PULL_IDLE_S
         return chunks
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
@@ -195,19 +223,26 @@ class LearnerActor:
                 log.warning("final snapshot not accepted by the checkpoint writer (%s); retry %d", exc, attempt + 1)
         return self.learner.stats()
 
-    def ahead_steps(self, collected: int = 0) -> int:
-        """Add a worker's newly collected steps; return how far collection is ahead of the ratio.
+    def ahead_steps(self, collected: int = 0) -> int | None:
+        """Add a worker's newly collected steps; return how far collection is ahead of the ratio, or None
+        once the run has ended its collection (`end_collection`): the worker then ends its loop.
 
         Counted from what the workers collected, not what the learner has pulled so far: while the
         learner lags behind the replay, the workers are held back instead of running on unbounded.
         """
         self.collected += collected
+        if self._collection_over:
+            return None
         ahead = self.learner.steps_ahead(self.collected)
         now = time.monotonic()
         if self._paused_since is not None:  # the time the workers were held back, for the summary
             self._paused_s += now - self._paused_since
         self._paused_since = now if ahead > self.cfg.run.max_ahead_steps else None
         return ahead
+
+    def end_collection(self) -> None:
+        """The run has its env steps: every worker's loop, a restarted one's too, ends at its next ask."""
+        self._collection_over = True
 
     def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
         return self.learner.weights_if_newer(version)

@@ -89,11 +89,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, resources:
     from cluster import loopback_ray
 
     route_ray_logs(log_file)
+    # Also for a cluster's address: a head on 127.0.0.1 listens there only, and Ray would otherwise dial
+    # the machine's address instead (a `fleet train --set run.ray_address=127.0.0.1:PORT` hung in ray.init).
+    loopback = loopback_ray.install()
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
         return
     check_ray_auth_mode(allow_without_auth, warn=True)
-    loopback = loopback_ray.install()
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, resources=resources or None, include_dashboard=False,
              log_to_driver=log_to_driver, _system_config={**RAY_SYSTEM_CONFIG, **(system_config or {})},
              object_store_memory=object_store_mb * 1024 * 1024 if object_store_mb else None,
@@ -761,9 +763,15 @@ class RayRun:
             raise_if_store_failed(writer)
 
     def stop_workers(self, timeout_s: float = 60.0) -> None:
-        """Ask every rollout worker to end its loop, and wait (bounded) until the loops have ended."""
+        """Ask every rollout worker to end its loop, and wait (bounded) until the loops have ended.
+
+        The learner is told first: a worker Ray restarts (its node lost) re-runs its loop, and ends it at
+        its first ask, whatever became of its stop call (before, the loop went on collecting through the
+        catch-up, which then owed updates for minutes)."""
         import ray
 
+        if not self.learner_lost:
+            self.learner.end_collection.remote()
         for w in self.workers:
             w.stop.remote()
         ray.wait(list(self._runs), num_returns=len(self._runs), timeout=timeout_s)

@@ -34,7 +34,10 @@ class WorkerConfig:
     chunk_steps: int = 64
     """Env steps per chunk pushed to the replay."""
     weight_sync_every: int = 100
-    """Env steps between polls for newer weights."""
+    """Env steps between asks for newer weights (or `weight_sync_s`, whichever comes first)."""
+    weight_sync_s: float = 1.0
+    """Seconds between asks for newer weights: at a simulator's 10 Hz, 100 steps are 10 s. An ask in flight
+    is looked at every step, so its answer is taken as soon as it is there."""
     max_in_flight: int = 4
     """Chunks a worker may have in flight to the replay actor before it waits (backpressure)."""
     max_consecutive_failures: int = 20
@@ -81,6 +84,15 @@ class RolloutWorker:
         self.total_failures = 0
         self._consecutive_failures = 0
         self._episode: dict[str, float] = {}
+        self._asked_at: tuple[int, float] = (-1, 0.0)
+        """(total_steps, monotonic time) of the last ask for newer weights."""
+
+    def _weights_due(self) -> bool:
+        """Time to ask for newer weights: `weight_sync_every` steps or `weight_sync_s` seconds since the last
+        ask, whichever comes first (and at the first step)."""
+        steps, at = self._asked_at
+        return (steps < 0 or self.total_steps - steps >= self.cfg.weight_sync_every
+                or time.monotonic() - at >= self.cfg.weight_sync_s)
 
     def set_weights(self, version: int, weights: dict[str, Any]) -> None:
         self.policy.load_components(weights)
@@ -118,7 +130,8 @@ class RolloutWorker:
         report = WorkerReport(self.worker_id)
         start = time.perf_counter()
         while report.env_steps < num_steps:
-            if weights is not None and self.total_steps % self.cfg.weight_sync_every == 0:
+            if weights is not None and (getattr(weights, "in_flight", False) or self._weights_due()):
+                self._asked_at = (self.total_steps, time.monotonic())
                 newer = weights(self.policy_version)
                 if newer is not None:
                     self.set_weights(*newer)

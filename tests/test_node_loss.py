@@ -23,12 +23,6 @@ from tests.test_faults import train_in_thread, versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CATCH_UP_BUG = ("open bug: after a node joins or is lost, the run's final catch-up ran TD3 updates for minutes "
-                "(py-spy: LearnerActor.catch_up, 100% CPU) past the test's bound: in this session's full suite "
-                "the join test failed and the worker-loss test was still catching up after 6 minutes; 3 of ~9 "
-                "earlier runs too. Why so many updates are owed after a node change is not yet measured "
-                "(session note of 2026-12-06)")
-
 SMALL = {"run.collect_steps": 50, "run.progress_every_s": 1.0, "agent.batch_size": 16,
          "learner.learning_starts": 300, "learner.replay_ratio": 0.25, "learner.snapshot_every": 40,
          "learner.publish_every": 10, "replay.capacity": 5000, "eval.every_updates": 0,
@@ -49,7 +43,6 @@ def learner_stats(name: str) -> dict:
         return {}
 
 
-@pytest.mark.skip(reason=CATCH_UP_BUG)
 def test_workers_waiting_for_a_carla_node_start_on_one_that_joins_mid_run(tmp_path, monkeypatch):
     """One `carla` unit at the start for three workers: the run goes on with one, and the two waiting
     start on the node that joins."""
@@ -73,7 +66,6 @@ def test_workers_waiting_for_a_carla_node_start_on_one_that_joins_mid_run(tmp_pa
         assert ray.cluster_resources().get("carla") == 3
 
 
-@pytest.mark.skip(reason=CATCH_UP_BUG)
 def test_losing_a_worker_node_restarts_its_workers_on_the_nodes_left_and_the_run_finishes(tmp_path, monkeypatch):
     """Head (driver, learner, replay) with two `carla` units, two more nodes with two each; four workers.
     The lost node's workers come back on the two spare units; the replay and the store keep everything."""
@@ -133,9 +125,6 @@ def fleet_train(tmp_path: Path, address: str, store: str) -> subprocess.Popen:
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.skip(reason="failed 2 of 2 on 2026-12-06 after the session's merges (timed out after 300 s waiting "
-                         "for the run's snapshots, on a machine loaded by a second test run); passed 2 of 2 on the "
-                         "node-loss branch before them; the cause is not found (session note of 2026-12-06)")
 def test_losing_the_learners_node_fails_in_one_line_and_resume_auto_continues_from_the_latest_snapshot(
         tmp_path, monkeypatch):
     """The learner (and the replay) pinned by a `learner` resource to a node other than the head, which

@@ -423,3 +423,59 @@ def test_a_sigterm_whose_raise_is_swallowed_still_stops_the_run(tmp_path, monkey
     assert summary["interrupted"] is True and summary["env_steps"] <= polls["stopped_at"] + 1000
     assert SnapshotStore(cfg.store_uri()).get("latest").manifest.version == summary["final_snapshot"]
     assert signal.getsignal(signal.SIGTERM) is not None  # the previous handlers are back
+
+
+@pytest.mark.integration
+def test_a_workers_loop_ends_on_a_stop_that_came_first_and_when_the_learner_ends_collection(tmp_path, ray_cluster):
+    """Ray retries a lost node's worker calls on the restarted actor, `run` and `stop` in either order. The
+    loop cleared a stop that came first and collected on, through the final catch-up (a 1,800-step run
+    reached 13,978 env steps and owed 3,400 updates). Now a stop is kept, and the learner's
+    `end_collection` ends any loop, a restarted one's too, at its next ask."""
+    import ray
+
+    from cluster.actors import LearnerActor, WorkerActor
+
+    @ray.remote
+    class Learner:  # the learner's side of a worker's loop: pacing, weights, registration
+        def __init__(self) -> None:
+            self.over = False
+
+        def ahead_steps(self, collected: int = 0) -> int | None:
+            return None if self.over else 0
+
+        def end_collection(self) -> None:
+            self.over = True
+
+        def register_worker(self, worker_id: int, node_id: str = "") -> None:
+            pass
+
+        def weights_if_newer(self, version: int) -> None:
+            return None
+
+    @ray.remote
+    class Replay:
+        def add(self, chunk) -> None:
+            pass
+
+    cfg = make_cfg(tmp_path)
+    learner = Learner.options(name="stop-learner").remote()
+    replay = Replay.options(name="stop-replay").remote()
+    worker_cls = ray.remote(num_cpus=0, max_concurrency=2)(WorkerActor)
+    try:
+        first = worker_cls.remote(0, cfg, "stop-replay", "stop-learner")
+        ray.get(first.stop.remote())
+        assert "env_steps" in ray.get(first.run.remote(), timeout=60)  # the stop that came first holds
+
+        second = worker_cls.remote(1, cfg, "stop-replay", "stop-learner")
+        run = second.run.remote()
+        assert not ray.wait([run], timeout=3)[0]  # collecting
+        ray.get(learner.end_collection.remote())
+        assert "env_steps" in ray.get(run, timeout=60)  # ended by the learner, with no stop call
+    finally:
+        for actor in (learner, replay):
+            ray.kill(actor)
+
+    real = LearnerActor(cfg, replay=None, writer=None)  # the real learner's answer, in this process
+    assert real.ahead_steps(100) == 0 and real.collected == 100
+    real.end_collection()
+    assert real.ahead_steps(50) is None and real.collected == 150

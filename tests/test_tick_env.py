@@ -34,3 +34,47 @@ def test_a_worker_on_the_tick_env_fills_the_memory_with_every_step() -> None:
     report = worker.collect(450, memory.add)
     worker.flush(memory.add)
     assert report.env_steps == 450 and len(memory) == 450
+
+
+def test_a_worker_at_a_simulators_pace_asks_for_weights_by_time_and_takes_an_answer_the_step_it_is_ready() -> None:
+    """At 10 Hz, asking every 100 env steps and taking the answer at the next ask left new weights 10-20 s
+    from the workers. Now: an ask at least every `weight_sync_s`, and an ask in flight looked at every step."""
+    import time
+
+    from learner.networks import NetworkConfig
+    from rollout_workers.exploration import ExplorationConfig
+    from rollout_workers.worker import RolloutWorker, WorkerConfig
+
+    class Poll:  # an ask answered two looks after it is sent, as a remote call is a moment later
+        def __init__(self) -> None:
+            self.asks: list[float] = []  # when each ask was sent
+            self.looks = 0
+
+        @property
+        def in_flight(self) -> bool:
+            return self.looks > 0
+
+        def __call__(self, version: int):
+            if self.looks == 0:
+                self.asks.append(time.monotonic())
+                self.looks = 2
+                return None
+            self.looks -= 1
+            return None if self.looks else (version, {})  # same version: nothing to load
+
+    poll = Poll()
+    worker = RolloutWorker(0, lambda seed: TickEnv(seed, tick_s=0.05), NetworkConfig(), ExplorationConfig(),
+                           WorkerConfig(weight_sync_every=100, weight_sync_s=0.5), seed=0)
+    worker.set_weights = lambda version, weights: taken.append(worker.total_steps)  # type: ignore[method-assign]
+    taken: list[int] = []
+    start = time.monotonic()
+    report = worker.collect(40, lambda chunk: None, poll)  # 2 s at 20 Hz: 40 steps, far fewer than 100
+    elapsed = time.monotonic() - start
+    assert report.env_steps == 40
+    # One ask at the first step, then one every ~0.5 s (each ask's two looks take two steps, 0.1 s).
+    assert len(poll.asks) >= int(elapsed / 0.65), (poll.asks, elapsed)
+    gaps = [b - a for a, b in zip(poll.asks, poll.asks[1:])]
+    assert gaps and max(gaps) < 1.0, gaps
+    # Each answer taken two steps after its ask: the ask's step, and the two looks on the next steps.
+    assert taken and all(b - a >= 2 for a, b in zip(taken, taken[1:]))
+    assert len(taken) == len(poll.asks) or len(taken) == len(poll.asks) - 1
