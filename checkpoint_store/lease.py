@@ -98,8 +98,9 @@ class Holder:
         body = json.loads(data)
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise ValueError(f"not a {FORMAT} lease")
-        out = cls(owner=str(body["owner"]), claim=str(body["claim"]), run=str(body.get("run", "")),
-                  host=str(body.get("host", "?")), pid=int(body.get("pid", 0)), since=float(body["since"]),
+        # Printed in the refusal: read as data, control characters (a terminal's escapes) dropped.
+        out = cls(owner=str(body["owner"]), claim=str(body["claim"]), run=_printable(body.get("run", "")),
+                  host=_printable(body.get("host", "?")), pid=int(body.get("pid", 0)), since=float(body["since"]),
                   renewed=float(body["renewed"]), ttl_s=float(body["ttl_s"]))
         if not (out.ttl_s > 0 and out.renewed == out.renewed):  # NaN never expires: not a lease we wrote
             raise ValueError("bad ttl_s or renewed")
@@ -267,6 +268,10 @@ class StoreLease:
             except Exception as exc:  # noqa: BLE001 - a store briefly unreachable: try again at the next turn
                 log.warning("renewing the lease on %s failed (%s); retrying in %.0f s", self.root.display, exc,
                             self.ttl_s / 4)
+
+
+def _printable(value: object, limit: int = 200) -> str:
+    return "".join(c for c in str(value) if c.isprintable())[:limit]
 
 
 def _utc(t: float) -> str:

@@ -377,3 +377,19 @@ def test_resume_auto_after_its_writer_died_goes_on_once_the_lease_expires(tmp_pa
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "--resume auto: continuing from" in resumed.stdout and read_holder(Root(str(store))) is None
     assert SnapshotStore(str(store)).resolve("latest") > saved
+
+
+def test_a_file_in_place_of_the_lease_is_data(tmp_path: Path):
+    """lease.json is the store's, so anyone who can write the store writes it: garbage counts as no lease
+    (logged), and a forged holder's run and host reach the refusal without control characters."""
+    root = Root(str(tmp_path / "store"))
+    root.write_atomic(LEASE_PATH, b"\x00not json")
+    lease = StoreLease(root, run="mine", settle_s=0.0)
+    lease.acquire()
+    lease.release()
+    forged = {"format": "carla-fleet.lease/1", "owner": "x", "claim": "y", "run": "evil\x1b]0;pwned\x07run",
+              "host": "h\x1b[2Jost", "pid": 1, "since": time.time(), "renewed": time.time(), "ttl_s": 60}
+    root.write_atomic(LEASE_PATH, json.dumps(forged).encode())
+    with pytest.raises(LeaseHeldError) as refused:
+        StoreLease(root, run="mine", settle_s=0.0).acquire()
+    assert "run 'evil]0;pwnedrun' on host h[2Jost" in str(refused.value) and "\x1b" not in str(refused.value)
