@@ -8,7 +8,10 @@ every save that it still holds it (`check`), and deletes it when it closes (`rel
 
 A second writer is refused (`LeaseHeldError`, one line naming the holder and what to do) while the
 lease is live; a lease whose writer died (a lost node, a killed process) expires `ttl_s` after its
-last renewal, so `fleet train --resume auto` goes on after at most that long. The owner token is
+last renewal, so `fleet train --resume auto` goes on after at most that long. Sooner when the holder
+ran on this machine: a lease naming this host and pid namespace and a pid that no longer runs (or
+is a zombie) is taken over at once. A reused pid only makes a taker wait for the TTL; a container
+with its own pid namespace on this host, which may share its host name, is never judged this way. The owner token is
 the run's, not the process's: the checkpoint actor that Ray restarts on another node after a node
 loss carries the same token and takes over its own run's lease at once. The instance it replaces,
 should it still run somewhere, then finds another claim in the lease and stops saving.
@@ -78,13 +81,33 @@ class Holder:
     since: float
     renewed: float
     ttl_s: float
+    pidns: str = ""
+    """The holder's pid namespace (`/proc/self/ns/pid`): its pid means something only in the same one."""
 
     @property
     def expires(self) -> float:
         return self.renewed + self.ttl_s
 
     def live(self, now: float) -> bool:
-        return now < self.expires
+        """Not expired, and not known dead (`gone`)."""
+        return now < self.expires and not self.gone()
+
+    def gone(self) -> bool:
+        """Whether the holder is known to have died: a process of this host and pid namespace that no
+        longer runs. False whenever that cannot be told (another host, another namespace, no /proc)."""
+        if self.pid <= 0 or not self.pidns or self.host != socket.gethostname() or self.pidns != _pidns():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # another user's process: it runs
+            return False
+        try:  # killed but not yet reaped by its parent: dead all the same
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[-1].split()[:1] == [b"Z"]
+        except OSError:
+            return False
 
     def describe(self, now: float) -> str:
         return (f"run {self.run or '?'!r} on host {self.host}, pid {self.pid}, holding it since {_utc(self.since)} "
@@ -101,7 +124,7 @@ class Holder:
         # Printed in the refusal: read as data, control characters (a terminal's escapes) dropped.
         out = cls(owner=str(body["owner"]), claim=str(body["claim"]), run=_printable(body.get("run", "")),
                   host=_printable(body.get("host", "?")), pid=int(body.get("pid", 0)), since=float(body["since"]),
-                  renewed=float(body["renewed"]), ttl_s=float(body["ttl_s"]))
+                  renewed=float(body["renewed"]), ttl_s=float(body["ttl_s"]), pidns=str(body.get("pidns", "")))
         if not (out.ttl_s > 0 and out.renewed == out.renewed):  # NaN never expires: not a lease we wrote
             raise ValueError("bad ttl_s or renewed")
         return out
@@ -187,7 +210,8 @@ class StoreLease:
             log.info("taking over this run's own lease on %s (a restarted writer; was %s)", self.root.display,
                      holder.describe(now))
         elif holder is not None:
-            log.warning("taking over the expired lease on %s of %s", self.root.display, holder.describe(now))
+            why = "whose process no longer runs" if now < holder.expires else "expired"
+            log.warning("taking over the lease on %s of %s, %s", self.root.display, holder.describe(now), why)
         self._claim, self._since, self._lost = uuid.uuid4().hex, now, None
         self._write(now)
         time.sleep(self.settle_s)
@@ -251,7 +275,7 @@ class StoreLease:
     def _write(self, now: float) -> None:
         assert self._claim is not None
         holder = Holder(owner=self.owner, claim=self._claim, run=self.run, host=socket.gethostname(),
-                        pid=os.getpid(), since=self._since, renewed=now, ttl_s=self.ttl_s)
+                        pid=os.getpid(), since=self._since, renewed=now, ttl_s=self.ttl_s, pidns=_pidns())
         self.root.write_atomic(LEASE_PATH, holder.to_bytes())
 
     def _lose(self, current: Holder | None) -> None:
@@ -268,6 +292,13 @@ class StoreLease:
             except Exception as exc:  # noqa: BLE001 - a store briefly unreachable: try again at the next turn
                 log.warning("renewing the lease on %s failed (%s); retrying in %.0f s", self.root.display, exc,
                             self.ttl_s / 4)
+
+
+def _pidns() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
 
 
 def _printable(value: object, limit: int = 200) -> str:

@@ -172,13 +172,15 @@ def test_old_ids_still_resolve_and_new_ids_sort_after_them(tmp_path: Path):
 
 
 HOLDER = """
-import sys, time
+import socket, sys, time
 from pathlib import Path
 import torch
 from checkpoint_store.fs import Root
 from checkpoint_store.lease import StoreLease
 from checkpoint_store.writer import CheckpointWriter
 uri, owner, run, ttl, sync = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), Path(sys.argv[5])
+if sys.argv[7]:  # a writer on another node, as the lease names it
+    socket.gethostname = lambda: sys.argv[7]
 if sys.argv[6] == "lease":  # the lease alone, saving nothing
     StoreLease(Root(uri), owner, run, ttl).acquire()
     (sync / "saved").touch()
@@ -197,14 +199,15 @@ writer.close()
 
 class Holder:
     """A real process holding the store's lease as a checkpoint writer, saving every 0.2 s (or, with
-    `saves=False`, holding the lease alone)."""
+    `saves=False`, holding the lease alone). `host`: the host name its lease gives, as if it ran on
+    another node (a dead holder there is known dead only once its lease expires)."""
 
     def __init__(self, uri: str, sync: Path, owner: str = "0" * 32, run: str = "run-a", ttl_s: float = 120.0,
-                 saves: bool = True):
+                 saves: bool = True, host: str = ""):
         sync.mkdir()
         self.sync = sync
         self.proc = subprocess.Popen([sys.executable, "-c", HOLDER, uri, owner, run, str(ttl_s), str(sync),
-                                      "writer" if saves else "lease"],
+                                      "writer" if saves else "lease", host],
                                      cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while not (sync / "saved").exists():
@@ -291,7 +294,7 @@ def test_two_writers_starting_at_the_same_moment_one_wins(store_uri: str, tmp_pa
 
 def test_a_dead_writers_lease_expires_and_its_own_run_takes_it_over_at_once(store_uri: str, tmp_path: Path):
     owner = "1f" * 16
-    holder = Holder(store_uri, tmp_path / "sync", owner=owner, ttl_s=8.0)
+    holder = Holder(store_uri, tmp_path / "sync", owner=owner, ttl_s=8.0, host="lost-node")
     holder.kill()  # a lost node: no release, no more renewals
     dead = read_holder(Root(store_uri))
     assert dead is not None and dead.owner == owner
@@ -312,6 +315,21 @@ def test_a_dead_writers_lease_expires_and_its_own_run_takes_it_over_at_once(stor
     assert after.wait(60).learner_updates == 101
     after.close()
     assert SnapshotStore(store_uri, create=False).verify() == []
+
+
+def test_a_killed_writer_of_this_machine_is_known_dead_and_its_lease_taken_over_at_once(tmp_path: Path):
+    """`fleet train --local` killed (OOM, kill -9): its pid is gone on this host, so the TTL need not pass."""
+    uri = str(tmp_path / "store")
+    holder = Holder(uri, tmp_path / "sync", ttl_s=120.0)
+    with pytest.raises(LeaseHeldError):
+        CheckpointWriter(uri, run="next")
+    holder.kill()
+    left = read_holder(Root(uri))
+    assert left is not None and left.expires > time.time() + 60 and left.gone()
+    started = time.monotonic()
+    writer = CheckpointWriter(uri, run="next")
+    assert time.monotonic() - started < 30 and writer.lease.held
+    writer.close()
 
 
 def test_a_writer_whose_lease_was_taken_over_stops_saving(tmp_path: Path):
@@ -367,7 +385,7 @@ def test_resume_auto_after_its_writer_died_goes_on_once_the_lease_expires(tmp_pa
     first = _train(store, runs)
     assert first.returncode == 0, first.stderr[-3000:]
     saved = SnapshotStore(str(store)).resolve("latest")
-    dead = Holder(str(store), tmp_path / "sync", run="t1", ttl_s=6.0, saves=False)  # the lost writer
+    dead = Holder(str(store), tmp_path / "sync", run="t1", ttl_s=6.0, saves=False, host="lost-node")
     dead.kill()
     refused = _train(store, runs, "--resume", "auto")
     assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr[-3000:]
