@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from checkpoint_store.lease import StoreLease
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from learner.errors import StoreError
@@ -114,7 +115,14 @@ def import_legacy(path: str | Path, store_uri: str, allow_missing_cnn: bool = Fa
     """Write the legacy checkpoint at `path` as a new version of the store at `store_uri`."""
     imported = load_legacy(path, allow_missing_cnn)
     meta = {"learner_updates": imported.agent.total_it.value, "config": imported.config, "notes": imported.notes}
-    return SnapshotStore(store_uri).put(imported.agent.state(), meta, tags=tags)
+    store = SnapshotStore(store_uri)
+    # A writer like any other: refused (LeaseHeldError) while a live run writes the store.
+    lease = StoreLease(store.root, run=f"fleet import-legacy {Path(path).name}")
+    lease.acquire()
+    try:
+        return store.put(imported.agent.state(), meta, tags=tags)
+    finally:
+        lease.release()
 
 
 def _load(module: torch.nn.Module, sd: Any, key: str, path: Path) -> None:

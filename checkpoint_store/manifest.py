@@ -16,17 +16,33 @@ from typing import Any
 from learner.errors import StoreError
 
 FORMAT = "carla-fleet.snapshot/1"
-VERSION_RE = re.compile(r"^v\d{8}$")
+VERSION_RE = re.compile(r"^v\d{8}(-[0-9a-f]{8})?$")
+"""A version id: `v` + an 8-digit sequence number, then (every id written since the store took
+writer-unique ids) `-` + 8 hex digits naming the writer, e.g. v00000042-1f0c9a3e. Ids sort by their
+number first; an id without the suffix (v00000042) is an older store's and reads as before."""
+VERSION_FILE_RE = re.compile(r"versions/(v\d{8}(?:-[0-9a-f]{8})?)\.json")
+"""A manifest's path under the store root (fullmatch); group 1 is its version id."""
+WRITER_RE = re.compile(r"[0-9a-f]{8}")
 
 
 class ManifestError(StoreError, ValueError):
     """A manifest is missing, unreadable or does not verify."""
 
 
-def version_id(seq: int) -> str:
+def version_id(seq: int, writer: str | None = None) -> str:
+    """The id of version number `seq` written by `writer` (8 hex digits; None: the old form without it)."""
     if not 0 <= seq <= 99_999_999:  # a longer id matches no pattern: the version would be invisible
         raise ManifestError(f"version number {seq} does not fit the 8-digit version ids")
-    return f"v{seq:08d}"
+    if writer is not None and not WRITER_RE.fullmatch(writer):
+        raise ManifestError(f"writer suffix {writer!r} is not 8 lowercase hex digits")
+    return f"v{seq:08d}" if writer is None else f"v{seq:08d}-{writer}"
+
+
+def version_seq(version: str) -> int:
+    """The sequence number of a version id (v00000042 and v00000042-1f0c9a3e: 42)."""
+    if not VERSION_RE.match(version):
+        raise ManifestError(f"{version!r} is not a version id")
+    return int(version[1:9])
 
 
 @dataclass(frozen=True)

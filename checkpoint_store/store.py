@@ -8,7 +8,14 @@ Layout under the root URI:
 
 A version exists iff its manifest exists and verifies, so a writer killed at
 any point leaves the previous versions intact and `latest` pointing at one of
-them. One writer at a time (the checkpoint actor); any number of readers.
+them. One writer at a time (the checkpoint actor, holding the store's lease:
+checkpoint_store/lease.py); any number of readers.
+
+Two writers at once (a lease that failed, being advisory, or a library caller that
+takes none) do not overwrite each other: every version id ends in its writer's own
+suffix (v00000042-1f0c9a3e), so they may share a number but never an id, and
+cleanup deletes only blobs older than BLOB_MIN_AGE_S (see `gc`). Ids without the
+suffix (v00000042), written before, read as before.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +31,9 @@ from typing import Any
 from checkpoint_store import codec
 from checkpoint_store.fs import TMP_MARK, TMP_RE, Root, TooLargeError, UnsafePathError
 from checkpoint_store.manifest import (
+    VERSION_FILE_RE,
     VERSION_RE,
+    WRITER_RE,
     BlobRef,
     ComponentRef,
     Manifest,
@@ -31,6 +41,7 @@ from checkpoint_store.manifest import (
     blob_path,
     sha256_hex,
     version_id,
+    version_seq,
 )
 from checkpoint_store.retention import RetentionPolicy, RetentionReport, select
 from learner.errors import StoreError
@@ -44,7 +55,7 @@ FileValue = bytes | str
 
 
 HIGH_WATER = "refs/high-water"
-"""The last version id handed out (ids are never reused)."""
+"""The last version id handed out (numbers are never reused by one writer; ids never by any two)."""
 
 BLOB_RE = re.compile(r"blobs/sha256/([0-9a-f]{2})/(\1[0-9a-f]{62})")
 """The path of a blob the store writes (`blob_path`): the only blobs cleanup may delete."""
@@ -59,6 +70,12 @@ MAX_POINTER_BYTES = 4096
 TMP_MIN_AGE_S = 600.0
 """Cleanup deletes a temporary file only once it is this old: younger, it may be a write in progress
 (another process's fsync of a large blob to a slow disk can take minutes)."""
+
+BLOB_MIN_AGE_S = 600.0
+"""Cleanup (`gc`, `apply_retention`) deletes an unreferenced blob only once it is this old, unless its
+caller asks for less: younger, it may belong to a version another writer has not committed yet. A put
+rewrites a blob it reuses that is older than half of this, so that every blob a put needs is younger
+than half of it when the put starts (the argument is in `gc`)."""
 
 
 class SnapshotNotFound(StoreError, LookupError):
@@ -82,8 +99,14 @@ class Snapshot:
 class SnapshotStore:
     """Snapshots under one URI: a local path, file://, s3://bucket/prefix?endpoint_override=..., gs://."""
 
-    def __init__(self, uri: str, create: bool = True) -> None:
-        """Open the store; `create=False` refuses a location that does not exist (readers, the CLI)."""
+    def __init__(self, uri: str, create: bool = True, writer: str | None = None) -> None:
+        """Open the store; `create=False` refuses a location that does not exist (readers, the CLI).
+
+        `writer`: the 8 hex digits every version id this instance writes ends in (default: random, so
+        unique to this instance: two instances never write the same id, even given the same number)."""
+        self.writer = writer if writer is not None else uuid.uuid4().hex[:8]
+        if not WRITER_RE.fullmatch(self.writer):
+            raise ValueError(f"writer {writer!r}: expected 8 lowercase hex digits")
         self.root = Root(uri, create=create)
         self._manifests: dict[str, Manifest] = {}  # manifests are immutable, so caching is safe
         self.last_put_bytes = 0
@@ -104,7 +127,8 @@ class SnapshotStore:
             raise ValueError(f"unknown snapshot meta key(s) {unknown}; allowed: {sorted(META_KEYS)}")
         for name in tags:
             _check_tag(name)
-        version = version_id(self._next_seq())  # first: a store with no id left refuses before writing blobs
+        # First: a store with no id left refuses before writing blobs.
+        version = version_id(self._next_seq(), self.writer)
         self.last_put_bytes = 0
         components = {}
         for name, value in state.items():
@@ -139,7 +163,13 @@ class SnapshotStore:
     def _put_blob(self, data: bytes) -> BlobRef:
         ref = BlobRef(sha256_hex(data), len(data))
         existing = self.root.info(ref.path)
-        if existing is None or existing.size != ref.size:
+        # A blob already there is reused unless it is older than half of BLOB_MIN_AGE_S: then it is
+        # written again (same bytes, atomically), so that another writer's cleanup, which deletes only
+        # unreferenced blobs older than BLOB_MIN_AGE_S, cannot delete it before this put's manifest
+        # references it. No mtime reported: cleanup never deletes it by age, nothing to refresh.
+        stale = (existing is not None and existing.mtime is not None
+                 and time.time() - existing.mtime > BLOB_MIN_AGE_S / 2)
+        if existing is None or existing.size != ref.size or stale:
             self.root.write_atomic(ref.path, data)
             self.last_put_bytes += len(data)
             self._hook(ref.path)
@@ -164,8 +194,8 @@ class SnapshotStore:
         """One more than any version id this store ever handed out: manifests, pointers and the
         high-water mark, so an id is never reused even when a manifest was deleted by hand (a tag
         or an old report naming it must never come to mean other content)."""
-        seqs = [int(e.path[len("versions/v"):][:8]) for e in self.root.list("versions")
-                if re.fullmatch(r"versions/v\d{8}\.json", e.path)]
+        seqs = [version_seq(m.group(1)) for e in self.root.list("versions")
+                if (m := VERSION_FILE_RE.fullmatch(e.path)) is not None]
         for ref in [HIGH_WATER, "refs/latest", *(f"refs/tags/{e.path.rsplit('/', 1)[-1]}"
                                                  for e in self.root.list("refs/tags"))]:
             try:
@@ -176,8 +206,8 @@ class SnapshotStore:
                 text = "<binary>"
             except (TooLargeError, UnsafePathError):
                 text = "<not a small regular file>"
-            if re.fullmatch(r"v\d{8}", text):
-                seqs.append(int(text[1:]))
+            if VERSION_RE.match(text):
+                seqs.append(version_seq(text))
             elif ref == HIGH_WATER:  # ignoring it could hand out an id already used
                 raise StoreError(f"{self.uri}/{HIGH_WATER} holds {text[:40]!r}, not a version id: it is corrupt. "
                                  "Write the highest version id the store ever held (e.g. v00000042) into it")
@@ -312,14 +342,15 @@ class SnapshotStore:
         """Every version whose manifest verifies, oldest first. Unverifiable manifests are skipped."""
         out = []
         for e in self.root.list("versions"):
-            m = re.fullmatch(r"versions/(v\d{8})\.json", e.path)
+            m = VERSION_FILE_RE.fullmatch(e.path)
             if m is None:
                 continue
             try:
                 out.append(self._load_manifest(m.group(1)))
             except (SnapshotNotFound, ManifestError) as exc:
                 log.warning("skipping %s: %s", e.path, exc)
-        return out
+        # By id, not path: v00000042.json sorts after v00000042-1f0c9a3e.json, its id before.
+        return sorted(out, key=lambda m: m.version)
 
     def verify(self, ref: str | None = None) -> list[str]:
         """Problems found in one version (`ref`) or, when None, in every version and pointer."""
@@ -329,7 +360,7 @@ class SnapshotStore:
         else:
             versions = []
             for e in self.root.list("versions"):
-                m = re.fullmatch(r"versions/(v\d{8})\.json", e.path)
+                m = VERSION_FILE_RE.fullmatch(e.path)
                 if m is not None:
                     versions.append(m.group(1))
                 elif TMP_MARK not in e.path:
@@ -357,8 +388,10 @@ class SnapshotStore:
                                     f"{checked[blob.sha256]}")
         return problems
 
-    def apply_retention(self, policy: RetentionPolicy, gc: bool = True, dry_run: bool = False) -> RetentionReport:
-        """Delete the versions `policy` does not keep (never the newest or a tagged one), then their blobs."""
+    def apply_retention(self, policy: RetentionPolicy, gc: bool = True, dry_run: bool = False,
+                        min_age_s: float = BLOB_MIN_AGE_S) -> RetentionReport:
+        """Delete the versions `policy` does not keep (never the newest or a tagged one), then their blobs
+        older than `min_age_s` (see `gc`)."""
         manifests = self.list()
         if not manifests:
             return RetentionReport([], [])
@@ -376,29 +409,53 @@ class SnapshotStore:
         if doomed:
             log.info("retention deleted %d version(s): %s", len(doomed), ", ".join(doomed))
         if gc:
-            n, freed = self.gc()
+            n, freed = self.gc(min_age_s)
             report = RetentionReport(report.kept, doomed, reasons, n, freed)
         return report
 
-    def gc(self, min_age_s: float = 0.0) -> tuple[int, int]:
+    def gc(self, min_age_s: float = BLOB_MIN_AGE_S) -> tuple[int, int]:
         """Delete blobs no version references, and stray temp files; returns (files, bytes) deleted.
 
         Only names the store itself writes are deleted: blobs at `blob_path` of a sha256 digest and
         temporary files named as `write_atomic` names them, the latter once `TMP_MIN_AGE_S` old.
-        Anything else someone put in the store stays. `min_age_s` spares files younger than that, so
-        a gc run beside a live writer does not remove the blobs of a version whose manifest is not
-        written yet.
+        Anything else someone put in the store stays. `min_age_s` spares files younger than that
+        (0: none, for a store no other process writes), so that a gc beside another live writer does
+        not remove the blobs of a version whose manifest is not written yet:
+
+        Let P be a put not committed yet and X a blob its manifest will reference. P wrote X after it
+        started, or found X younger than BLOB_MIN_AGE_S / 2 (`_put_blob` writes an older one again),
+        so mtime(X) >= start(P) - BLOB_MIN_AGE_S / 2. This gc lists the files first, at `now`, reads the
+        manifests after that, and deletes X only if no manifest it read references X and X's mtime,
+        read again just before the delete (P may have written it again since the listing), is
+        `min_age_s` before `now`. With min_age_s = BLOB_MIN_AGE_S that needs now >= start(P) +
+        BLOB_MIN_AGE_S / 2: P would have been running for 300 s when this gc began and still not
+        have written its manifest. Measured (docs/benchmarks.md, first table, `fleet bench store`): a
+        put of the full learner state, 63.7 MB, takes 0.12-0.30 s to a local disk and 0.8-1.1 s to an
+        S3 server on loopback: the margin, 300 s less any skew between this machine's clock and the
+        store's (mtimes are the store's), is hundreds of times that; a put ten times larger to a store
+        twenty times slower than that server (about 220 s) would still fit. Left open: a put that
+        writes X again in the milliseconds between this gc's second read of X and its delete, which
+        needs X unreferenced and older than 300 s at that moment; and blobs a put is given as
+        'sha256:<hex>' (the replay segments of the writer's own last version), which stay only while a
+        manifest references them: retention keeps the newest version, and only the lease holder
+        runs it.
         """
-        referenced = {b.sha256 for m in self.list() for _, b in m.blobs()}
         now, n, freed = time.time(), 0, 0
-        for e in self.root.list(""):
+        entries = self.root.list("")  # before the manifests: a manifest written meanwhile is then read
+        referenced = {b.sha256 for m in self.list() for _, b in m.blobs()}
+        for e in entries:
             is_tmp = TMP_RE.fullmatch(e.path.rsplit("/", 1)[-1]) is not None
             blob = BLOB_RE.fullmatch(e.path)
             if not is_tmp and (blob is None or blob.group(2) in referenced):
                 continue
             min_age = max(min_age_s, TMP_MIN_AGE_S) if is_tmp else min_age_s
-            if min_age > 0 and (e.mtime is None or now - e.mtime < min_age):
-                continue
+            if min_age > 0:
+                try:
+                    current = self.root.info(e.path)  # written again since the listing: young again
+                except UnsafePathError:
+                    current = None
+                if current is None or current.mtime is None or now - current.mtime < min_age:
+                    continue
             try:
                 self.root.delete(e.path)
             except UnsafePathError as exc:  # replaced by a link or a folder since it was listed
@@ -417,6 +474,7 @@ def _manifest_path(version: str) -> str:
 def _check_tag(name: str) -> None:
     # TMP_MARK: a name like a temporary file's is hidden from tags() and may be removed by cleanup.
     if name == "latest" or VERSION_RE.match(name) or not TAG_RE.match(name) or TMP_MARK in name:
-        raise BadRefError(f"bad tag name or version {name!r}: a version id is v + 8 digits (v00000042); a tag "
+        raise BadRefError(f"bad tag name or version {name!r}: a version id is v + 8 digits, then - + 8 hex digits "
+                          "in a newer store (v00000042, v00000042-1f0c9a3e); a tag "
                           f"uses letters, digits, '_', '.', '-', starts with a letter, holds no {TMP_MARK!r}, "
                           "and is not 'latest'")

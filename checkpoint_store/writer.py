@@ -23,6 +23,10 @@ does steps 2 and 3. The learner then waits only for that copy, whatever Ray's sh
 
 Then the learner goes on training. At most one save runs at a time; a request that
 arrives while another waits replaces it (the older one is counted as superseded).
+
+The writer holds the store's lease (checkpoint_store/lease.py) from its start to its close: a second
+writer on the store is refused, and a writer that finds its lease taken over stops saving. The run
+passes its owner token, so the instance Ray starts again after a node loss takes over the run's lease.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from typing import Any
 import torch
 
 from checkpoint_store.fs import scrub
+from checkpoint_store.lease import LEASE_TTL_S, LeaseHeldError, StoreLease
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
@@ -200,7 +205,12 @@ class CheckpointWriter:
     """Saves states to a SnapshotStore in a background thread; at most one save in flight."""
 
     def __init__(self, store_uri: str, retention: RetentionPolicy | None = None,
-                 get_timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 2.0) -> None:
+                 get_timeout_s: float = 600.0, retries: int = 3, backoff_s: float = 2.0, *,
+                 owner: str | None = None, run: str = "", lease_ttl_s: float = LEASE_TTL_S,
+                 defer_lease_error: bool = False) -> None:
+        """Open the store and take its lease as `owner` (the run's token; default: a new one) for run
+        `run`. Another live writer's lease: LeaseHeldError, or with `defer_lease_error` (a Ray actor, whose
+        constructor must not fail) every save fails with that message and `lease_problem()` returns it."""
         self.store = SnapshotStore(store_uri)
         self.retention = retention
         self.get_timeout_s = get_timeout_s
@@ -217,8 +227,27 @@ class CheckpointWriter:
         self._last_failed = False
         self._stats = {"saves_done": 0, "superseded": 0, "errors": 0, "retries": 0, "last_save_s": None,
                        "last_save_bytes": None, "last_latency_s": None}
+        self.lease = StoreLease(self.store.root, owner, run, lease_ttl_s)
+        self._lease_error: str | None = None
+        try:
+            self.lease.acquire()
+        except LeaseHeldError as exc:
+            if not defer_lease_error:
+                raise
+            self._lease_error = str(exc)
+            self._last_error, self._last_failed = f"LeaseHeldError: {exc}", True
         self._thread = threading.Thread(target=self._run, name="checkpoint-writer", daemon=True)
         self._thread.start()
+
+    def lease_problem(self) -> str | None:
+        """Why this writer holds no lease (another live writer's, named), or None when it holds it."""
+        return self._lease_error
+
+    def _check_lease(self) -> None:
+        """Raise unless this writer still holds the store's lease: it never writes the store otherwise."""
+        if self._lease_error is not None:
+            raise LeaseHeldError(self._lease_error)
+        self.lease.check()
 
     def submit(self, state: Any, meta: Mapping[str, Any] | None = None,
                files: Mapping[str, FileValue] | None = None, tags: Sequence[str] = ()) -> None:
@@ -255,6 +284,7 @@ class CheckpointWriter:
 
     def tag(self, ref: str, name: str) -> str:
         """Point tag `name` at version `ref` (e.g. `best` after an evaluation); returns the version."""
+        self._check_lease()
         return self.store.tag(ref, name)
 
     def status(self) -> dict[str, Any]:
@@ -262,15 +292,25 @@ class CheckpointWriter:
         with self._cond:
             return {**self._stats, "last_version": self._last.version if self._last else None,
                     "last_error": self._last_error, "last_failed": self._last_failed, "max_retries": self.retries,
-                    "in_flight": self._in_flight,
+                    "in_flight": self._in_flight, "lease_held": self.lease.held,
                     "pending": self._pending is not None, "store": self.store.uri}
 
     def close(self, timeout: float | None = 60.0) -> None:
-        """Finish the running and queued saves, then stop the thread."""
+        """Finish the running and queued saves, stop the thread, then release the store's lease."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
         self._thread.join(timeout)
+        if self._thread.is_alive():  # a save still running: the lease expires on its own instead
+            self.lease.stop_renewing()
+        else:
+            self.lease.release()
+
+    def release_lease(self) -> None:
+        """Stop saving and release the store's lease without waiting for a running save (the run's
+        driver, before it ends this actor)."""
+        self.close_now()
+        self.lease.release()
 
     def close_now(self) -> threading.Thread:
         """Stop taking saves without waiting for the running one (stuck in a store that does not answer,
@@ -279,6 +319,7 @@ class CheckpointWriter:
             self._closing = True
             self._pending = None
             self._cond.notify_all()
+        self.lease.stop_renewing()  # expires after its TTL: releasing it would wait on the same store
         return self._thread
 
     def _run(self) -> None:
@@ -302,6 +343,7 @@ class CheckpointWriter:
         """store.put, retried with exponential backoff on I/O errors (a full disk, a store that is
         briefly unreachable). The store itself leaves no partial file behind a failed write."""
         for attempt in range(self.retries + 1):
+            self._check_lease()  # LeaseLostError / LeaseHeldError: no retry, this writer must stop
             try:
                 return self.store.put(state, req.meta, req.files, req.tags)
             except OSError as exc:

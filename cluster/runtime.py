@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from checkpoint_store.fs import abandon, probe, redact, userinfo_end
+from checkpoint_store.fs import Root, abandon, bounded, probe, redact, userinfo_end
+from checkpoint_store.lease import LeaseHeldError, check_free, new_owner, release_owner
 from checkpoint_store.manifest import VERSION_RE, Manifest
 from checkpoint_store.store import SnapshotStore
 from checkpoint_store.writer import CheckpointError, CheckpointWriter, snapshot_state
@@ -213,6 +214,11 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     if not local and not cfg.run.ray_address:
         check_ray_auth_mode(cfg.run.allow_ray_without_auth)  # before anything is created
     probe(cfg.store_uri())  # a store that cannot be written fails the run now, not at its first snapshot
+    # One writer per store: another live run's lease refuses this one now, in one line, before any actor
+    # starts. The run's checkpoint writer takes the lease under this owner token, and a writer Ray restarts
+    # (after a node loss) carries the same token, so it takes over its own run's lease.
+    owner = new_owner()
+    check_free(Root(cfg.store_uri()), owner)
     if cfg.run.env == "carla" and not cfg.run.ray_address:
         from cluster.envs import probe_carla_hosts
 
@@ -222,7 +228,7 @@ def train(cfg: ExperimentConfig, resume: Resume | None = None, local: bool = Fal
     metrics = MetricsLog(run_dir)
     status = Status(total_env_steps=cfg.run.total_env_steps)
     progress = Progress(cfg.run.progress_every_s, quiet=quiet)
-    runner = LocalRun(cfg, restored) if local else RayRun(cfg, restored)
+    runner = LocalRun(cfg, restored, owner) if local else RayRun(cfg, restored, owner)
     evaluator: PeriodicEval | None = None
     started = time.monotonic()
     interrupted = False
@@ -405,7 +411,7 @@ def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, ret
 class LocalRun:
     """Everything in this process: workers step in turn, the learner updates between them."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None, owner: str | None = None) -> None:
         from cluster.envs import make_factory
         from learner.learner import Learner
         from rollout_workers.worker import RolloutWorker
@@ -417,7 +423,7 @@ class LocalRun:
             self.learner.restore(state, files)
         self.workers = [RolloutWorker(i, make_factory(cfg, i), cfg.network, cfg.exploration, cfg.worker,
                                       seed=cfg.run.seed) for i in range(cfg.run.workers)]
-        self.writer = CheckpointWriter(cfg.store_uri(), cfg.retention)
+        self.writer = CheckpointWriter(cfg.store_uri(), cfg.retention, owner=owner, run=cfg.run.name)
         self._chunks: list[Any] = []
         self._returns: list[float] = []
         self._replay_refs: dict[str, str] | None = None
@@ -515,9 +521,11 @@ def replay_actor_class() -> Any:
 class RayRun:
     """Actors on a Ray cluster; this process only orchestrates and reports."""
 
-    def __init__(self, cfg: ExperimentConfig, restored: Restored | None) -> None:
+    def __init__(self, cfg: ExperimentConfig, restored: Restored | None, owner: str | None = None) -> None:
         self.cfg = cfg
         self.restored = restored
+        self.owner = owner or new_owner()
+        """The run's token in the store's lease: every instance of its checkpoint writer carries it."""
         self._started_ray = False
         self._returns: list[float] = []
         self.workers: list[Any] = []
@@ -570,9 +578,14 @@ class RayRun:
                               f"{cfg.run.learner_resource!r} resource (ray start --resources, or the cluster YAML)")
         state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
         name = cfg.run.name
-        # Ray restarts a killed writer; the store keeps the last complete version meanwhile.
+        # Ray restarts a killed writer; the store keeps the last complete version meanwhile. The writer takes
+        # the store's lease as this run's owner; a restarted one takes it over (checkpoint_store/lease.py).
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
-            name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention)
+            name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention, owner=self.owner, run=name,
+                                              defer_lease_error=True)
+        problem = self._writer("lease_problem")  # another run took the store since train()'s check
+        if problem:
+            raise LeaseHeldError(problem)
         # The learner first: the replay is then pinned to whatever node it landed on.
         learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, resources=learner_res,
                                  max_concurrency=8)(LearnerActor)
@@ -856,14 +869,33 @@ class RayRun:
         """Every actor of the run goes, also after a failure; Ray too when this run started it."""
         import ray
 
-        for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None),
-                      getattr(self, "writer", None)]:
+        writer = getattr(self, "writer", None)
+        if writer is not None:  # its lease first, so the same command can run again at once (--resume auto)
+            try:
+                ray.get(writer.release_lease.remote(), timeout=15)
+            except Exception:  # noqa: BLE001 - gone with its node, or stuck: the driver releases it below
+                pass
+        for actor in [*self.workers, getattr(self, "learner", None), getattr(self, "replay", None), writer]:
             if actor is not None:
                 ray.kill(actor)
+        if writer is not None:
+            self._release_lease()
         # The learner's node lost: this driver is done with the cluster; disconnecting stops Ray's streamed
         # worker logs (recovering lost objects, ...), which would otherwise print after the run's one line.
         if self._started_ray or self.learner_lost:
             ray.shutdown()
+
+    def _release_lease(self) -> None:
+        """Delete the store's lease if it still names this run (a writer that died with its node), bounded:
+        otherwise it expires on its own after its TTL. A writer of this run still alive somewhere (a node
+        cut off, not dead) finds it gone at its next renewal and stops saving."""
+        uri = self.cfg.store_uri()
+        try:
+            if bounded(lambda: release_owner(Root(uri, timeout_s=None), self.owner), 20.0,
+                       lambda: TimeoutError("the store did not answer")):
+                log.info("released this run's lease on %s", redact(uri))
+        except Exception as exc:  # noqa: BLE001 - best effort: the lease expires on its own
+            log.warning("could not release this run's lease on %s (%s): it expires on its own", redact(uri), exc)
 
 
 def _actor_state(actor: Any) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -192,8 +193,9 @@ def test_credentials_from_a_shared_credentials_file_reach_the_store_and_appear_n
         assert denied.returncode != 0 and "StoreUriError" in denied.stderr, denied.stderr[-2000:]
     stored = subprocess.run([sys.executable, "-c", put, uri], capture_output=True, text=True, timeout=120, cwd=REPO,
                             env=with_file)
-    assert stored.returncode == 0 and stored.stdout.strip() == "v00000001", stored.stderr[-2000:]
+    version = stored.stdout.strip()
+    assert stored.returncode == 0 and re.fullmatch(r"v00000001-[0-9a-f]{8}", version), stored.stderr[-2000:]
     listed = _fleet("snapshots", "list", uri, env=with_file)
-    assert listed.returncode == 0 and "v00000001" in listed.stdout, listed.stderr[-2000:]
+    assert listed.returncode == 0 and version in listed.stdout, listed.stderr[-2000:]
     for proc in (stored, listed):
         assert FILE_SECRET not in proc.stdout + proc.stderr

@@ -15,7 +15,7 @@ import torch
 
 from checkpoint_store import codec
 from checkpoint_store.fs import StoreUriError, UnsafePathError
-from checkpoint_store.manifest import blob_path
+from checkpoint_store.manifest import VERSION_RE, blob_path, version_seq
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotStore
 from learner.errors import StoreError
@@ -79,7 +79,7 @@ def test_full_agent_state_round_trips_bitwise(store_uri: str, agent: TD3Agent):
     state = agent.state()
     m = store.put(state, {"learner_updates": agent.total_it.value, "env_steps": 1000,
                           "metrics": {"eval/return": 1.5}, "config": {"agent": {"gamma": 0.99}}})
-    assert m.version == "v00000001" and m.learner_updates == 2
+    assert VERSION_RE.match(m.version) and version_seq(m.version) == 1 and m.learner_updates == 2
     fresh = TD3Agent(TD3Config(device="cpu", seed=7))
     snap = SnapshotStore(store_uri, create=False).get("latest")
     assert snap.manifest == m
@@ -117,18 +117,18 @@ def test_policy_only_load_reads_only_policy_blobs(store_uri: str, agent: TD3Agen
 
 def test_flipped_byte_fails_get_and_verify_naming_the_blob(store_uri: str):
     store = SnapshotStore(store_uri)
-    store.put(small_state(1), {"learner_updates": 1})
+    v1 = store.put(small_state(1), {"learner_updates": 1}).version
     m = store.put(small_state(2), {"learner_updates": 2})
     target = m.components["net"].tensors
     data = bytearray(store.root.read(target.path))
     data[len(data) // 2] ^= 0x01
     store.root.write_atomic(target.path, bytes(data))
-    with pytest.raises(IntegrityError, match=rf"net\.tensors \({target.path}\) of version v00000002"):
-        SnapshotStore(store_uri).get("v00000002")
+    with pytest.raises(IntegrityError, match=rf"net\.tensors \({target.path}\) of version {m.version}"):
+        SnapshotStore(store_uri).get(m.version)
     problems = store.verify()
-    assert len(problems) == 1 and target.path in problems[0] and "v00000002" in problems[0]
-    assert store.verify("v00000001") == []
-    assert store.get("v00000001").state["total_it"] == 1
+    assert len(problems) == 1 and target.path in problems[0] and m.version in problems[0]
+    assert store.verify(v1) == []
+    assert store.get(v1).state["total_it"] == 1
 
 
 def test_files_are_stored_and_referenced_by_hash(store_uri: str):
@@ -150,11 +150,11 @@ def test_latest_tags_and_resolution(store_uri: str):
     store = SnapshotStore(store_uri)
     with pytest.raises(SnapshotNotFound, match="no versions"):
         store.resolve("latest")
-    store.put(small_state(1), tags=["best"])
-    store.put(small_state(2))
-    assert store.resolve("latest") == "v00000002" and store.resolve("best") == "v00000001"
-    assert store.tag("latest", "release") == "v00000002"
-    assert store.tags() == {"best": "v00000001", "release": "v00000002"}
+    v1 = store.put(small_state(1), tags=["best"]).version
+    v2 = store.put(small_state(2)).version
+    assert store.resolve("latest") == v2 and store.resolve("best") == v1
+    assert store.tag("latest", "release") == v2
+    assert store.tags() == {"best": v1, "release": v2}
     with pytest.raises(SnapshotNotFound, match="no tag 'nope'"):
         store.get("nope")
     with pytest.raises(ValueError, match="bad tag name"):
@@ -166,19 +166,20 @@ def test_latest_tags_and_resolution(store_uri: str):
 def test_retention_keeps_exactly_what_the_policy_says(store_uri: str):
     store = SnapshotStore(store_uri)
     scores = [0.1, 0.9, 0.3, 0.8, 0.2, 0.5, 0.4, 0.7, 0.6, 0.0]
-    for i, s in enumerate(scores):
-        store.put(small_state(i), {"learner_updates": 1000 * (i + 1), "metrics": {"eval/return": s}})
-    store.tag("v00000003", "pinned")
+    ids = [store.put(small_state(i), {"learner_updates": 1000 * (i + 1), "metrics": {"eval/return": s}}).version
+           for i, s in enumerate(scores)]
+    assert [version_seq(v) for v in ids] == list(range(1, 11)) and ids == sorted(ids)
+    store.tag(ids[2], "pinned")
     policy = RetentionPolicy(keep_last=2, keep_best=2, best_metric="eval/return", keep_every=4000)
-    report = store.apply_retention(policy)
+    report = store.apply_retention(policy, min_age_s=0)  # this test's store has no other writer
     # last: v9, v10; best: v2 (0.9), v4 (0.8); every 4000 updates: v1 (1000), v4 (4000), v8 (8000); tag: v3.
-    expected = ["v00000001", "v00000002", "v00000003", "v00000004", "v00000008", "v00000009", "v00000010"]
+    expected = [ids[n - 1] for n in (1, 2, 3, 4, 8, 9, 10)]
     assert [m.version for m in store.list()] == expected == report.kept
-    assert report.deleted == ["v00000005", "v00000006", "v00000007"]
+    assert report.deleted == [ids[n - 1] for n in (5, 6, 7)]
     referenced = {b.path for m in store.list() for _, b in m.blobs()}
     assert {e.path for e in store.root.list("blobs")} == referenced
     assert report.blobs_deleted > 0 and store.verify() == []
-    assert store.resolve("latest") == "v00000010"
+    assert store.resolve("latest") == ids[-1]
 
 
 def test_bad_uris_say_what_to_do(tmp_path):
@@ -191,7 +192,7 @@ def test_bad_uris_say_what_to_do(tmp_path):
     with pytest.raises(StoreUriError, match="does not exist"):
         SnapshotStore(str(tmp_path / "missing"), create=False)
     store = SnapshotStore(f"file://{tmp_path}/ok")
-    assert store.put(small_state(1)).version == "v00000001"
+    assert version_seq(store.put(small_state(1)).version) == 1
     assert blob_path("ab" * 32).startswith("blobs/sha256/ab/")
 
 
@@ -261,7 +262,7 @@ def test_gc_never_follows_a_link_out_of_the_store_nor_deletes_what_it_did_not_wr
     fresh.write_bytes(b"v0")
     os.utime(stale, (old, old))
 
-    n, _ = store.gc()
+    n, _ = store.gc(min_age_s=0)  # the blob just written too: this store has no other writer
 
     assert _tree(victim) == before
     assert not (root / stray.path).exists() and not stale.exists() and n == 2

@@ -7,8 +7,9 @@ import datetime as dt
 import json
 
 from checkpoint_store.fs import StoreUriError
+from checkpoint_store.lease import StoreLease
 from checkpoint_store.manifest import ManifestError
-from checkpoint_store.retention import RetentionPolicy
+from checkpoint_store.retention import RetentionPolicy, RetentionReport
 from checkpoint_store.store import SnapshotNotFound, SnapshotStore
 from cluster.cli import Commands, UserError
 
@@ -92,14 +93,26 @@ def _gc(args: argparse.Namespace) -> int:
                                  best_mode=args.best_mode, keep_every=args.keep_every)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    report = store.apply_retention(policy, gc=False, dry_run=args.dry_run)
+    if args.dry_run:
+        return _gc_report(store.apply_retention(policy, gc=False, dry_run=True), dry_run=True)
+    # Deleting is writing: refused (LeaseHeldError) while a live run writes the store and cleans it itself.
+    lease = StoreLease(store.root, run="fleet snapshots gc")
+    lease.acquire()
+    try:
+        report = store.apply_retention(policy, gc=False)
+        _gc_report(report, dry_run=False)
+        n, freed = store.gc(min_age_s=args.grace_s)
+        print(f"removed {len(report.deleted)} version(s), {n} unreferenced file(s), {freed / 1e6:.1f} MB")
+    finally:
+        lease.release()
+    return 0
+
+
+def _gc_report(report: RetentionReport, dry_run: bool) -> int:
     for v in report.kept:
         print(f"keep   {v}  ({', '.join(report.reasons[v])})")
     for v in report.deleted:
-        print(f"{'would delete' if args.dry_run else 'delete'} {v}")
-    if not args.dry_run:
-        n, freed = store.gc(min_age_s=args.grace_s)
-        print(f"removed {len(report.deleted)} version(s), {n} unreferenced file(s), {freed / 1e6:.1f} MB")
+        print(f"{'would delete' if dry_run else 'delete'} {v}")
     return 0
 
 
