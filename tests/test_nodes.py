@@ -24,10 +24,20 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def nodes() -> Iterator[list[Any]]:
     """Head (this process's driver), and two `carla: 2` nodes; the last one has a HOME of its own, as a
     second machine has, so `~/...` names another folder there."""
+    token = Path.home() / ".ray" / "auth_token"  # this user's Ray token, before HOME changes
     with pytest.MonkeyPatch.context() as mp:
         home = tempfile.mkdtemp(prefix="fleet-home-", dir="/tmp")
         mp.setenv("HOME", home)
         other_home = tempfile.mkdtemp(prefix="fleet-home-", dir="/tmp")
+        # An earlier Ray started in this process set RAY_AUTH_MODE=token here (Ray does, for a local
+        # ray.init): every node's processes then read the token from $HOME/.ray/auth_token, and a GCS that
+        # finds none does not start ("Timed out waiting for file .../gcs_server_port_..."; CI, twice). Each
+        # HOME gets the token, as each machine of a real cluster has it (cluster.yaml's file mount).
+        if token.is_file():
+            for h in (home, other_home):
+                (Path(h) / ".ray").mkdir(mode=0o700)
+                (Path(h) / ".ray" / "auth_token").write_bytes(token.read_bytes())
+                (Path(h) / ".ray" / "auth_token").chmod(0o600)
         with local_cluster(mp, dict(num_cpus=2), dict(num_cpus=2, resources={"carla": 2}),
                            dict(num_cpus=2, resources={"carla": 2}, env_vars={"HOME": other_home})) as (_, ns):
             yield ns

@@ -261,7 +261,7 @@ RACER = """
 import sys, time
 from pathlib import Path
 from checkpoint_store.fs import Root
-from checkpoint_store.lease import LeaseHeldError, StoreLease
+from checkpoint_store.lease import LeaseHeldError, LeaseLostError, StoreLease
 uri, name, sync = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 lease = StoreLease(Root(uri), run=name)
 (sync / f"ready-{name}").touch()
@@ -269,11 +269,16 @@ while not (sync / "go").exists():
     time.sleep(0.002)
 try:
     lease.acquire()
-    print("won", flush=True)
-    time.sleep(3)  # held while the other one reads back
-    lease.release()
 except LeaseHeldError as exc:
     print("refused", exc, flush=True)
+else:
+    time.sleep(3)  # held while the other one reads back
+    try:
+        lease.check()  # what a writer does before every save
+        print("won kept", flush=True)
+    except LeaseLostError as exc:
+        print("won lost", exc, flush=True)
+    lease.release()
 """
 
 
@@ -288,8 +293,12 @@ def test_two_writers_starting_at_the_same_moment_one_wins(store_uri: str, tmp_pa
     (sync / "go").touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
-    verdicts = sorted(out.split()[0] for out, _ in outs)
-    assert verdicts == ["refused", "won"], outs
+    # The lease is advisory (no conditional put): a second claim written more than the claim's settle time
+    # after the first one's read-back (a writer slowed by a loaded machine or a slow S3) wins too; that
+    # happened in a full suite run on S3. Then the first finds its claim gone at its next check, before
+    # any save. Either way exactly one writer holds the lease after its first check.
+    verdicts = sorted(" ".join(out.split()[:2]) if out.startswith("won") else out.split()[0] for out, _ in outs)
+    assert verdicts in (["refused", "won kept"], ["won kept", "won lost"]), outs
 
 
 def test_a_dead_writers_lease_expires_and_its_own_run_takes_it_over_at_once(store_uri: str, tmp_path: Path):
