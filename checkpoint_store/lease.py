@@ -200,6 +200,14 @@ class StoreLease:
     def held(self) -> bool:
         return self._claim is not None and self._lost is None
 
+    def __enter__(self) -> StoreLease:
+        """Held for a one-shot command's writes (`import-legacy`, `snapshots gc`): acquired, released after."""
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
     def acquire(self) -> None:
         """Take the lease, or raise LeaseHeldError naming the live writer that holds it."""
         now = time.time()

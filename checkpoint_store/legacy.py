@@ -117,12 +117,8 @@ def import_legacy(path: str | Path, store_uri: str, allow_missing_cnn: bool = Fa
     meta = {"learner_updates": imported.agent.total_it.value, "config": imported.config, "notes": imported.notes}
     store = SnapshotStore(store_uri)
     # A writer like any other: refused (LeaseHeldError) while a live run writes the store.
-    lease = StoreLease(store.root, run=f"fleet import-legacy {Path(path).name}")
-    lease.acquire()
-    try:
+    with StoreLease(store.root, run=f"fleet import-legacy {Path(path).name}"):
         return store.put(imported.agent.state(), meta, tags=tags)
-    finally:
-        lease.release()
 
 
 def _load(module: torch.nn.Module, sd: Any, key: str, path: Path) -> None:

@@ -96,15 +96,11 @@ def _gc(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _gc_report(store.apply_retention(policy, gc=False, dry_run=True), dry_run=True)
     # Deleting is writing: refused (LeaseHeldError) while a live run writes the store and cleans it itself.
-    lease = StoreLease(store.root, run="fleet snapshots gc")
-    lease.acquire()
-    try:
+    with StoreLease(store.root, run="fleet snapshots gc"):
         report = store.apply_retention(policy, gc=False)
         _gc_report(report, dry_run=False)
         n, freed = store.gc(min_age_s=args.grace_s)
         print(f"removed {len(report.deleted)} version(s), {n} unreferenced file(s), {freed / 1e6:.1f} MB")
-    finally:
-        lease.release()
     return 0
 
 
