@@ -173,7 +173,7 @@ class Machine:
 
     def _environment(self, home: Path) -> None:
         """~/fleet-venv: Debian's Python of this version over this environment's installed packages (the
-        same wheels), plus cluster/loopback_ray.py; the check's user cannot run a Python under /root."""
+        same wheels), plus cluster/runtime/loopback_ray.py; the check's user cannot run a Python under /root."""
         site = Path(sysconfig.get_paths()["purelib"])
         venv = home / "fleet-venv"
         run([self.system_python(), "-m", "venv", "--without-pip", str(venv)])
@@ -185,7 +185,7 @@ class Machine:
                 run(["cp", "-a", str(site), str(packages)], timeout=900)  # another filesystem: a real copy
             site = packages
         (target / "fleet-checkout.pth").write_text(f"import site; site.addsitedir({str(site)!r})\n")
-        shutil.copy(REPO / "cluster" / "loopback_ray.py", target / "fleet_loopback_ray.py")
+        shutil.copy(REPO / "cluster" / "runtime" / "loopback_ray.py", target / "fleet_loopback_ray.py")
         (target / "fleet-loopback.pth").write_text("import fleet_loopback_ray; fleet_loopback_ray.install()\n")
         for name, entry in (("ray", "ray.scripts.scripts"), ("fleet", "cluster.cli")):
             script = venv / "bin" / name

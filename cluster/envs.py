@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 
-from cluster.config import ConfigError
+from cluster.runtime.config import ConfigError
 from rollout_workers.carla_server import Probe, ServerConfig, client_probe, load_client, parse_carla_hosts
 
 if TYPE_CHECKING:
-    from cluster.experiment import ExperimentConfig
+    from cluster.runtime.experiment import ExperimentConfig
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@
 # of one machine never share a port or a session directory. Every node
 # advertises 127.0.0.1 to Ray: Ray 2.60 binds its gRPC servers to loopback only
 # for that address (any other, 127.0.0.2 included, binds every interface).
-# cluster/loopback_ray.py keeps `ray start` from replacing it with the
+# cluster/runtime/loopback_ray.py keeps `ray start` from replacing it with the
 # machine's routable address (docs/cluster.md, "One machine").
 set -euo pipefail
 

@@ -2,7 +2,7 @@
 
 It lives in `learner/`, the package at the bottom of the import graph, so that every other
 package can raise these without importing upward. The command line turns any `FleetError`
-into one line on stderr and exit status 2 (`cluster/cli.py`); Python's built-in bases are kept
+into one line on stderr and exit status 2 (`cluster/cli/__init__.py`); Python's built-in bases are kept
 beside it (`ValueError`, `KeyError`, ...) so code that catches those keeps working.
 """
 
@@ -12,6 +12,10 @@ from __future__ import annotations
 class FleetError(Exception):
     """Something the user can act on: bad input, a config, a store, a simulator or a state that does
     not fit. The message says what is wrong and what to do."""
+
+
+class UserError(FleetError):
+    """A problem with the user's input found by a command itself (a flag, a path)."""
 
 
 class ConfigError(FleetError, ValueError):

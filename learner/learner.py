@@ -3,7 +3,7 @@
 Plain Python: the same class runs inside a Ray actor (`ray.remote(num_gpus=1)(Learner)`)
 or in one process (`fleet train --local`). What differs is the `DataSource` it pulls
 new transitions from and the `SnapshotSink` it hands state to; both are small
-callables wired in `cluster/runtime.py`.
+callables wired in `cluster/runtime/ray_run.py`.
 """
 
 from __future__ import annotations

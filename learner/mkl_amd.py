@@ -14,7 +14,7 @@ MKL's kernels use (F, CD, BW, DQ, VL), a C compiler to build the library (cached
 no one else can write), and `FLEET_MKL_AVX512` not set to 0. Only processes that run a learner
 load it: the fleet CLI into its own process before torch for `train --local` and `bench learner`
 (`cluster.cli.runs_a_learner`), never for `--help` or another command. A Ray learner on the CPU
-gets it in `LD_PRELOAD` through its runtime environment, decided on its node (cluster/runtime.py). It is
+gets it in `LD_PRELOAD` through its runtime environment, decided on its node (cluster/runtime/ray_run.py). It is
 never exported to a whole Ray instance: Ray preloads its jemalloc into the raylet and the GCS only
 when `LD_PRELOAD` is unset. Anything that goes wrong (no compiler, a noexec cache directory) leaves
 MKL's own choice, with a warning, and never stops a command.

@@ -1,6 +1,6 @@
 """Rollout worker: env loop, exploration, chunked push, weight pull, failure recovery.
 
-A plain class, made a Ray actor only at wiring (`cluster/runtime.py`). Transport is
+A plain class, made a Ray actor only at wiring (`cluster/runtime/ray_run.py`). Transport is
 injected: `sink(chunk)` pushes a chunk (with backpressure under Ray) and
 `weights()` polls for newer policy weights without blocking the env loop.
 """

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from checkpoint_store.local_s3 import DUMMY_ENV, S3ServerError, SeaweedS3, find_weed
-from cluster import loopback_ray
+from cluster.runtime import loopback_ray
 
 # Every Ray node a test starts in this process (ray.init, ray.cluster_utils.Cluster) takes 127.0.0.1, so its
-# services listen on loopback only, and clients keep 127.0.0.1 (cluster/loopback_ray.py).
+# services listen on loopback only, and clients keep 127.0.0.1 (cluster/runtime/loopback_ray.py).
 loopback_ray.install(default_to_loopback=True)
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster import learning_bench as lb
+from cluster.bench import learning_run as lb
 from cluster.cli import main
 
 
@@ -61,12 +61,12 @@ def test_bad_arguments_are_refused(capsys):
 
 
 def test_first_seed_trains_the_seeds_after_it_and_names_itself_in_the_command(monkeypatch, tmp_path, capsys):
-    from cluster import learning_bench as lb
-    from cluster.learning_bench import Curve
+    from cluster.bench import learning_run as lb
+    from cluster.bench.learning_run import Curve
 
     trained = []
     monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, *a: trained.append(seed) or Curve("ours", seed))
-    monkeypatch.setattr("cluster.runtime.scripted_reference", lambda cfg, n: {"mean_return": 100.0})
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference", lambda cfg, n: {"mean_return": 100.0})
     monkeypatch.setattr(lb, "report", lambda curves, reference, meta, out: {"meta": meta})
     monkeypatch.setattr(lb, "finish_curve", lambda curve, level: curve)
     assert main(["bench", "learning", "--first-seed", "2", "--seeds", "2", "--baselines", "none", "--json",
@@ -78,7 +78,7 @@ def test_first_seed_trains_the_seeds_after_it_and_names_itself_in_the_command(mo
 @pytest.mark.slow
 def test_sb3_baseline_trains_on_the_embedded_env_and_is_evaluated_at_each_mark():
     pytest.importorskip("stable_baselines3")
-    from cluster import experiment
+    from cluster.runtime import experiment
 
     cfg = experiment.load(None, {"learner.learning_starts": 100, "replay.capacity": 2000})
     curve = lb.train_sb3(cfg, seed=0, minutes=0.4, interval_min=0.2, episodes=1)
@@ -99,7 +99,7 @@ def test_a_point_summarises_its_episodes_like_fleet_evaluate():
 
 
 def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatch, tmp_path, capsys):
-    from cluster.learning_bench import Curve
+    from cluster.bench.learning_run import Curve
 
     trained = []
 
@@ -110,7 +110,7 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
         return Curve("ours", seed, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)])
 
     monkeypatch.setattr(lb, "train_ours", fake_ours)
-    monkeypatch.setattr("cluster.runtime.scripted_reference",
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
                         lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
     argv = ["bench", "learning", "--seeds", "2", "--minutes", "10", "--baselines", "none", "--json",
             "--out", str(tmp_path)]
@@ -132,11 +132,11 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
 def test_an_interrupted_training_stops_the_benchmark_instead_of_becoming_a_curve(monkeypatch, tmp_path):
     # train() turns ^C and SIGTERM into a clean stop and returns; the benchmark must not evaluate the cut
     # training as if it were finished (--resume would keep it) nor go on to the next seed.
-    from cluster import experiment
+    from cluster.runtime import experiment
 
     cfg = experiment.load(None, {})
     ran = []
-    monkeypatch.setattr("cluster.runtime.train",
+    monkeypatch.setattr("cluster.runtime.training.train",
                         lambda run_cfg, quiet: ran.append(run_cfg.run.name) or
                         {"interrupted": True, "env_steps": 900, "learner_updates": 100})
     monkeypatch.setattr("rollout_workers.evaluation.EvaluationWorker",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def test_the_second_export_of_a_full_replay_encodes_only_the_changed_segments() -> None:
-    from cluster.commands.bench_replay import export_figures
+    from cluster.bench.replay import export_figures
 
     out = export_figures(steps=20_000, between=500, repeats=1)
     # 20,000 steps in segments of 4,096: the 500 steps in between touch one or two of five.

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from cluster.commands.bench_soak import series, trend
+from cluster.bench.soak import series, trend
 
 
 def _times(minutes: float = 30, every_s: float = 30) -> list[float]:
@@ -77,7 +77,7 @@ def test_one_transient_peak_is_not_a_trend_but_a_slow_leak_under_noise_is() -> N
 
 
 def test_the_all_process_peak_adds_up_processes_sampled_together() -> None:
-    from cluster.commands.bench_soak import all_processes
+    from cluster.bench.soak import all_processes
 
     rows = [{"t_s": t, "process": p, "pid": 1, "rss_mb": rss, "anon_mb": anon}
             for t, p, rss, anon in [(0, "learner", 500, 400), (0, "replay", 300, 200),

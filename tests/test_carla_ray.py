@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cluster import experiment
-from cluster.runtime import train
+from cluster.runtime import experiment
+from cluster.runtime.training import train
 from tests.procs import alive
 
 REPO = Path(__file__).resolve().parents[1]

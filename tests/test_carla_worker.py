@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from cluster import envs, experiment
-from cluster.config import ConfigError
+from cluster import envs
+from cluster.runtime import experiment
+from cluster.runtime.config import ConfigError
 from learner.networks import NetworkConfig
 from rollout_workers import carla_server, carla_session
 from rollout_workers.carla_server import ServerConfig, group_members
@@ -279,7 +280,7 @@ def test_servers_stopped_at_exit_without_close(tmp_path: Path) -> None:
 
 
 def test_fleet_train_local_on_launched_servers(tmp_path: Path) -> None:
-    from cluster.runtime import train
+    from cluster.runtime.training import train
 
     server = _server_cfg(tmp_path)
     cfg = experiment.load(None, {
@@ -402,7 +403,7 @@ def test_carla_setup_checks() -> None:
 
 
 def test_carla_server_section_in_the_experiment_config() -> None:
-    from cluster.config import describe, to_dict
+    from cluster.runtime.config import describe, to_dict
 
     cfg = experiment.load(None, {"carla_server.gpus": [0, 2], "carla_server.extra_args": ["-benchmark"],
                                  "carla_server.recycle_after_episodes": 50})

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cluster import experiment
-from cluster.config import ConfigError, describe, field_docs, to_dict
+from cluster.runtime import experiment
+from cluster.runtime.config import ConfigError, describe, field_docs, to_dict
 from learner.td3 import TD3Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_fleet_evaluate_refuses_more_local_workers_than_cores_before_reading_the
 
 
 def test_evaluate_starts_no_more_workers_than_episodes(monkeypatch) -> None:
-    from cluster import evaluate
+    from cluster.runtime import evaluation as evaluate
 
     cfg = experiment.load(None)
     monkeypatch.setattr(evaluate, "load_for_evaluation", lambda *a, **k: (cfg, {}, "store@v00000001"))

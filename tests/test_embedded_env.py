@@ -217,7 +217,7 @@ def test_route_completion_terminates():
 
 
 def test_config_validation_and_loading():
-    from cluster.config import ConfigError, from_dict
+    from cluster.runtime.config import ConfigError, from_dict
 
     with pytest.raises(ValueError, match="must divide simulation_frequency"):
         EmbeddedEnvConfig(policy_frequency=4)

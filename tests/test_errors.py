@@ -34,7 +34,7 @@ def test_every_exception_class_of_the_packages_derives_from_fleet_error():
 
 def test_builtin_bases_are_kept_for_code_that_catches_them():
     from checkpoint_store.store import IntegrityError, SnapshotNotFound
-    from cluster.config import ConfigError
+    from cluster.runtime.config import ConfigError
     from learner.state import StateError
 
     assert issubclass(IntegrityError, ValueError) and issubclass(IntegrityError, StoreError)

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint_store.store import SnapshotStore
-from cluster.runtime import Resume, train
+from cluster.runtime.resume import Resume
+from cluster.runtime.training import train
 from tests.test_runtime import REPO, make_cfg
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,7 @@ def test_checkpoint_actor_killed_during_saves_keeps_latest_loadable(tmp_path, ra
 def test_driver_calls_to_the_checkpoint_writer_wait_out_its_restarts(tmp_path, ray_cluster):
     """A call right after a kill fails with ActorUnavailableError in Ray; the driver retries it."""
     from checkpoint_store.writer import CheckpointWriter
-    from cluster.runtime import RayRun
+    from cluster.runtime.ray_run import RayRun
 
     ray = ray_cluster
     cfg = make_cfg(tmp_path, **{"run.name": "wrestart"})

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from checkpoint_store.store import SnapshotStore
-from cluster import experiment
 from cluster.cli import main
-from cluster.inspection import SWEEP, collect_states, inspect_weights
+from cluster.runtime import experiment
+from cluster.runtime.inspection import SWEEP, collect_states, inspect_weights
 from learner.networks import Policy, build_networks
 from rollout_workers.scripted import ScriptedDriver
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from checkpoint_store.store import SnapshotStore
-from cluster import experiment
 from cluster.envs import make_factory
-from cluster.runtime import train
+from cluster.runtime import experiment
+from cluster.runtime.training import train
 from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.scripted import run_episodes
 

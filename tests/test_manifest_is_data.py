@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from checkpoint_store.manifest import Manifest
-from cluster import experiment
+from cluster.runtime import experiment
 
 REPO = Path(__file__).resolve().parents[1]
 FLEET = str(Path(sys.executable).parent / "fleet")

@@ -45,7 +45,7 @@ def test_preload_env_puts_the_library_first_and_keeps_other_preloads(monkeypatch
 
 
 def test_the_learners_node_decides_and_the_driver_setting_is_obeyed(monkeypatch):
-    from cluster.runtime import _mkl_preload_env
+    from cluster.runtime.ray_run import _mkl_preload_env
 
     monkeypatch.delenv("LD_PRELOAD", raising=False)
     assert _mkl_preload_env("0") == {}

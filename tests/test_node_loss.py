@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from checkpoint_store.store import SnapshotStore
-from cluster import experiment
+from cluster.runtime import experiment
 from tests.multinode import REPO, actor_state, join, local_cluster, wait_for
 from tests.test_faults import train_in_thread, versions
 

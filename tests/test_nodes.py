@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from cluster import experiment
 from cluster.cli import main as fleet
+from cluster.runtime import experiment
 from tests.multinode import join, local_cluster
 from tests.test_faults import train_in_thread
 
@@ -73,7 +73,7 @@ def test_a_local_store_one_node_cannot_see_is_refused_in_one_line_naming_that_no
 
 
 def test_a_store_every_node_sees_passes_the_check(tmp_path, nodes):
-    from cluster.nodes import check_store_shared
+    from cluster.runtime.nodes import check_store_shared
 
     check_store_shared(str(tmp_path / "shared"))
     check_store_shared(f"file://{tmp_path / 'shared'}")
@@ -83,7 +83,7 @@ def test_a_store_every_node_sees_passes_the_check(tmp_path, nodes):
 def test_evaluation_actors_spread_over_the_nodes(tmp_path, nodes):
     import ray
 
-    from cluster.periodic_eval import RayEval
+    from cluster.runtime.periodic_eval import RayEval
 
     cfg = cfg_for(tmp_path, **{"run.worker_resource": ""})
     evaluators = RayEval(cfg, workers=3)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from checkpoint_store.store import SnapshotStore
-from cluster import experiment
-from cluster.runtime import train
+from cluster.runtime import experiment
+from cluster.runtime.training import train
 
 REPO = Path(__file__).resolve().parents[1]
 WORKERS = 4

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cluster import experiment
-from cluster.progress import Progress, Status
-from cluster.runtime import phase
+from cluster.runtime import experiment
+from cluster.runtime.progress import Progress, Status
+from cluster.runtime.training import phase
 
 
 def _catching_up() -> Status:

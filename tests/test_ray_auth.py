@@ -15,14 +15,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVE = ("import sys, ray\n"
-         "from cluster.runtime import init_ray\n"
+         "from cluster.runtime.ray_setup import init_ray\n"
          "init_ray(num_cpus=1, allow_without_auth=len(sys.argv) > 1)\n"
          "ray.get(ray.remote(lambda: 1).remote())  # a worker process too\n"
          "print(ray.get_runtime_context().gcs_address, flush=True)\n"
          "sys.stdin.read()\n")
 # A client of a loopback-only instance keeps 127.0.0.1 too (Ray would otherwise dial the machine's address).
 JOIN = ("import sys\n"
-        "from cluster import loopback_ray\n"
+        "from cluster.runtime import loopback_ray\n"
         "loopback_ray.install()\n"
         "import ray\n"
         "ray.init(address=sys.argv[1], log_to_driver=False)\n"

@@ -114,7 +114,7 @@ def test_bounded_sender_on_local_ray() -> None:
 def _logged_order(concurrency: int | None) -> list[int]:
     import ray
 
-    from cluster.runtime import replay_actor_class
+    from cluster.runtime.ray_run import replay_actor_class
 
     def send_all(replay, chunks, max_in_flight):  # nested: Ray ships it by value
         sender = BoundedSender(lambda chunk: replay.add.remote(chunk), max_in_flight=max_in_flight, timeout_s=60)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from checkpoint_store.store import SnapshotStore
-from cluster import experiment
-from cluster.runtime import Resume, train
+from cluster.runtime import experiment
+from cluster.runtime.resume import Resume
+from cluster.runtime.training import train
 from learner.learner import Learner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +74,7 @@ def test_local_resume_continues_counters_and_keeps_the_replay(tmp_path):
 
 @pytest.mark.integration
 def test_ray_run_on_the_embedded_env_then_evaluate(tmp_path, ray_cluster):
-    from cluster.evaluate import evaluate_snapshot
+    from cluster.runtime.evaluation import evaluate_snapshot
 
     cfg = make_cfg(tmp_path, **{"run.env": "embedded", "run.total_env_steps": 2000,
                                 "learner.learning_starts": 1000, "learner.snapshot_every": 50,
@@ -136,7 +137,7 @@ def test_env_that_raises_is_recreated_and_counted(tmp_path, ray_cluster):
 
 
 def test_local_run_evaluates_periodically_and_tags_best(tmp_path):
-    from cluster.progress import read_metrics
+    from cluster.runtime.progress import read_metrics
 
     cfg = make_cfg(tmp_path, **{"run.name": "ev", "eval.every_updates": 60, "eval.episodes": 2})
     summary = train(cfg, local=True, quiet=True)
@@ -154,7 +155,7 @@ def test_local_run_evaluates_periodically_and_tags_best(tmp_path):
 
 
 def test_scripted_reference_runs_the_scripted_driver_on_the_evaluation_seeds(tmp_path):
-    from cluster.runtime import scripted_reference
+    from cluster.runtime.run import scripted_reference
 
     cfg = experiment.load(None, {"eval.episodes": 2, "run.runs_dir": str(tmp_path)})
     ref = scripted_reference(cfg)
@@ -184,8 +185,8 @@ class PresetBackend:
 
 
 def test_best_tag_moves_only_when_the_score_beats_the_best_so_far(tmp_path):
-    from cluster.periodic_eval import PeriodicEval
-    from cluster.progress import MetricsLog, Status
+    from cluster.runtime.periodic_eval import PeriodicEval
+    from cluster.runtime.progress import MetricsLog, Status
 
     cfg = make_cfg(tmp_path, **{"run.name": "pe", "eval.every_updates": 1, "eval.episodes": 2})
     train(cfg, local=True, quiet=True)
@@ -294,7 +295,7 @@ def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
     import sys
 
     probe = ("import ray\n"
-             "from cluster.runtime import RAY_SYSTEM_CONFIG, init_ray\n"
+             "from cluster.runtime.ray_setup import RAY_SYSTEM_CONFIG, init_ray\n"
              "init_ray(num_cpus=1)\n"
              "seen = ray.get(ray.remote(lambda: (ray._config.task_events_max_num_task_in_gcs(),\n"
              "    ray._config.task_events_max_dropped_task_attempts_tracked_per_job_in_gcs())).remote())\n"
@@ -308,7 +309,7 @@ def test_a_ray_instance_fleet_starts_caps_the_task_events_the_gcs_keeps():
 
 
 def test_metrics_are_written_out_during_a_run_not_only_at_the_end(tmp_path):
-    from cluster.progress import MetricsLog, read_metrics
+    from cluster.runtime.progress import MetricsLog, read_metrics
 
     metrics = MetricsLog(tmp_path, flush_rows=10)
     for step in range(25):
@@ -321,7 +322,7 @@ def test_metrics_are_written_out_during_a_run_not_only_at_the_end(tmp_path):
 
 
 def test_progress_eta_follows_the_recent_env_step_rate():
-    from cluster.progress import Status
+    from cluster.runtime.progress import Status
 
     s = Status(total_env_steps=10_000, started=0.0)
     assert s.eta_s(now=0.0) is None  # no rate yet
@@ -359,7 +360,7 @@ def test_the_driver_keeps_reporting_while_it_waits_on_the_learners_catch_up(ray_
     counters must move during it, not freeze until it returns."""
     import ray
 
-    from cluster.runtime import get_reporting
+    from cluster.runtime.run import get_reporting
 
     @ray.remote
     def slow_catch_up() -> dict:
@@ -433,7 +434,7 @@ def test_a_workers_loop_ends_on_a_stop_that_came_first_and_when_the_learner_ends
     `end_collection` ends any loop, a restarted one's too, at its next ask."""
     import ray
 
-    from cluster.actors import LearnerActor, WorkerActor
+    from cluster.runtime.actors import LearnerActor, WorkerActor
 
     @ray.remote
     class Learner:  # the learner's side of a worker's loop: pacing, weights, registration

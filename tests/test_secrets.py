@@ -15,8 +15,8 @@ import pytest
 from checkpoint_store import fs as store_fs
 from checkpoint_store.fs import Root, StoreUriError, probe, redact
 from checkpoint_store.local_s3 import DUMMY_ENV
-from cluster import experiment
-from cluster.runtime import Resume
+from cluster.runtime import experiment
+from cluster.runtime.resume import Resume
 from tests.procs import free_ports
 
 SECRET = "S3CR3T-must-not-appear"

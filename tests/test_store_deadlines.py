@@ -127,7 +127,7 @@ def test_a_final_save_that_hangs_ends_the_run_with_its_summary(tmp_path: Path) -
 
 def test_the_final_wait_is_bounded_in_all_and_resubmits_a_lost_save() -> None:
     from checkpoint_store.manifest import Manifest
-    from cluster.runtime import await_final_snapshot
+    from cluster.runtime.run import await_final_snapshot
 
     def manifest(updates: int) -> Manifest:
         return Manifest(version=f"v{updates:08d}", created=0.0, learner_updates=updates, env_steps=0,

@@ -147,7 +147,7 @@ def test_a_reused_blob_is_refreshed_and_cleanup_spares_young_unreferenced_blobs(
 
 def test_old_ids_still_resolve_and_new_ids_sort_after_them(tmp_path: Path):
     """A store written before writer-unique ids: v00000001, refs/latest and a tag naming it."""
-    from cluster.runtime import Resume
+    from cluster.runtime.resume import Resume
 
     uri = str(tmp_path / "store")
     store = SnapshotStore(uri)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -52,8 +53,9 @@ def overrides(args: argparse.Namespace, flags: tuple[tuple[str, str], ...] = TRA
 
 def run(args: argparse.Namespace) -> int:
     from checkpoint_store.fs import redact
-    from cluster import config, experiment
-    from cluster.runtime import Resume, train
+    from cluster.runtime import config, experiment
+    from cluster.runtime.resume import Resume
+    from cluster.runtime.training import train
 
     cfg = experiment.load(args.config, overrides(args))
     if args.resume == "auto":
@@ -83,7 +85,7 @@ def resume_auto(cfg: Any, named: bool) -> Any:
     after a lost node, as on spot machines, and never restarts a run that has snapshots from scratch."""
     from checkpoint_store.fs import StoreUriError, redact
     from checkpoint_store.store import SnapshotNotFound, SnapshotStore
-    from cluster.runtime import Resume
+    from cluster.runtime.resume import Resume
 
     if not cfg.run.store and not named:
         raise UserError("--resume auto needs the run's store or name to find its snapshots again: add --store "

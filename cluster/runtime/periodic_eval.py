@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from checkpoint_store.store import SnapshotStore
-from cluster.progress import MetricsLog, Status
+from cluster.runtime.progress import MetricsLog, Status
 from learner.networks import POLICY_COMPONENTS
 from rollout_workers.evaluation import EvalReport, summarize
 
 if TYPE_CHECKING:
-    from cluster.experiment import ExperimentConfig
+    from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class RayEval:
     def __init__(self, cfg: ExperimentConfig, workers: int | None = None) -> None:
         import ray
 
-        from cluster.actors import EvaluatorActor
+        from cluster.runtime.actors import EvaluatorActor
 
         # Spread over the nodes: Ray would otherwise pack them on the first node with room, whose simulators
         # (and, on a CARLA node, whose GPU) then run every episode while the other nodes idle.

@@ -8,10 +8,11 @@ from typing import Any
 
 from checkpoint_store.fs import redact
 from checkpoint_store.store import SnapshotStore
-from cluster.cli import UserError
 from cluster.envs import make_factory
-from cluster.experiment import ExperimentConfig, for_evaluation, load
-from cluster.runtime import Resume, init_ray
+from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
+from cluster.runtime.ray_setup import init_ray
+from cluster.runtime.resume import Resume
+from learner.errors import UserError
 from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 
@@ -76,7 +77,7 @@ def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], wo
 
     import ray
 
-    from cluster.periodic_eval import RayEval
+    from cluster.runtime.periodic_eval import RayEval
 
     if not seeds:
         return []

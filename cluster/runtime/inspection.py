@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.cli import UserError
 from cluster.envs import make_factory
-from cluster.experiment import ExperimentConfig
+from cluster.runtime.experiment import ExperimentConfig
+from learner.errors import UserError
 from learner.networks import build_networks
 from learner.td3 import scaled_images
 from rollout_workers.scripted import ScriptedDriver
@@ -115,7 +115,7 @@ def inspect_weights(cfg: ExperimentConfig, weights: dict[str, Any], speeds: Sequ
 def inspect_snapshot(ref: str, speeds: Sequence[float], episodes: int, base: ExperimentConfig | None = None,
                      overrides: dict[str, Any] | None = None,
                      say: Callable[[str], None] = print) -> tuple[str, list[SpeedProbe]]:
-    from cluster.evaluate import load_for_evaluation
+    from cluster.runtime.evaluation import load_for_evaluation
 
     cfg, weights, label = load_for_evaluation(ref, base, overrides, say, components=COMPONENTS)
     return label, inspect_weights(cfg, weights, speeds, episodes)

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -72,9 +73,10 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
     """Median env steps/s ingested by the learner of a real local Ray run, once the policy acts."""
     import ray
 
-    from cluster import experiment
-    from cluster.progress import MetricsLog, Status
-    from cluster.runtime import RayRun, init_ray
+    from cluster.runtime import experiment
+    from cluster.runtime.progress import MetricsLog, Status
+    from cluster.runtime.ray_run import RayRun
+    from cluster.runtime.ray_setup import init_ray
 
     base = {
         "run.name": "bench-rollout", "run.env": "embedded", "run.workers": workers,
@@ -125,7 +127,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
 
 def measure(workers: int, window_s: float, windows: int, raw_steps: int, raw_repeats: int,
             overrides: dict) -> dict[str, object]:
-    from cluster.commands.bench_env import measure as raw_measure
+    from cluster.bench.env import measure as raw_measure
 
     raw_before = raw_measure(raw_steps, raw_repeats)["steps_per_s"]
     acting = acting_rate(raw_steps, raw_repeats)
@@ -146,7 +148,7 @@ def measure(workers: int, window_s: float, windows: int, raw_steps: int, raw_rep
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster.commands.train import overrides as parse_overrides
+    from cluster.cli.train import overrides as parse_overrides
 
     workers = args.workers if args.workers is not None else max((os.cpu_count() or 2) - 1, 1)
     if workers < 1 or args.windows < 1 or args.window_s <= 0:

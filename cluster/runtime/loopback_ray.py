@@ -7,7 +7,7 @@ Ray 2.60 binds its gRPC servers (GCS, raylet, object manager, core workers, agen
 which puts every service on the machine's network interface. `install()` makes that function keep
 127.0.0.0/8 addresses as they are. Two users:
 
-- `cluster.runtime.init_ray` for the one-node Ray instance a local `fleet train` or `fleet evaluate`
+- `cluster.runtime.ray_setup.init_ray` for the one-node Ray instance a local `fleet train` or `fleet evaluate`
   starts: every listener of that instance is then on 127.0.0.1 (tests/test_ray_auth.py);
 - `make cluster-check` (cluster/cluster_check.py) copies this file into the check cluster's own
   environment and imports it from a .pth file, so it runs in every Python process of that cluster;

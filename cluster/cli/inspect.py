@@ -6,7 +6,8 @@ import argparse
 import json
 import sys
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -22,9 +23,9 @@ def register(cli: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster import experiment
-    from cluster.commands.train import overrides
-    from cluster.inspection import as_dict, as_text, inspect_snapshot
+    from cluster.cli.train import overrides
+    from cluster.runtime import experiment
+    from cluster.runtime.inspection import as_dict, as_text, inspect_snapshot
 
     try:
         speeds = [float(s) for s in args.speeds.split(",") if s.strip()]

@@ -36,7 +36,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -58,7 +59,7 @@ class PlainReference:
         from learner import mkl_amd
 
         env = {**os.environ, mkl_amd.ENV: "0", "LD_PRELOAD": " ".join(mkl_amd.other_preloads())}
-        code = "from cluster.commands.bench_learner import plain_reference_main; plain_reference_main()"
+        code = "from cluster.bench.learner import plain_reference_main; plain_reference_main()"
         # Its own session: a Ctrl-C here reaches the bench, which then ends the child.
         self.proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(spec)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
@@ -101,7 +102,7 @@ def plain_reference_main() -> None:
     import numpy as np
     import torch
 
-    from cluster.commands.bench_replay import make_chunks
+    from cluster.bench.replay import make_chunks
     from learner import mkl_amd
     from learner.networks import NetworkConfig
     from learner.replay import ReplayConfig, ReplayMemory
@@ -245,7 +246,7 @@ def measure(args: argparse.Namespace, lcfg: Any, plain: PlainReference) -> dict[
     import numpy as np
     import torch
 
-    from cluster.commands.bench_replay import make_chunks
+    from cluster.bench.replay import make_chunks
     from learner import mkl_amd
     from learner.learner import Learner
     from learner.networks import NetworkConfig

@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -103,9 +104,9 @@ def _start_cluster(nodes: int, per_node: int) -> Any:
     import ray
     from ray.cluster_utils import Cluster
 
-    from cluster import loopback_ray
+    from cluster.runtime import loopback_ray
 
-    # Every node on 127.0.0.1, so every listener of the cluster is on loopback (cluster/loopback_ray.py).
+    # Every node on 127.0.0.1, so every listener of the cluster is on loopback (cluster/runtime/loopback_ray.py).
     loopback_ray.install(default_to_loopback=True)
 
     # Logical CPUs: more than this machine has, so every actor of a point can be placed (they wait on a
@@ -238,7 +239,7 @@ class RefIngest:
 
 
 def _base_config(tmp: str, name: str, overrides: dict[str, Any]) -> Any:
-    from cluster import experiment
+    from cluster.runtime import experiment
 
     base = {"run.name": name, "run.runs_dir": tmp, "run.store": str(Path(tmp) / name / "store"),
             "run.total_env_steps": 10**9, "run.max_ahead_steps": 10**9, "run.worker_resource": "carla",
@@ -254,8 +255,8 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     'refs' (producers put chunks in their own object store; a log of references in between)."""
     import ray
 
-    from cluster.actors import LearnerActor
-    from cluster.runtime import replay_actor_class
+    from cluster.runtime.actors import LearnerActor
+    from cluster.runtime.ray_run import replay_actor_class
 
     name = f"ceiling-{path}-{chunk_steps}"
     # A log of 262,144 steps (1.8 GB at most): producers outrun the learner by design here, with no pacing.
@@ -346,8 +347,8 @@ def scaling_point(cluster: Any, tmp: str, workers: int, tick_ms: int, window_s: 
                   publish_s: float, overrides: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from cluster.progress import MetricsLog, Status
-    from cluster.runtime import RayRun
+    from cluster.runtime.progress import MetricsLog, Status
+    from cluster.runtime.ray_run import RayRun
 
     name = f"scale-{tick_ms}ms-{workers}w"
     cfg = _base_config(tmp, name, {"run.env": "rollout_workers.envs.tick:make", "run.workers": workers,
@@ -510,7 +511,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import ray
 
-    from cluster.commands.train import overrides as parse_overrides
+    from cluster.cli.train import overrides as parse_overrides
 
     workers, ticks, chunks = _ints(args.workers, "--workers"), _ints(args.tick_ms, "--tick-ms"), _ints(
         args.chunk_steps, "--chunk-steps")

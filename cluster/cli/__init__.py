@@ -1,8 +1,9 @@
 """`fleet`: the command line of carla-fleet.
 
-Commands live one per module in `cluster/commands/`; each module defines
-`register(cli: Commands) -> None` and is discovered here, so adding a command
-never edits this file.
+Commands live one per module in this package (`fleet train`, `fleet evaluate`, ...) and
+benchmarks one per module in `cluster/bench/` (`fleet bench NAME`); each such module defines
+`register(cli: Commands) -> None` and is discovered here, so adding a command never edits
+this file. (A module of either package without `register` is a helper of the others.)
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pkgutil
 import sys
 from collections.abc import Callable, Sequence
 
-import cluster.commands
+import cluster.bench
 from learner import mkl_amd
 from learner.errors import FleetError
 
@@ -63,8 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     cli = Commands(parser)
-    for mod in sorted(pkgutil.iter_modules(cluster.commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"cluster.commands.{mod.name}").register(cli)
+    for package in (sys.modules[__name__], cluster.bench):
+        for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            register = getattr(importlib.import_module(f"{package.__name__}.{mod.name}"), "register", None)
+            if register is not None:
+                register(cli)
     return parser
 
 
@@ -113,12 +117,4 @@ def _main(argv: Sequence[str] | None = None) -> int:
         return 130
     except FleetError as exc:  # bad input, config, store, simulator setup or state: one line, never a traceback
         print(f"fleet: error: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 2)  # 2: the user's to fix; 1: a lost node (cluster/nodes.py NodeLost)
-
-
-class UserError(FleetError):
-    """A problem with the user's input found by a command itself (a flag, a path)."""
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        return getattr(exc, "exit_code", 2)  # 2: the user's to fix; 1: a lost node (cluster/runtime/nodes.py NodeLost)

@@ -1,6 +1,6 @@
 """Thin Ray-facing wrappers: each holds one plain component and only adds transport.
 
-They are decorated with `ray.remote` in `cluster/runtime.py`, never here, so this
+They are decorated with `ray.remote` in `cluster/runtime/ray_run.py`, never here, so this
 module imports without starting Ray and the wrappers can be tested in-process.
 """
 
@@ -22,7 +22,7 @@ from rollout_workers.evaluation import EvaluationWorker
 from rollout_workers.worker import RolloutWorker, WorkerReport
 
 if TYPE_CHECKING:
-    from cluster.experiment import ExperimentConfig
+    from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from checkpoint_store.lease import StoreLease
 from checkpoint_store.manifest import ManifestError
 from checkpoint_store.retention import RetentionPolicy, RetentionReport
 from checkpoint_store.store import SnapshotNotFound, SnapshotStore
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def _open(uri: str) -> SnapshotStore:

@@ -11,7 +11,7 @@ from typing import Any
 
 from checkpoint_store.fs import redact
 from checkpoint_store.retention import RetentionPolicy
-from cluster.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from cluster.runtime.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from learner.learner import LearnerConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig

@@ -9,7 +9,8 @@ import platform
 import time
 from pathlib import Path
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -36,10 +37,10 @@ def register(cli: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster import experiment
-    from cluster import learning_bench as lb
-    from cluster.commands.train import overrides
-    from cluster.runtime import scripted_reference
+    from cluster.bench import learning_run as lb
+    from cluster.cli.train import overrides
+    from cluster.runtime import experiment
+    from cluster.runtime.run import scripted_reference
 
     if args.first_seed < 0:
         raise UserError("--first-seed must be >= 0")
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
     """The earlier invocation's meta (with this one's revision and start added) and its finished curves."""
-    from cluster import learning_bench as lb
+    from cluster.bench import learning_run as lb
 
     path = out / "learning.json"
     if not path.is_file():

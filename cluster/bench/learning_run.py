@@ -1,7 +1,7 @@
 """The learning benchmark: does the agent learn to drive, how fast in wall time, against SB3's TD3.
 
 Each system trains for the same wall-clock budget on the same machine, one after another:
-- ours through the real runtime (`cluster.runtime.train`, Ray actors as `fleet train` runs them),
+- ours through the real runtime (`cluster.runtime.training.train`, Ray actors as `fleet train` runs them),
   snapshotting every `interval` seconds of training;
 - Stable-Baselines3 TD3 (`MultiInputPolicy`) configured as the seed agent (separate Nature CNNs of
   512 features, net_arch [256, 256]) with our batch size, replay ratio, learning rate, warm-up length
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.experiment import ExperimentConfig
+from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     from checkpoint_store.retention import RetentionPolicy
     from checkpoint_store.store import SnapshotStore
     from cluster.envs import make_factory
-    from cluster.runtime import train
+    from cluster.runtime.training import train
     from learner.networks import POLICY_COMPONENTS
     from rollout_workers.evaluation import EvaluationWorker
 

@@ -7,7 +7,8 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -31,9 +32,9 @@ def register(cli: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster import experiment
-    from cluster.commands.train import overrides
-    from cluster.evaluate import evaluate_snapshot
+    from cluster.cli.train import overrides
+    from cluster.runtime import experiment
+    from cluster.runtime.evaluation import evaluate_snapshot
     from rollout_workers.evaluation import write_report
 
     if args.episodes < 1 or args.workers < 1:
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  mean speed (m/s)     {report.mean_speed:.2f}")
         print(f"report: {json_path} {png_path}")
     if args.video:
-        from cluster.evaluate import video_of_snapshot
+        from cluster.runtime.evaluation import video_of_snapshot
 
         video = video_of_snapshot(args.snapshot, out / "episode.gif", seed=args.seed, base=base, overrides=over)
         print(f"video: {video['path']} ({video['frames']} frames, {video['size'][0]}x{video['size'][1]}, "

@@ -1,6 +1,6 @@
 """`fleet bench soak [--minutes M] [--sample-s S] [--workers N] [--out DIR] [--json]`: memory over a long run.
 
-Runs `cluster.runtime.train` on the embedded env under a local Ray started here, for a wall-clock
+Runs `cluster.runtime.training.train` on the embedded env under a local Ray started here, for a wall-clock
 budget, with snapshots, periodic evaluation and a small replay, while a thread samples the resident
 memory (VmRSS from /proc) of every process of this Ray instance -- the run's actors, the driver, the
 raylet, the GCS -- and the object store's bytes in use. Afterwards each series gets a slope over the
@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 from rollout_workers import procfs
 
 log = logging.getLogger(__name__)
@@ -203,8 +204,8 @@ class Monitor(threading.Thread):
 
 
 def soak_config(args: argparse.Namespace, out: Path) -> Any:
-    from cluster import experiment
-    from cluster.commands.train import overrides
+    from cluster.cli.train import overrides
+    from cluster.runtime import experiment
 
     base: dict[str, Any] = {
         "run.env": "embedded", "run.workers": args.workers, "run.total_env_steps": 10**9,
@@ -230,7 +231,7 @@ def series(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 def progress_series(run_dir: Path, t0_wall: float) -> dict[str, list[tuple[float, int]]]:
     """(seconds since start, value) of learner updates and env steps, from the run's metric rows."""
-    from cluster.progress import read_metrics
+    from cluster.runtime.progress import read_metrics
 
     try:
         rows = read_metrics(run_dir).to_pylist()
@@ -272,7 +273,8 @@ def run(args: argparse.Namespace) -> int:
         return analyse(Path(args.analyse), args.json)
     import ray
 
-    from cluster.runtime import init_ray, train
+    from cluster.runtime.ray_setup import init_ray
+    from cluster.runtime.training import train
 
     if args.minutes <= 0 or args.sample_s <= 0 or args.workers < 1:
         raise UserError("--minutes and --sample-s must be > 0, --workers >= 1")

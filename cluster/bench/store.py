@@ -73,7 +73,7 @@ def _save_load(uri_for: Any, state: dict, repeats: int) -> dict[str, Any]:
 def _blocking(agent: TD3Agent, workdir: Path, repeats: int) -> dict[str, Any]:
     import ray
 
-    from cluster.runtime import init_ray
+    from cluster.runtime.ray_setup import init_ray
 
     # Preallocation faults the shared memory in once at start instead of on every put; the object
     # store holds a few snapshots, and the warm-up rounds cycle through it once so that the learner

@@ -6,7 +6,8 @@ import argparse
 
 from checkpoint_store.fs import StoreUriError
 from checkpoint_store.legacy import LegacyImportError, import_legacy
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -17,8 +17,8 @@ def register(cli: Commands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cluster import experiment
-    from cluster.config import describe, to_dict
+    from cluster.runtime import experiment
+    from cluster.runtime.config import describe, to_dict
 
     if args.keys or args.show is None:
         for key, tp, default, doc in describe(experiment.ExperimentConfig):

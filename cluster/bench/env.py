@@ -16,7 +16,8 @@ import platform
 import statistics
 import time
 
-from cluster.cli import Commands, UserError
+from cluster.cli import Commands
+from learner.errors import UserError
 
 
 def register(cli: Commands) -> None:
