@@ -25,26 +25,30 @@ CUDA is present checks the captured path against the eager one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 
 from learner.replay.batch import Batch
 
-if TYPE_CHECKING:
-    from learner.td3 import TD3Agent
-
 Metrics = dict[str, torch.Tensor]
+UpdateBody = Callable[[Batch, torch.Tensor, bool], Metrics]
+"""One update of either kind: (batch, target-policy noise, actor_step) -> metrics; no host work inside."""
+Optimizers = Callable[[bool], dict[str, torch.optim.Optimizer]]
+"""The optimizers, by name, that an update kind (actor_step) steps."""
 
 
 class GraphedUpdate:
-    """Runs `agent.update_body` through static buffers, captured as one CUDA graph per update kind."""
+    """Runs an update body through static buffers, captured as one CUDA graph per update kind.
 
-    def __init__(self, agent: TD3Agent, capture: bool | None = None, warmup: int = 3) -> None:
-        self.agent = agent
-        self.capture = agent.device.type == "cuda" if capture is None else capture
-        if self.capture and agent.device.type != "cuda":
-            raise ValueError(f"CUDA graphs need a CUDA device, the agent is on {agent.device}")
+    It takes the body, the optimizers each kind steps and the device; it knows nothing of the agent
+    (`TD3Agent` builds one with its `update_body` and `update_optimizers`)."""
+
+    def __init__(self, body: UpdateBody, optimizers: Optimizers, device: torch.device,
+                 capture: bool | None = None, warmup: int = 3) -> None:
+        self.body, self.optimizers, self.device = body, optimizers, device
+        self.capture = device.type == "cuda" if capture is None else capture
+        if self.capture and device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, the agent is on {device}")
         self.warmup = warmup
         self.reset()
 
@@ -61,12 +65,12 @@ class GraphedUpdate:
         return len(self.graphs)
 
     def __call__(self, batch: Batch, noise: torch.Tensor, actor_step: bool) -> Metrics:
-        body: Callable[[Batch, torch.Tensor, bool], Metrics] = self.agent.update_body
+        body = self.body
         if self.eager_left[actor_step] > 0:
             self.eager_left[actor_step] -= 1
-            return self._on_side_stream(lambda: body(batch.to(self.agent.device), noise, actor_step))
+            return self._on_side_stream(lambda: body(batch.to(self.device), noise, actor_step))
         if self.static is not None and batch.image.shape != self.static.image.shape:
-            return body(batch.to(self.agent.device), noise, actor_step)  # an odd-sized batch: eager
+            return body(batch.to(self.device), noise, actor_step)  # an odd-sized batch: eager
         self._copy_in(batch, noise)
         if not self.capture:
             return body(self.static, self.noise, actor_step)
@@ -78,7 +82,7 @@ class GraphedUpdate:
         return {k: v.clone() for k, v in outputs.items()}
 
     def _copy_in(self, batch: Batch, noise: torch.Tensor) -> None:
-        device = self.agent.device
+        device = self.device
         if self.static is None:
             ones = torch.ones(batch.reward.shape, device=device)
             self.static = Batch(*(torch.empty_like(t, device=device) if t is not None else ones for t in batch))
@@ -96,26 +100,22 @@ class GraphedUpdate:
             raise RuntimeError(f"a CUDA graph captured before {unstepped} ever stepped would record the "
                                "creation of their state and reset it at every replay")
         graph = torch.cuda.CUDAGraph()
-        torch.cuda.synchronize(self.agent.device)
+        torch.cuda.synchronize(self.device)
         with torch.cuda.graph(graph):  # a pool of its own: the two kinds replay in no fixed order
-            outputs = self.agent.update_body(self.static, self.noise, actor_step)
+            outputs = self.body(self.static, self.noise, actor_step)
         return graph, outputs
 
     def _unstepped(self, actor_step: bool) -> list[str]:
         """The optimizers this update kind steps that hold no state yet for some parameter."""
-        names = ["critic_optimizer", "critic_cnn_optimizer"]
-        if actor_step:
-            names += ["actor_optimizer"] if self.agent.shared_encoder else ["actor_optimizer", "actor_cnn_optimizer"]
-        return [name for name in names if any(not getattr(self.agent, name).state.get(p)
-                                              for group in getattr(self.agent, name).param_groups
-                                              for p in group["params"])]
+        return [name for name, opt in self.optimizers(actor_step).items()
+                if any(not opt.state.get(p) for group in opt.param_groups for p in group["params"])]
 
     def _on_side_stream(self, fn: Callable[[], Metrics]) -> Metrics:
         if not self.capture:
             return fn()
-        stream = torch.cuda.Stream(self.agent.device)
-        stream.wait_stream(torch.cuda.current_stream(self.agent.device))
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             out = fn()
-        torch.cuda.current_stream(self.agent.device).wait_stream(stream)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
         return out

@@ -22,6 +22,7 @@ import torch
 from learner import heap, mkl_amd
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig, ReplayMemory
+from learner.replay.segments import SegmentExporter, load
 from learner.td3 import TD3Agent, TD3Config
 
 if TYPE_CHECKING:
@@ -104,6 +105,8 @@ class Learner:
         self.cfg = cfg
         self.agent = TD3Agent(agent_cfg, net_cfg)
         self.memory = self._placed(ReplayMemory(replay_cfg, net_cfg.vector_dim, agent_cfg.gamma, seed=seed))
+        self.replay_exporter = SegmentExporter(self.memory)
+        """The memory's exports (snapshots' replay files) and what each last wrote."""
         self.rng = np.random.default_rng(seed)
         self.env_steps = 0
         self.policy_version = 0
@@ -253,7 +256,7 @@ class Learner:
         """
         if not self._replay_idle.is_set():
             raise RuntimeError("export_replay_later: the previous export is still encoding")
-        plan = self.memory.export_plan()
+        plan = self.replay_exporter.plan()
         self._replay_idle.clear()
         return ReplayExport(plan, self._replay_idle)
 
@@ -282,8 +285,9 @@ class Learner:
         """Continue from a snapshot: agent parts strictly, the learner's counters, and the replay if saved."""
         if replay_files:
             self.memory.drop_device_frames()  # never two GPU frame rings at once
-            self.memory = self._placed(ReplayMemory.restore(self.memory.cfg, self.agent.net_cfg.vector_dim,
-                                                            self.agent.cfg.gamma, replay_files))
+            self.replay_exporter = load(self.memory.cfg, self.agent.net_cfg.vector_dim, self.agent.cfg.gamma,
+                                        replay_files)
+            self.memory = self._placed(self.replay_exporter.mem)
         state = dict(state)
         own = state.pop("learner", {"env_steps": 0, "policy_version": 0})
         self.agent.load_state(state)

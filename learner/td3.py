@@ -204,8 +204,19 @@ class TD3Agent:
         self.total_it: Counter = reg("total_it", Counter(0))
         self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
-        self.graphed: GraphedUpdate | None = GraphedUpdate(self) if graphs else None
+        self.graphed: GraphedUpdate | None = self.graphed_update() if graphs else None
         self._image_buffers = (ImageBuffers(), ImageBuffers())  # a CPU update's image, next_image
+
+    def update_optimizers(self, actor_step: bool) -> dict[str, torch.optim.Optimizer]:
+        """The optimizers, by name, that an update of this kind steps (a critic step, or critic + actor)."""
+        names = ["critic_optimizer", "critic_cnn_optimizer"]
+        if actor_step:
+            names += ["actor_optimizer"] if self.shared_encoder else ["actor_optimizer", "actor_cnn_optimizer"]
+        return {name: getattr(self, name) for name in names}
+
+    def graphed_update(self, capture: bool | None = None) -> GraphedUpdate:
+        """This agent's update as CUDA graphs (learner/graphed.py); `capture=False`: its static-buffer path."""
+        return GraphedUpdate(self.update_body, self.update_optimizers, self.device, capture=capture)
 
     # Target: clipped double-Q over a smoothed target-policy action.
     def encode(self, cnn: nn.Module, image: torch.Tensor) -> torch.Tensor:

@@ -53,6 +53,7 @@ def replay() -> dict[str, Any]:
 
     from learner.networks import NetworkConfig
     from learner.replay.memory import ReplayConfig, ReplayMemory
+    from learner.replay.segments import SegmentExporter
 
     out: dict[str, Any] = {}
     for prioritized in (False, True):
@@ -67,7 +68,7 @@ def replay() -> dict[str, Any]:
             batch, idx = memory.sample(32, rng)
             batches.append(_arrays_sha(batch))
             ids.append(np.asarray(idx).tolist())
-        files = memory.export()
+        files = SegmentExporter(memory).export()
         key = "prioritized" if prioritized else "uniform"
         out[key] = {"ids": _sha(json.dumps(ids).encode()), "batches": batches,
                     "export": {name: _sha(v if isinstance(v, bytes) else v.encode()) for name, v in sorted(files.items())},

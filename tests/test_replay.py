@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from test_replay_support import FakeStream, V, episode_chunks, naive_target
 
 from learner.replay import ChunkBuilder, ReplayConfig, ReplayMemory
+from learner.replay.segments import SegmentExporter, load
 
 GAMMA = 0.9
 
@@ -257,7 +258,7 @@ def test_frames_kept_on_a_device_give_the_same_batches(device: str) -> None:
             assert b.image.device.type == device
             assert torch.equal(a.image, b.image.cpu()) and torch.equal(a.next_image, b.next_image.cpu())
     assert mirrored.rings.frames_written > 3 * mirrored.rings.frame_capacity  # it wrapped
-    restored = ReplayMemory.restore(cfg, V, GAMMA, host.export())
+    restored = load(cfg, V, GAMMA, SegmentExporter(host).export()).mem
     restored.keep_frames_on(torch.device(device))
     a, _ = host.sample(64, np.random.default_rng(99))
     b, _ = restored.sample(64, np.random.default_rng(99))

@@ -8,7 +8,7 @@ import torch
 from test_replay_support import V, episode_chunks
 
 from learner.replay import BoundedSender, ReplayActor, ReplayConfig, ReplayLagError, ReplayMemory
-from learner.replay.segments import saved_chunks
+from learner.replay.segments import SegmentExporter, load, saved_chunks
 
 
 def test_a_memory_fed_by_pulls_holds_what_a_memory_fed_directly_holds() -> None:
@@ -74,9 +74,9 @@ def test_a_restored_run_resumes_the_chunk_cursor_where_its_saved_replay_stopped(
     mem = ReplayMemory(cfg, V, 0.9)
     for chunk in episode_chunks(30, chunk_steps=10):
         mem.add(chunk)
-    files = mem.export()
+    files = SegmentExporter(mem).export()
     again = ReplayActor(cfg, V, first_cursor=saved_chunks(files))
-    restored = ReplayMemory.restore(cfg, V, 0.9, files)
+    restored = load(cfg, V, 0.9, files).mem
     assert again.cursor == restored.chunks_added == 3
     assert again.pull_new(restored.chunks_added) == ([], 3)
     new = episode_chunks(10, chunk_steps=10, seed=9)[0]

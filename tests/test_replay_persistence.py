@@ -11,6 +11,7 @@ import torch
 from test_replay_support import FakeStream, V, episode_chunks
 
 from learner.replay import ReplayConfig, ReplayMemory
+from learner.replay.segments import SegmentExporter, load
 
 
 def same_batches(a: ReplayMemory, b: ReplayMemory, seed: int) -> None:
@@ -52,8 +53,8 @@ def test_round_trip_exact_after_wrap_around(prioritized: bool, n: int) -> None:
         ids = mem.sample_ids(40, rng)
         mem.update_priorities(ids, rng.uniform(0, 3, 40))
     blobs: dict[str, bytes] = {}
-    files = resolve(mem.export(), blobs)
-    back = ReplayMemory.restore(cfg, V, 0.95, files)
+    files = resolve(SegmentExporter(mem).export(), blobs)
+    back = load(cfg, V, 0.95, files).mem
     same_batches(mem, back, seed=11)
     assert back.stats() == mem.stats()
     # Both go on identically: open episodes continue across the save.
@@ -72,16 +73,17 @@ def test_round_trip_exact_after_wrap_around(prioritized: bool, n: int) -> None:
 def test_export_rewrites_only_dirty_segments() -> None:
     cfg = ReplayConfig(capacity=64, segment_steps=16)
     mem = ReplayMemory(cfg, V, 0.9)
+    exporter = SegmentExporter(mem)
     for c in episode_chunks(40, chunk_steps=8, p_end=0.0):
         mem.add(c)
-    first = mem.export()
+    first = exporter.export()
     assert all(isinstance(v, bytes) for v in first.values())
     assert sorted(first) == ["replay/frames-00000.arrow", "replay/frames-00001.arrow", "replay/frames-00002.arrow",
                              "replay/header.json", "replay/steps-00000.arrow", "replay/steps-00001.arrow",
                              "replay/steps-00002.arrow"]
     for c in episode_chunks(4, chunk_steps=4, p_end=0.0, seed=5):  # a new stream: 4 steps, 8 frames
         mem.add(c)
-    second = mem.export()
+    second = exporter.export()
     rewritten = sorted(k for k, v in second.items() if isinstance(v, bytes))
     # Steps 40..43 land in step segment 2; frames 44..51 in frame segments 2 and 3.
     assert rewritten == ["replay/frames-00002.arrow", "replay/frames-00003.arrow", "replay/header.json",
@@ -91,7 +93,7 @@ def test_export_rewrites_only_dirty_segments() -> None:
     # A ref the caller says was never stored is written out again.
     prev = {k: v if isinstance(v, str) else "sha256:" + hashlib.sha256(v).hexdigest() for k, v in second.items()}
     prev["replay/steps-00001.arrow"] = "sha256:" + "0" * 64
-    third = mem.export(prev)
+    third = exporter.export(prev)
     assert sorted(k for k, v in third.items() if isinstance(v, bytes)) == ["replay/header.json",
                                                                            "replay/steps-00001.arrow"]
     assert json.loads(third["replay/header.json"])["counters"]["steps_written"] == 44
@@ -101,16 +103,16 @@ def test_restore_rejects_other_layouts_and_missing_segments() -> None:
     mem = ReplayMemory(ReplayConfig(capacity=32, segment_steps=16), V, 0.9)
     for c in episode_chunks(20, chunk_steps=10, p_end=0.0):
         mem.add(c)
-    files = mem.export()
+    files = SegmentExporter(mem).export()
     with pytest.raises(ValueError, match="capacity"):
-        ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
+        load(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
     with pytest.raises(ValueError, match="gamma"):
-        ReplayMemory.restore(ReplayConfig(capacity=32, segment_steps=16), V, 0.99, files)
+        load(ReplayConfig(capacity=32, segment_steps=16), V, 0.99, files)
     del files["replay/frames-00001.arrow"]
     with pytest.raises(ValueError, match="frames-00001"):
-        ReplayMemory.restore(ReplayConfig(capacity=32, segment_steps=16), V, 0.9, files)
+        load(ReplayConfig(capacity=32, segment_steps=16), V, 0.9, files)
     with pytest.raises(ValueError, match="header"):
-        ReplayMemory.restore(ReplayConfig(capacity=32), V, 0.9, {"actor.tensors": b""})
+        load(ReplayConfig(capacity=32), V, 0.9, {"actor.tensors": b""})
 
 
 def test_consecutive_snapshots_send_only_the_segments_changed_since_the_last_stored_one(tmp_path) -> None:
@@ -121,24 +123,25 @@ def test_consecutive_snapshots_send_only_the_segments_changed_since_the_last_sto
         return sum(len(v) for v in files.values() if isinstance(v, bytes))
 
     mem = ReplayMemory(ReplayConfig(capacity=8192, segment_steps=128), V, 0.9)
+    exporter = SegmentExporter(mem)
     for c in episode_chunks(4000, chunk_steps=50, p_end=0.0):
         mem.add(c)
     writer = CheckpointWriter(str(tmp_path / "store"))
     state = {"net": {"w": torch.zeros(3)}}
     try:
-        first = mem.export(writer.stored_files())
+        first = exporter.export(writer.stored_files())
         assert writer.stored_files() == {}
         writer.submit(state, {"learner_updates": 1}, first)
         writer.wait(timeout=60)
         for c in episode_chunks(60, chunk_steps=20, p_end=0.0, seed=7):
             mem.add(c)
-        second = mem.export(writer.stored_files())
+        second = exporter.export(writer.stored_files())
         assert 0 < sent(second) < 0.1 * sent(first), (sent(second), sent(first))
         # A save that never reached the store (superseded, failed): its segments are sent again next time.
         for c in episode_chunks(60, chunk_steps=20, p_end=0.0, seed=8):
             mem.add(c)
-        dropped = mem.export(writer.stored_files())
-        again = mem.export(writer.stored_files())
+        dropped = exporter.export(writer.stored_files())
+        again = exporter.export(writer.stored_files())
         assert {k for k, v in again.items() if isinstance(v, bytes)} >= \
             {k for k, v in dropped.items() if isinstance(v, bytes) and k != "replay/header.json"}
         writer.submit(state, {"learner_updates": 2}, again)
@@ -156,8 +159,8 @@ def test_an_export_planned_now_and_encoded_later_saves_the_memory_as_it_was_plan
     for c in episode_chunks(100, chunk_steps=10, p_end=0.05):
         mem.add(c)
         twin.add(c)
-    plan = mem.export_plan()
-    expected = twin.export()
+    plan = SegmentExporter(mem).plan()
+    expected = SegmentExporter(twin).export()
     rng = np.random.default_rng(0)
     for _ in range(5):  # what the learner does while the export encodes on another thread
         _, ids = mem.sample(16, rng)
@@ -171,9 +174,10 @@ def test_a_failed_encode_leaves_its_segments_to_the_next_export(monkeypatch) -> 
     from learner.replay import segments
 
     mem = ReplayMemory(ReplayConfig(capacity=64, segment_steps=16), V, 0.9)
+    exporter = SegmentExporter(mem)
     for c in episode_chunks(40, chunk_steps=10, p_end=0.0):
         mem.add(c)
-    mem.export()
+    exporter.export()
     for c in episode_chunks(20, chunk_steps=10, p_end=0.0, seed=2):
         mem.add(c)
     changed = {f"replay/{kind}-{i:05d}.arrow" for kind, ids in mem.rings.dirty.items() for i in ids}
@@ -188,9 +192,9 @@ def test_a_failed_encode_leaves_its_segments_to_the_next_export(monkeypatch) -> 
 
     monkeypatch.setattr(segments, "_encode", fails_on_the_second)
     with pytest.raises(OSError):
-        mem.export_plan().encode(None)
+        exporter.plan().encode(None)
     monkeypatch.setattr(segments, "_encode", encode)
-    again = {k for k, v in mem.export().items() if isinstance(v, bytes)} - {"replay/header.json"}
+    again = {k for k, v in exporter.export().items() if isinstance(v, bytes)} - {"replay/header.json"}
     assert again == changed
 
 
@@ -198,13 +202,13 @@ def test_a_replay_saved_with_another_segment_size_restores_and_is_rewritten_whol
     old = ReplayMemory(ReplayConfig(capacity=64, segment_steps=32), V, 0.9)
     for c in episode_chunks(90, chunk_steps=10, p_end=0.02):
         old.add(c)
-    files = old.export()
-    new = ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
-    same_batches(old, new, seed=11)
-    out = new.export()
+    files = SegmentExporter(old).export()
+    restored = load(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
+    same_batches(old, restored.mem, seed=11)
+    out = restored.export()
     segments = {k for k, v in out.items() if k != "replay/header.json"}
     assert all(isinstance(out[k], bytes) for k in segments) and "replay/steps-00003.arrow" in segments
-    same_batches(old, ReplayMemory.restore(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, out), seed=11)
+    same_batches(old, load(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, out).mem, seed=11)
 
 
 def test_a_step_completed_by_a_later_chunk_saves_its_new_priority() -> None:
@@ -212,12 +216,13 @@ def test_a_step_completed_by_a_later_chunk_saves_its_new_priority() -> None:
     steps lie in the next segment, the earlier segment's priorities changed too and must be saved."""
     cfg = ReplayConfig(capacity=64, n_step=3, prioritized=True, segment_steps=16)
     mem = ReplayMemory(cfg, V, 0.9)
+    exporter = SegmentExporter(mem)
     chunks = episode_chunks(32, chunk_steps=16, p_end=0.0)
     mem.add(chunks[0])
     assert mem.priorities.leaves[14] == 0 == mem.priorities.leaves[15]  # windows still open
     blobs: dict[str, bytes] = {}
-    resolve(mem.export(), blobs)
+    resolve(exporter.export(), blobs)
     mem.add(chunks[1])
     assert mem.priorities.leaves[14] > 0 and mem.priorities.leaves[15] > 0
-    restored = ReplayMemory.restore(cfg, V, 0.9, resolve(mem.export(), blobs))
+    restored = load(cfg, V, 0.9, resolve(exporter.export(), blobs)).mem
     np.testing.assert_array_equal(restored.priorities.leaves, mem.priorities.leaves)

@@ -443,7 +443,7 @@ def test_the_graphed_updates_static_buffer_path_computes_the_plain_update_bitwis
     from learner.graphed import GraphedUpdate
 
     plain, graphed = agent(), agent()
-    graphed.graphed = GraphedUpdate(graphed, capture=False)
+    graphed.graphed = GraphedUpdate(graphed.update_body, graphed.update_optimizers, graphed.device, capture=False)
     assert graphed.graphed.captured == 0 and graphed.graphed.eager_left == {False: 0, True: 0}
     assert graphed.graphed._unstepped(True) == ["critic_optimizer", "critic_cnn_optimizer", "actor_optimizer"]
     batches = [make_batch(i, n=8) for i in range(6)] + [make_batch(6, n=5)]

@@ -109,23 +109,25 @@ def export_figures(steps: int, between: int, repeats: int) -> dict[str, Any]:
     refers to the rest. Bytes are what the export encodes and hands on (to Ray, then the writer).
     """
     from learner.replay import ReplayConfig, ReplayMemory
+    from learner.replay.segments import SegmentExporter
 
     chunks = make_chunks(steps + between)
     split = 1 + next(i for i, total in enumerate(itertools.accumulate(len(c) for c in chunks)) if total >= steps)
     first_s, second_s, first_b, second_b = [], [], [], []
     for _ in range(repeats):
         mem = ReplayMemory(ReplayConfig(capacity=steps), VECTOR_DIM, 0.99)
+        exporter = SegmentExporter(mem)
         for c in chunks[:split]:
             mem.add(c)
         t = time.perf_counter()
-        plan = mem.export_plan()
+        plan = exporter.plan()
         plan.encode({})
         first_s.append(time.perf_counter() - t)
         first_b.append(plan.encoded_bytes)
         for c in chunks[split:]:
             mem.add(c)
         t = time.perf_counter()
-        plan = mem.export_plan()
+        plan = exporter.plan()
         plan.encode(None)  # the first export's files count as stored
         second_s.append(time.perf_counter() - t)
         second_b.append(plan.encoded_bytes)

@@ -61,7 +61,7 @@ class LocalRun(Run):
 
     def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
         # Only segments changed since the last stored version are encoded; the rest are references.
-        files = self.learner.memory.export(self.writer.stored_files()) if self.cfg.learner.save_replay else None
+        files = self.learner.replay_exporter.export(self.writer.stored_files()) if self.cfg.learner.save_replay else None
         meta = dict(meta, config=self.cfg.public_dict())
         self.writer.submit(snapshot_state(state), meta, files)
 

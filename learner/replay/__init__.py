@@ -11,7 +11,8 @@ rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
   - `priorities`: proportional prioritization over `sum_tree.SumTree`.
 - `batch`: `Batch`, what `ReplayMemory.sample` returns and a TD3 update consumes.
 - `sum_tree`: `SumTree` for proportional prioritization.
-- `segments`: incremental Arrow IPC persistence (`ReplayMemory.export` / `.restore`).
+- `segments`: incremental Arrow IPC persistence: `SegmentExporter` (a memory's export and its
+  bookkeeping), `load` / `restore` (a memory from saved files).
 - `actor`: `ReplayActor` (where workers push: validation, a bounded chunk log the learner pulls from)
   and the workers' `BoundedSender`. The run's one memory is the learner's.
 """

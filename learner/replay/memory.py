@@ -13,9 +13,8 @@ restarted mid-episode) are orphaned; either cuts the episode segment there.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +24,6 @@ from learner.replay.chunks import Chunk, validate_chunk
 from learner.replay.nstep import NStepFolder, Stream
 from learner.replay.priorities import Priorities
 from learner.replay.rings import Rings
-
-if TYPE_CHECKING:
-    from learner.replay.segments import ExportPlan
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +81,6 @@ class ReplayMemory:
         self.orphaned = 0
         self.samples = 0
         self.rng = np.random.default_rng(seed)
-        self._exported: dict[str, str] = {}
         self._device_frames: torch.Tensor | None = None
         self._mirrored = 0  # frames_written when the device copy was last brought up to date
 
@@ -270,23 +265,3 @@ class ReplayMemory:
         return {"size": len(self), "steps_added": self.steps_added, "rejected_nonfinite": self.rejected_nonfinite,
                 "orphaned": self.orphaned, "bytes": self.nbytes, "chunks": self.chunks_added,
                 "episodes": self.nstep.episodes, "capacity": self.cfg.capacity}
-
-    def export(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
-        """Arrow IPC segments of the memory; see `learner.replay.segments.export`."""
-        from learner.replay.segments import export
-
-        return export(self, previous)
-
-    def export_plan(self) -> ExportPlan:
-        """The cut of an export whose encoding runs later, elsewhere; see `segments.ExportPlan`."""
-        from learner.replay.segments import ExportPlan
-
-        return ExportPlan(self)
-
-    @classmethod
-    def restore(cls, cfg: ReplayConfig, vector_dim: int, gamma: float, files: Mapping[str, bytes],
-                frames: int = 4) -> ReplayMemory:
-        """Rebuild a memory from `export` output (refs resolved to bytes); see `learner.replay.segments`."""
-        from learner.replay.segments import restore
-
-        return restore(cls(cfg, vector_dim, gamma, frames=frames), files)

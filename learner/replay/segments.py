@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
-    from learner.replay.memory import ReplayMemory
+    from learner.replay.memory import ReplayConfig, ReplayMemory
 
 PREFIX = "replay/"
 HEADER = PREFIX + "header.json"
@@ -133,8 +133,9 @@ class ExportPlan:
     `add` to the memory until it returns, and must not plan the next export before that either.
     """
 
-    def __init__(self, mem: ReplayMemory) -> None:
-        self.mem = mem
+    def __init__(self, exporter: SegmentExporter) -> None:
+        mem = exporter.mem
+        self.exporter, self.mem = exporter, mem
         self.names = _names(mem)
         self.dirty = {kind: set(ids) for kind, ids in mem.rings.dirty.items()}
         for ids in mem.rings.dirty.values():
@@ -151,17 +152,17 @@ class ExportPlan:
         the memory trusts that its own last export was stored; pass the last durable manifest's
         refs when a save may have been dropped, or {} to write everything.
         """
-        mem, out = self.mem, {}
+        mem, hashes, out = self.mem, self.exporter.hashes, {}
         try:
             for name, kind, i, lo, hi in self.names:
-                known = mem._exported.get(name)
+                known = hashes.get(name)
                 stored = previous is None or previous.get(name) == f"sha256:{known}"
                 if known is not None and i not in self.dirty[kind] and stored:
                     out[name] = f"sha256:{known}"
                     continue
                 cols = {"priority": self.priorities[lo:hi]} if kind == "prio" else _columns(mem, kind, lo, hi)
                 data = _encode(cols)
-                mem._exported[name] = _sha(data)
+                hashes[name] = _sha(data)
                 self.encoded_bytes += len(data)
                 out[name] = data
         except BaseException:
@@ -172,10 +173,24 @@ class ExportPlan:
         return out
 
 
-def export(mem: ReplayMemory, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
-    """Files of the memory: bytes for segments changed since the last export, "sha256:<hex>" refs
-    otherwise (see `ExportPlan.encode` for `previous`)."""
-    return ExportPlan(mem).encode(previous)
+class SegmentExporter:
+    """The one owner of a memory's export bookkeeping: the hash of each segment as last exported, so the
+    next export encodes only what changed since (a reference for the rest). One per memory: the learner
+    keeps it beside its memory, and `restore` returns it knowing the segments it loaded."""
+
+    def __init__(self, mem: ReplayMemory) -> None:
+        self.mem = mem
+        self.hashes: dict[str, str] = {}
+        """Segment name -> sha256 of its bytes as last exported (or restored)."""
+
+    def plan(self) -> ExportPlan:
+        """Fix the cut of an export now; encode it later, elsewhere (see `ExportPlan`)."""
+        return ExportPlan(self)
+
+    def export(self, previous: Mapping[str, str] | None = None) -> dict[str, bytes | str]:
+        """Files of the memory: bytes for segments changed since the last export, "sha256:<hex>" refs
+        otherwise (see `ExportPlan.encode` for `previous`)."""
+        return self.plan().encode(previous)
 
 
 def saved_chunks(files: Mapping[str, bytes]) -> int:
@@ -185,8 +200,18 @@ def saved_chunks(files: Mapping[str, bytes]) -> int:
     return int(json.loads(files[HEADER])["counters"]["chunks_added"])
 
 
-def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
-    """Load `files` (from `export`, refs resolved to bytes) into the freshly built, empty `mem`."""
+def load(cfg: ReplayConfig, vector_dim: int, gamma: float, files: Mapping[str, bytes],
+         frames: int = 4) -> SegmentExporter:
+    """A new memory rebuilt from an export's `files` (refs resolved to bytes), with its exporter
+    (`.mem` is the memory)."""
+    from learner.replay.memory import ReplayMemory
+
+    return restore(ReplayMemory(cfg, vector_dim, gamma, frames=frames), files)
+
+
+def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> SegmentExporter:
+    """Load `files` (from an export, refs resolved to bytes) into the freshly built, empty `mem`; returns
+    its exporter, which knows the loaded segments (the next export refers to them instead of rewriting)."""
     from learner.replay.nstep import Stream
 
     if HEADER not in files:
@@ -210,6 +235,7 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
     # A replay saved with another segment size is read in its own; the next export rewrites it all.
     seg = head["layout"].get("segment_steps", mem.cfg.segment_steps)
     resized = seg != mem.cfg.segment_steps
+    exporter = SegmentExporter(mem)
     expected = {name: (kind, lo, hi) for name, kind, _, lo, hi in _names(mem, prio=head["prioritized"], seg=seg)}
     if sorted(expected) != sorted(head["segments"]):
         raise ValueError(f"{HEADER} lists segments {head['segments'][:4]}... that do not match its counters")
@@ -224,10 +250,10 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> ReplayMemory:
                 raise ValueError(f"replay segment {name}: column {col!r} missing or not {hi - lo} rows")
             target[...] = cols[col].reshape(target.shape)
         if not resized:
-            mem._exported[name] = _sha(files[name])
+            exporter.hashes[name] = _sha(files[name])
     if mem.priorities is not None:
         if not head["prioritized"]:  # saved uniform, resumed prioritized: every sampleable step starts equal
             ids = np.arange(mem.rings.tail, mem.rings.steps_written)
             mem.priorities.fill_uniform(ids[mem.valid(ids)])
         mem.priorities.tree.rebuild()
-    return mem
+    return exporter
