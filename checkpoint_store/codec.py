@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 TENSOR, TUPLE, ITEMS = "$tensor", "$tuple", "$items"
 _TAGS = {TENSOR, TUPLE, ITEMS}

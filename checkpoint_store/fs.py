@@ -29,7 +29,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -40,7 +40,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from checkpoint_store.fs import Root, TooLargeError, UnsafePathError
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 log = logging.getLogger(__name__)
 

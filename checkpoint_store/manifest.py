@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 FORMAT = "carla-fleet.snapshot/1"
 VERSION_RE = re.compile(r"^v\d{8}(-[0-9a-f]{8})?$")

@@ -44,7 +44,7 @@ from checkpoint_store.manifest import (
     version_seq,
 )
 from checkpoint_store.retention import RetentionPolicy, RetentionReport, select
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 
 log = logging.getLogger(__name__)
 

@@ -45,8 +45,8 @@ from checkpoint_store.lease import LEASE_TTL_S, LeaseHeldError, StoreLease
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import FileValue, SnapshotStore
-from learner.errors import StoreError
-from learner.heap import libc_function
+from learner.common.errors import StoreError
+from learner.common.heap import libc_function
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from learner.errors import FleetError
+from learner.common.errors import FleetError
 
 USER = "fleetcheck"
 HEAD, WORKERS = "127.0.0.1", ("127.0.0.2", "127.0.0.3")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from learner import heap, mkl_amd
+from learner.common import heap, mkl_amd
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig, ReplayMemory
 from learner.replay.segments import SegmentExporter, load
@@ -133,8 +133,8 @@ class Learner:
         self._held: list[Any] = []
         """Chunks pulled while an export reads the memory: added once it is done."""
         if self.agent.device.type == "cpu":
-            heap.keep_freed_pages()  # an update's MB-sized tensors stop page-faulting (learner/heap.py)
-            self.record(mkl_avx512=float(mkl_amd.active()))  # 1: MKL's AVX-512 kernels (learner/mkl_amd.py)
+            heap.keep_freed_pages()  # an update's MB-sized tensors stop page-faulting (learner/common/heap.py)
+            self.record(mkl_avx512=float(mkl_amd.active()))  # 1: MKL's AVX-512 kernels (learner/common/mkl_amd.py)
 
     def _placed(self, memory: ReplayMemory) -> ReplayMemory:
         if self.cfg.frames_on_device and self.agent.device.type == "cuda":

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learner.errors import StateError  # noqa: F401  (raised here; importers use this name)
+from learner.common.errors import StateError  # noqa: F401  (raised here; importers use this name)
 
 State = dict[str, Any]
 """Nested dict whose leaves are tensors or JSON values (str, int, float, bool, None, lists)."""

@@ -107,7 +107,7 @@ class ImageBuffers:
     A batch's scaled images are the largest tensors of an update (7 MB each at batch 64). Allocated
     fresh, they and the update's other MB-sized tensors page-faulted 2-14 MB back in every update
     (up to 3,400 minor faults, about 15% of a CPU update: docs/benchmarks.md, "Page faults"); these
-    buffers and learner/heap.py's settings together bring that to about zero."""
+    buffers and learner/common/heap.py's settings together bring that to about zero."""
 
     def __init__(self) -> None:
         self._pair: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from learner.errors import FleetError
-from rollout_workers import procfs
+from learner.common import procfs
+from learner.common.errors import FleetError
+from learner.common.procfs import group_members  # also what tests import from here
 from rollout_workers.contract import SimulatorError
-from rollout_workers.procfs import group_members  # also what tests import from here
 
 log = logging.getLogger(__name__)
 

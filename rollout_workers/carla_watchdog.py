@@ -22,9 +22,9 @@ import sys
 import time
 
 if __package__:  # imported as rollout_workers.carla_watchdog (tests, tools)
-    from rollout_workers import procfs
-else:  # run by file path in an isolated interpreter: procfs is the sibling file
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from learner.common import procfs
+else:  # run by file path in an isolated interpreter: procfs is read as a file of learner/common/
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "learner", "common"))
     import procfs  # type: ignore[no-redef]
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from learner.errors import FleetError, SimulatorError  # noqa: F401  (SimulatorError: adapters import it from here)
+from learner.common.errors import FleetError, SimulatorError  # noqa: F401  (SimulatorError: adapters import it from here)
 
 FRAMES = 4
 IMAGE_SIZE = 84

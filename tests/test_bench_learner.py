@@ -1,6 +1,6 @@
 """`fleet bench learner`: its figures are consistent with each other, the peak is the better of a
 matmul and a convolution (on AMD CPUs MKL's matmul runs at half of oneDNN's AVX-512 rate unless
-learner/mkl_amd.py's library is loaded), and the reference also runs in a plain process."""
+learner/common/mkl_amd.py's library is loaded), and the reference also runs in a plain process."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_bench_learner_reports_consistent_figures(capsys):
     assert r["same_process_speedup"] == pytest.approx(
         r["updates_per_s"] / r["same_process_reference_updates_per_s"], rel=1e-2, abs=1e-3)
     assert set(r["page_faults_per_update"]) == {"runtime", "reference", "same_process_reference"}
-    assert r["mkl_avx512"]["reference"] is False  # the plain process never loads learner/mkl_amd.py's library
+    assert r["mkl_avx512"]["reference"] is False  # the plain process never loads learner/common/mkl_amd.py's library
     assert all(len(v) == 1 for v in r["rounds"].values()) and len(r["rounds"]) == 3
 
 

@@ -14,7 +14,7 @@ import cluster
 import learner
 import rollout_workers
 from cluster import cli
-from learner.errors import FleetError, SimulatorError, StoreError
+from learner.common.errors import FleetError, SimulatorError, StoreError
 
 
 def _modules():

@@ -1,4 +1,4 @@
-"""learner/heap.py: with its settings, MB-sized blocks freed and allocated again (what every CPU
+"""learner/common/heap.py: with its settings, MB-sized blocks freed and allocated again (what every CPU
 update does) no longer page-fault; without them glibc hands them back to the OS each time."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 CYCLES = """
 import resource, sys
 import numpy as np
-from learner import heap
+from learner.common import heap
 if sys.argv[1] == "keep":
     assert heap.keep_freed_pages() and heap.keep_freed_pages()  # idempotent
 def cycle():

@@ -70,7 +70,7 @@ def test_vector_size_is_inferred_from_the_actor(tmp_path):
 
 
 def test_files_that_are_not_legacy_checkpoints_are_named_in_one_clear_line(tmp_path):
-    from checkpoint_store.legacy import LegacyImportError, load_legacy
+    from learner.legacy import LegacyImportError, load_legacy
 
     (tmp_path / "empty.pth").write_bytes(b"")
     (tmp_path / "text.pth").write_text("hello\n")

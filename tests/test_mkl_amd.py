@@ -1,4 +1,4 @@
-"""learner/mkl_amd.py: which CPUs get MKL's AVX-512 kernels, the library build, and a process that
+"""learner/common/mkl_amd.py: which CPUs get MKL's AVX-512 kernels, the library build, and a process that
 preloads it (MKL consults it, its matmuls stay correct, and nothing is exported to children)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from learner import mkl_amd
+from learner.common import mkl_amd
 
 AMD = "vendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 fma avx512f avx512dq avx512cd avx512bw avx512vl avx512_bf16\n"
 
@@ -77,7 +77,7 @@ def test_a_library_that_cannot_be_loaded_leaves_the_command_running(monkeypatch,
 
 PROBE = """
 import json, os, sys
-from learner import mkl_amd
+from learner.common import mkl_amd
 preloaded = mkl_amd.preload()
 import torch
 torch.manual_seed(0)
@@ -110,7 +110,7 @@ def test_a_process_that_preloads_it_runs_mkl_on_its_answer_and_stays_correct():
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAKE_AMD = """
 import sys
-from learner import mkl_amd
+from learner.common import mkl_amd
 mkl_amd.cpu_qualifies = lambda cpuinfo=None: True  # this machine has no AVX-512: the decision is what is tested
 from cluster.cli import main
 try:

@@ -18,7 +18,7 @@ from checkpoint_store.fs import StoreUriError, UnsafePathError
 from checkpoint_store.manifest import VERSION_RE, blob_path, version_seq
 from checkpoint_store.retention import RetentionPolicy
 from checkpoint_store.store import IntegrityError, SnapshotNotFound, SnapshotStore
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 from learner.td3 import Batch, TD3Agent, TD3Config
 
 

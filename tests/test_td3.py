@@ -308,7 +308,7 @@ def test_actor_metrics_report_the_critics_action_gradient(encoder):
 @pytest.mark.parametrize("encoder", ["own", "critic"])
 def test_runtime_update_agrees_with_the_plain_reference_over_ten_updates(encoder):
     """The yardstick of `fleet bench learner`: any faster path must compute TD3 exactly (fp32, 1e-5)."""
-    from cluster.bench.learner import reference_update
+    from learner.td3_reference import reference_update
 
     fast, ref = agent(actor_encoder=encoder), agent(actor_encoder=encoder, fused_adam=False)
     assert all(g["fused"] for g in fast.critic_cnn_optimizer.param_groups)
@@ -347,7 +347,7 @@ def test_image_buffers_scale_like_the_cnn_and_are_reused_until_the_batch_shape_c
 
 def test_runtime_update_agrees_with_the_reference_when_the_batch_size_changes():
     """The image buffers follow the batch shape, and image and next_image never share one."""
-    from cluster.bench.learner import reference_update
+    from learner.td3_reference import reference_update
 
     fast, ref = agent(), agent(fused_adam=False)
     for i, n in enumerate((8, 5, 5, 8)):

@@ -17,7 +17,7 @@ import statistics
 import time
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:

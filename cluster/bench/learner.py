@@ -3,7 +3,7 @@
 One invocation measures, interleaved (A B C A B C ...) so drift on a noisy machine hits all alike:
 - `updates_per_s`: the runtime's update path, `Learner.step` sampling from its replay memory
   (filled with synthetic chunks) and running `TD3Agent.update`, in this process as fleet sets up a
-  learner's (`fleet` preloads learner/mkl_amd.py's library; a Learner applies learner/heap.py);
+  learner's (`fleet` preloads learner/common/mkl_amd.py's library; a Learner applies learner/common/heap.py);
 - `reference_updates_per_s`: a plain eager transcription of the same TD3 update (`reference_update`,
   torch's default Adam, the actor's CNN copied after every update), on batches sampled outside the
   timed loop, in a process of its own with torch's defaults (no preload, glibc's default heap, the
@@ -14,7 +14,7 @@ One invocation measures, interleaved (A B C A B C ...) so drift on a noisy machi
   and matmul of the critic step, and of the actor step once per `policy_freq` updates);
 - `peak_gflops`: the better of a large fp32 matmul (`peak_matmul_gflops`) and a large fp32
   convolution (`peak_conv_gflops`) on the same device and threads, in this process. Both are
-  needed: on AMD CPUs with AVX-512 MKL runs its AVX2 matmul kernels unless learner/mkl_amd.py's
+  needed: on AMD CPUs with AVX-512 MKL runs its AVX2 matmul kernels unless learner/common/mkl_amd.py's
   library is loaded, while oneDNN's convolutions use AVX-512 (docs/benchmarks.md, "The machine's
   peak");
 - `efficiency`: achieved GFLOP/s of the runtime path over `peak_gflops`;
@@ -37,7 +37,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
+from learner.td3_reference import reference_update
 
 
 def register(cli: Commands) -> None:
@@ -56,7 +57,7 @@ class PlainReference:
     """`reference_update` in a child process with torch's defaults, one timed round per request."""
 
     def __init__(self, spec: dict[str, Any]) -> None:
-        from learner import mkl_amd
+        from learner.common import mkl_amd
 
         env = {**os.environ, mkl_amd.ENV: "0", "LD_PRELOAD": " ".join(mkl_amd.other_preloads())}
         code = "from cluster.bench.learner import plain_reference_main; plain_reference_main()"
@@ -98,12 +99,12 @@ class PlainReference:
 
 def plain_reference_main() -> None:
     """The child of PlainReference: builds the reference agent and batches without a Learner (no
-    learner/heap.py settings), then times `updates` reference updates for each "round" line."""
+    learner/common/heap.py settings), then times `updates` reference updates for each "round" line."""
     import numpy as np
     import torch
 
     from cluster.bench.replay import make_chunks
-    from learner import mkl_amd
+    from learner.common import mkl_amd
     from learner.networks import NetworkConfig
     from learner.replay import ReplayConfig, ReplayMemory
     from learner.td3 import TD3Agent, TD3Config
@@ -138,57 +139,6 @@ def timed_updates(device: Any, updates: int, update: Callable[[int], Any]) -> tu
     _sync(device)
     seconds = time.perf_counter() - start
     return updates / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - minflt
-
-
-def reference_update(agent: Any, b: Any) -> None:
-    """TD3 (Fujimoto et al.) written out plainly: the yardstick for the runtime path and its tests."""
-    import torch
-
-    cfg = agent.cfg
-    shared = cfg.actor_encoder == "critic"  # the actor reads the critic's CNN (and target CNN)
-    actor_cnn_target = agent.critic_cnn_target if shared else agent.actor_cnn_target
-    agent.total_it.value += 1
-    with torch.no_grad():
-        noise = (torch.randn(b.action.shape, generator=agent.noise_gen, device=agent.device)
-                 * cfg.policy_noise).clamp(-cfg.noise_clip, cfg.noise_clip)
-        next_action = (agent.actor_target(actor_cnn_target(b.next_image), b.next_vector) + noise).clamp(-1, 1)
-        tq1, tq2 = agent.critic_target(agent.critic_cnn_target(b.next_image), b.next_vector, next_action)
-        target = b.reward + b.discount * torch.min(tq1, tq2)
-    q1, q2 = agent.critic(agent.critic_cnn(b.image), b.vector, b.action)
-    w = b.weight if b.weight is not None else torch.ones_like(q1)
-    critic_loss = (w * ((q1 - target) ** 2 + (q2 - target) ** 2)).mean()
-    for opt in (agent.critic_optimizer, agent.critic_cnn_optimizer):
-        opt.zero_grad(set_to_none=True)
-    critic_loss.backward()
-    critic_params = [*agent.critic_cnn.parameters(), *agent.critic.parameters()]
-    if cfg.critic_grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(critic_params, cfg.critic_grad_clip)
-    agent.critic_optimizer.step()
-    agent.critic_cnn_optimizer.step()
-    if agent.total_it.value % cfg.policy_freq:
-        agent.sync_actor_encoder()
-        return
-    with torch.no_grad():
-        critic_features = agent.critic_cnn(b.image)
-    actor_features = critic_features if shared else agent.actor_cnn(b.image)
-    pre = agent.actor.preact(actor_features, b.vector)
-    actor_loss = -agent.critic.q1(critic_features, b.vector, torch.tanh(pre)).mean()
-    actor_loss = actor_loss + cfg.actor_preact_penalty * (pre ** 2).mean()
-    for opt in (agent.actor_optimizer, agent.actor_cnn_optimizer):
-        opt.zero_grad(set_to_none=True)
-    actor_loss.backward()
-    actor_params = [*agent.actor.parameters()] + ([] if shared else [*agent.actor_cnn.parameters()])
-    if cfg.actor_grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(actor_params, cfg.actor_grad_clip)
-    agent.actor_optimizer.step()
-    if not shared:
-        agent.actor_cnn_optimizer.step()
-    agent.critic.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for name in ("actor", "critic_cnn", "critic") if shared else ("actor_cnn", "actor", "critic_cnn", "critic"):
-            for t, o in zip(getattr(agent, f"{name}_target").parameters(), getattr(agent, name).parameters()):
-                t.mul_(1 - cfg.tau).add_(o, alpha=cfg.tau)
-    agent.sync_actor_encoder()
 
 
 def flops_per_update(agent: Any, batch: Any) -> int:
@@ -247,7 +197,7 @@ def measure(args: argparse.Namespace, lcfg: Any, plain: PlainReference) -> dict[
     import torch
 
     from cluster.bench.replay import make_chunks
-    from learner import mkl_amd
+    from learner.common import mkl_amd
     from learner.learner import Learner
     from learner.networks import NetworkConfig
     from learner.replay import ReplayConfig

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:

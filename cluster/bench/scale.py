@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:
@@ -138,8 +138,8 @@ class ChunkProducer:
         import numpy as np
         import ray
 
+        from learner.common.chunks import ChunkBuilder
         from learner.replay import BoundedSender
-        from learner.replay.chunks import ChunkBuilder
         from rollout_workers.envs.tick import TickEnv
 
         replay = ray.get_actor(replay_name)

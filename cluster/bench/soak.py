@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from cluster.cli import Commands
-from learner.errors import UserError
-from rollout_workers import procfs
+from learner.common import procfs
+from learner.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

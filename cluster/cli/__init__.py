@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 import cluster.bench
-from learner import mkl_amd
-from learner.errors import FleetError
+from learner.common import mkl_amd
+from learner.common.errors import FleetError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -89,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def runs_a_learner(argv: Sequence[str]) -> bool:
     """Whether the command in `argv` runs a CPU learner in this process (`train --local`, `bench
-    learner`): the only commands that load learner/mkl_amd.py's library, which must happen before the
+    learner`): the only commands that load learner/common/mkl_amd.py's library, which must happen before the
     command modules import torch, so before `argv` is parsed. A Ray run's learner gets it on its node."""
     if "-h" in argv or "--help" in argv:
         return False

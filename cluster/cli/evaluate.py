@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:

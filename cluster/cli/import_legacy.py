@@ -3,11 +3,26 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from checkpoint_store.fs import StoreUriError
-from checkpoint_store.legacy import LegacyImportError, import_legacy
+from checkpoint_store.lease import StoreLease
+from checkpoint_store.manifest import Manifest
+from checkpoint_store.store import SnapshotStore
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
+from learner.legacy import LegacyImportError, load_legacy
+
+
+def import_legacy(path: str | Path, store_uri: str, allow_missing_cnn: bool = False,
+                  tags: tuple[str, ...] = ()) -> Manifest:
+    """Write the legacy checkpoint at `path` as a new version of the store at `store_uri`."""
+    imported = load_legacy(path, allow_missing_cnn)
+    meta = {"learner_updates": imported.agent.total_it.value, "config": imported.config, "notes": imported.notes}
+    store = SnapshotStore(store_uri)
+    # A writer like any other: refused (LeaseHeldError) while a live run writes the store.
+    with StoreLease(store.root, run=f"fleet import-legacy {Path(path).name}"):
+        return store.put(imported.agent.state(), meta, tags=tags)
 
 
 def _run(args: argparse.Namespace) -> int:

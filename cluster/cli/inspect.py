@@ -7,7 +7,7 @@ import json
 import sys
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:

@@ -12,7 +12,7 @@ from checkpoint_store.manifest import ManifestError
 from checkpoint_store.retention import RetentionPolicy, RetentionReport
 from checkpoint_store.store import SnapshotNotFound, SnapshotStore
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def _open(uri: str) -> SnapshotStore:

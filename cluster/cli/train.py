@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from cluster.cli import Commands
-from learner.errors import UserError
+from learner.common.errors import UserError
 
 
 def register(cli: Commands) -> None:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from learner.errors import ConfigError  # noqa: F401  (the config loader's error; importers use this name)
+from learner.common.errors import ConfigError  # noqa: F401  (the config loader's error; importers use this name)
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from cluster.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
 from cluster.runtime.ray_setup import init_ray
 from cluster.runtime.resume import Resume
-from learner.errors import UserError
+from learner.common.errors import UserError
 from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 

@@ -18,7 +18,7 @@ import torch
 
 from cluster.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig
-from learner.errors import UserError
+from learner.common.errors import UserError
 from learner.networks import build_networks
 from learner.td3 import scaled_images
 from rollout_workers.scripted import ScriptedDriver

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from checkpoint_store.fs import Root, redact
-from learner.errors import FleetError, StoreError
+from learner.common.errors import FleetError, StoreError
 
 log = logging.getLogger(__name__)
 

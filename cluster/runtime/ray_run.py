@@ -25,8 +25,8 @@ from cluster.runtime.progress import MetricsLog, Status
 from cluster.runtime.ray_setup import init_ray
 from cluster.runtime.resume import Restored
 from cluster.runtime.run import Run, _absorb_reports, await_final_snapshot, final_not_stored, get_reporting
-from learner import mkl_amd
-from learner.errors import ConfigError
+from learner.common import mkl_amd
+from learner.common.errors import ConfigError
 from learner.replay import ReplayActor
 from learner.replay.segments import saved_chunks
 
@@ -123,7 +123,7 @@ class RayRun(Run):
         first = saved_chunks(files) if files else 0
         self.replay = replay_cls.options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
             cfg.replay, cfg.network.vector_dim, first_cursor=first)
-        # A CPU learner on an AMD CPU with AVX-512: MKL's AVX-512 kernels (learner/mkl_amd.py), decided on
+        # A CPU learner on an AMD CPU with AVX-512: MKL's AVX-512 kernels (learner/common/mkl_amd.py), decided on
         # its node, which builds the library there. ({} elsewhere, or with FLEET_MKL_AVX512=0.)
         preload = {} if gpus else ray.get(ray.remote(num_cpus=0)(_mkl_preload_env).options(
             scheduling_strategy=affinity).remote(os.environ.get(mkl_amd.ENV, "1")))
@@ -446,7 +446,7 @@ def _node_id() -> str:
 
 
 def _mkl_preload_env(setting: str) -> dict[str, str]:
-    """On the learner's node: the environment that preloads learner/mkl_amd.py's library, under the
+    """On the learner's node: the environment that preloads learner/common/mkl_amd.py's library, under the
     driver's FLEET_MKL_AVX512 setting ({} where it does not apply, or on any error there)."""
     try:
         return mkl_amd.preload_env(setting=setting)

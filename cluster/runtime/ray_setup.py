@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from learner.errors import ConfigError
+from learner.common.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

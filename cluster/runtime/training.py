@@ -21,7 +21,7 @@ from cluster.runtime.ray_setup import check_ray_auth_mode
 from cluster.runtime.resume import Restored, Resume, best_eval, load_resume
 from cluster.runtime.run import Run, eval_figures, scripted_reference
 from cluster.runtime.signals import StopRequest
-from learner.errors import FleetError, StateError
+from learner.common.errors import FleetError, StateError
 from learner.td3 import OWN_ENCODER_STATE, trained_on_own_encoder
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ A transition costs about 7.8 KB (each 84x84 uint8 frame stored once, stacks
 rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
 (float32 stacked obs + next obs).
 
-- `chunks`: `Chunk` and the worker-side `ChunkBuilder` (each new frame sent once).
+- `Chunk` and the worker-side `ChunkBuilder` (each new frame sent once) live in `learner/common/chunks.py`
+  (the format workers send) and are re-exported here.
 - `memory`: `ReplayConfig`, `ReplayMemory`: takes chunks through its parts, samples batches.
   - `rings`: frame and step rings, the sampling window.
   - `nstep`: n-step targets folded in per worker stream.
@@ -17,9 +18,9 @@ rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
   and the workers' `BoundedSender`. The run's one memory is the learner's.
 """
 
+from learner.common.chunks import Chunk, ChunkBuilder, validate_chunk
 from learner.replay.actor import BoundedSender, ReplayActor, ReplayLagError
 from learner.replay.batch import Batch
-from learner.replay.chunks import Chunk, ChunkBuilder, validate_chunk
 from learner.replay.memory import ReplayConfig, ReplayMemory
 from learner.replay.sum_tree import SumTree
 

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from learner.errors import FleetError
-from learner.replay.chunks import Chunk, validate_chunk
+from learner.common.chunks import Chunk, validate_chunk
+from learner.common.errors import FleetError
 from learner.replay.memory import ReplayConfig
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from learner.common.chunks import Chunk, validate_chunk
 from learner.replay.batch import Batch
-from learner.replay.chunks import Chunk, validate_chunk
 from learner.replay.nstep import NStepFolder, Stream
 from learner.replay.priorities import Priorities
 from learner.replay.rings import Rings

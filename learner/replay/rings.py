@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from learner.replay.chunks import ACTION_DIM, FRAME_SHAPE
+from learner.common.chunks import ACTION_DIM, FRAME_SHAPE
 
 
 class Rings:

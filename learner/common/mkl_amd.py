@@ -40,7 +40,7 @@ ENV = "FLEET_MKL_AVX512"
 """Set to 0 to keep MKL's own kernel choice."""
 
 SOURCE = """\
-/* carla-fleet: tell Intel MKL the CPU may run its AVX-512 kernels (learner/mkl_amd.py). */
+/* carla-fleet: tell Intel MKL the CPU may run its AVX-512 kernels (learner/common/mkl_amd.py). */
 static int queries;
 int mkl_serv_intel_cpu_true(void) { __atomic_add_fetch(&queries, 1, __ATOMIC_RELAXED); return 1; }
 /* How often MKL asked: > 0 once it has taken this answer. */

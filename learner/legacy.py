@@ -1,4 +1,5 @@
-"""Import a `.pth` checkpoint of the system this project replaces as a store version.
+"""Read a `.pth` checkpoint of the system this project replaces into a `TD3Agent` (`fleet import-legacy`
+then writes it to a store as a version: cluster/cli/import_legacy.py).
 
 The old checkpoint is a dict: `actor_state_dict`, `critic_state_dict`,
 `actor_cnn_state_dict`, `critic_cnn_state_dict`, `actor_optimizer_state_dict`,
@@ -19,10 +20,7 @@ from typing import Any
 
 import torch
 
-from checkpoint_store.lease import StoreLease
-from checkpoint_store.manifest import Manifest
-from checkpoint_store.store import SnapshotStore
-from learner.errors import StoreError
+from learner.common.errors import StoreError
 from learner.networks import NetworkConfig
 from learner.td3 import NETWORKS, TD3Agent, TD3Config
 
@@ -108,17 +106,6 @@ def load_legacy(path: str | Path, allow_missing_cnn: bool = False) -> LegacyImpo
     agent.total_it.value = int(ckpt.get("total_it", 0))
     config = {"legacy": _jsonable(legacy_cfg), "hyperparameters": hp, "vector_dim": vector_dim}
     return LegacyImport(agent, notes, config)
-
-
-def import_legacy(path: str | Path, store_uri: str, allow_missing_cnn: bool = False,
-                  tags: tuple[str, ...] = ()) -> Manifest:
-    """Write the legacy checkpoint at `path` as a new version of the store at `store_uri`."""
-    imported = load_legacy(path, allow_missing_cnn)
-    meta = {"learner_updates": imported.agent.total_it.value, "config": imported.config, "notes": imported.notes}
-    store = SnapshotStore(store_uri)
-    # A writer like any other: refused (LeaseHeldError) while a live run writes the store.
-    with StoreLease(store.root, run=f"fleet import-legacy {Path(path).name}"):
-        return store.put(imported.agent.state(), meta, tags=tags)
 
 
 def _load(module: torch.nn.Module, sd: Any, key: str, path: Path) -> None:
