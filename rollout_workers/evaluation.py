@@ -21,7 +21,7 @@ import torch
 
 from learner.networks import NetworkConfig, Policy
 from rollout_workers.scripted import run_episodes
-from rollout_workers.worker import EnvFactory
+from rollout_workers.worker import MakeEnv
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def summarize(episodes: Sequence[dict[str, float]], snapshot: str = "") -> EvalR
 class EvaluationWorker:
     """Runs deterministic (noise-free) episodes of a policy on given seeds."""
 
-    def __init__(self, env_factory: EnvFactory, net_cfg: NetworkConfig) -> None:
+    def __init__(self, env_factory: MakeEnv, net_cfg: NetworkConfig) -> None:
         torch.set_num_threads(1)
         self.env_factory = env_factory
         self.policy = Policy(net_cfg)

@@ -23,7 +23,7 @@ from rollout_workers.exploration import ExplorationConfig, noise_std, warmup_act
 
 log = logging.getLogger(__name__)
 
-EnvFactory = Callable[[int], gym.Env]
+MakeEnv = Callable[[int], gym.Env]
 """Builds an environment from a seed."""
 Sink = Callable[[Any], None]
 WeightsPoll = Callable[[int], "tuple[int, dict[str, Any]] | None"]
@@ -62,7 +62,7 @@ class RolloutWorker:
     def __init__(
         self,
         worker_id: int,
-        env_factory: EnvFactory,
+        env_factory: MakeEnv,
         net_cfg: NetworkConfig,
         exploration: ExplorationConfig,
         cfg: WorkerConfig,

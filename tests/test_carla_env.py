@@ -12,9 +12,9 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from rollout_workers.carla_server import Endpoint
+from rollout_workers.carla.env import CarlaEnv, CarlaEnvConfig, make_carla_env
+from rollout_workers.carla.server import Endpoint
 from rollout_workers.contract import SimulatorError, check_observation, check_step
-from rollout_workers.envs.carla_env import CarlaEnv, CarlaEnvConfig, make_carla_env
 from tests.fake_carla import FakeCarla, FakeSim
 
 FAST = CarlaEnvConfig(timeout_s=0.3, sensor_timeout_s=0.3, route_length_m=40.0, warmup_ticks=0)
@@ -258,7 +258,7 @@ def test_server_endpoints() -> None:
 
 
 def test_carla_is_imported_lazily() -> None:
-    code = "import sys, rollout_workers.envs.carla_env as m; m.make_carla_env(); assert 'carla' not in sys.modules"
+    code = "import sys, rollout_workers.carla.env as m; m.make_carla_env(); assert 'carla' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rollout_workers.carla_server import (
+from rollout_workers.carla.env import CarlaEnvConfig, make_carla_env
+from rollout_workers.carla.server import (
     CarlaServer,
     ServerConfig,
     group_members,
@@ -25,7 +26,6 @@ from rollout_workers.carla_server import (
     server_for_worker,
 )
 from rollout_workers.contract import check_observation, check_step
-from rollout_workers.envs.carla_env import CarlaEnvConfig, make_carla_env
 
 HOSTS = parse_carla_hosts(os.environ.get("CARLA_HOSTS", ""))
 EXE = os.path.join(os.environ["CARLA_ROOT"], "CarlaUE4.sh") if os.environ.get("CARLA_ROOT") else ""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from rollout_workers.carla_server import (
+from rollout_workers.carla.server import (
     CarlaServer,
     Endpoint,
     ServerConfig,
@@ -171,7 +171,7 @@ def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path, monk
     import subprocess
     import tempfile
 
-    from rollout_workers import carla_server
+    from rollout_workers.carla import server as carla_server
 
     monkeypatch.setattr(carla_server, "_claims", {})  # its lock file is closed with the claim
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # and lies in this test's folder
@@ -202,7 +202,7 @@ def test_attached_server_is_never_killed(cfg: ServerConfig, tmp_path: Path, monk
 def test_carla_hosts_parsing_and_worker_assignment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from rollout_workers import carla_server
+    from rollout_workers.carla import server as carla_server
 
     assert parse_carla_hosts(" a:2000, b:2010 ,") == [Endpoint("a", 2000, 8000), Endpoint("b", 2010, 8010)]
     with pytest.raises(ValueError, match="'b:x'"):
@@ -225,7 +225,7 @@ def test_carla_hosts_parsing_and_worker_assignment(tmp_path: Path, monkeypatch: 
 
 
 def test_command_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rollout_workers.carla_server import PortBlock
+    from rollout_workers.carla.server import PortBlock
 
     block = PortBlock(2010, -1)
     exe = tmp_path / "CarlaUE4.sh"
@@ -254,7 +254,7 @@ def test_default_lock_and_log_files_never_follow_links_planted_in_a_shared_tmp(
     import stat
     import tempfile
 
-    from rollout_workers import carla_server
+    from rollout_workers.carla import server as carla_server
 
     shared, victim = tmp_path / "tmp", tmp_path / "victim"
     shared.mkdir()
@@ -289,7 +289,7 @@ def test_a_private_folder_that_is_a_link_open_to_others_or_not_ours_is_refused(
         planted: str, cfg: ServerConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from rollout_workers import carla_server
+    from rollout_workers.carla import server as carla_server
 
     shared, victim = tmp_path / "tmp", tmp_path / "victim"
     shared.mkdir()

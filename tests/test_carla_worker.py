@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from cluster import envs
-from cluster.runtime import experiment
+from cluster.runtime import envs, experiment
 from cluster.runtime.config import ConfigError
 from learner.networks import NetworkConfig
-from rollout_workers import carla_server, carla_session
-from rollout_workers.carla_server import ServerConfig, group_members
-from rollout_workers.envs.carla_env import CarlaEnvConfig
+from rollout_workers.carla import server as carla_server
+from rollout_workers.carla import session as carla_session
+from rollout_workers.carla.checks import check_carla_setup, probe_carla_hosts
+from rollout_workers.carla.env import CarlaEnvConfig
+from rollout_workers.carla.server import ServerConfig, group_members
+from rollout_workers.envs.factory import EnvFactory
 from rollout_workers.exploration import ExplorationConfig
 from rollout_workers.worker import RolloutWorker, WorkerConfig
 from tests.fake_carla_server import probe, server_pid
@@ -61,8 +63,8 @@ def _server_cfg(tmp_path: Path, *args: str, **over: object) -> ServerConfig:
     return replace(cfg, **over)
 
 
-def _worker(server: ServerConfig | envs.EnvFactory, failures: int = 5, index: int = 0) -> RolloutWorker:
-    factory = server if isinstance(server, envs.EnvFactory) else envs.EnvFactory("carla", ENV, index, server)
+def _worker(server: ServerConfig | EnvFactory, failures: int = 5, index: int = 0) -> RolloutWorker:
+    factory = server if isinstance(server, EnvFactory) else EnvFactory("carla", ENV, index, server)
     return RolloutWorker(index, factory, NetworkConfig(), ExplorationConfig(),
                          WorkerConfig(chunk_steps=16, max_consecutive_failures=failures), seed=index)
 
@@ -186,7 +188,7 @@ def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, m
         return proc
 
     server = theirs()
-    factory = envs.EnvFactory("carla", ENV, 0, cfg)
+    factory = EnvFactory("carla", ENV, 0, cfg)
     try:
         worker = _worker(factory, failures=2)
         assert worker.collect(15, lambda c: None).env_failures == 0
@@ -201,7 +203,7 @@ def test_attached_server_is_reprobed_never_restarted_or_killed(tmp_path: Path, m
         report = worker.collect(15, lambda c: None)
         assert report.env_failures == 0 and worker.env.session is session
         with pytest.raises(RuntimeError, match="driven by other workers"):  # its one server is taken
-            envs.EnvFactory("carla", ENV, 0, cfg)(0)
+            EnvFactory("carla", ENV, 0, cfg)(0)
         worker.close()
         time.sleep(cfg.idle_stop_s + 0.5)
         assert server.poll() is None and probe("127.0.0.1", port, 1.0)  # released, not stopped
@@ -215,7 +217,7 @@ def test_one_server_per_factory_in_a_process(tmp_path: Path) -> None:
     # A rollout worker and an inline evaluator (both worker index 0) in one process must not share a
     # synchronous world; copies of one factory (what a Ray actor unpickles) do share its server.
     cfg = _server_cfg(tmp_path)
-    rollout, evaluator = envs.EnvFactory("carla", ENV, 0, cfg), envs.EnvFactory("carla", ENV, 0, cfg)
+    rollout, evaluator = EnvFactory("carla", ENV, 0, cfg), EnvFactory("carla", ENV, 0, cfg)
     a, b = rollout(1), evaluator(2)
     try:
         assert a.session is not b.session and a.session.server.endpoint.port != b.session.server.endpoint.port
@@ -233,7 +235,7 @@ def test_one_server_per_factory_in_a_process(tmp_path: Path) -> None:
     assert _wait_gone(_fake_pids(tmp_path), 5.0) == []  # the last env of each closed: both stopped
 
 
-def _helper(factory: envs.EnvFactory, then: str) -> subprocess.Popen:
+def _helper(factory: EnvFactory, then: str) -> subprocess.Popen:
     code = ("import pickle, sys, time\n"
             "env = pickle.loads(bytes.fromhex(sys.argv[1]))(0)\n"
             "env.reset()\n"
@@ -267,7 +269,7 @@ def test_no_orphan_server_when_the_worker_is_killed(tmp_path: Path) -> None:
 
 def test_servers_stopped_at_exit_without_close(tmp_path: Path) -> None:
     cfg = _server_cfg(tmp_path, idle_stop_s=60.0)
-    helper = _helper(envs.EnvFactory("carla", ENV, 3, cfg), "sys.stdin.readline()\n")
+    helper = _helper(EnvFactory("carla", ENV, 3, cfg), "sys.stdin.readline()\n")
     server = int(helper.stdout.readline())
     group = group_members(server)  # read while the helper still runs, then let it exit
     helper.stdin.write("\n")
@@ -375,31 +377,36 @@ def test_fleet_train_carla_without_servers_says_what_to_set(tmp_path: Path) -> N
         assert what in message
 
 
+def check(cfg: experiment.ExperimentConfig, environ: dict[str, str], count_workers: bool = True) -> None:
+    """The runtime's call of the check (cluster/runtime/ray_run.py), for a config."""
+    check_carla_setup(cfg.carla_server, cfg.run.workers, envs.carla_evaluators(cfg), environ, count_workers)
+
+
 def test_carla_setup_checks() -> None:
     cfg = experiment.load(None, {"run.env": "carla", "run.workers": 3, "eval.every_updates": 0})
     with pytest.raises(ConfigError, match="no CARLA server to use.*CARLA_HOSTS"):
-        envs.check_carla_setup(cfg, {})
+        check(cfg, {})
     with pytest.raises(ConfigError, match="/nowhere/CarlaUE4.sh does not exist"):
-        envs.check_carla_setup(cfg, {"CARLA_ROOT": "/nowhere"})
+        check(cfg, {"CARLA_ROOT": "/nowhere"})
     with pytest.raises(ConfigError, match="run.workers is 3 but CARLA_HOSTS lists 2"):
-        envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"})
+        check(cfg, {"CARLA_HOSTS": "a:2000,b:2000"})
     evaluating = replace(cfg, eval=replace(cfg.eval, every_updates=100))
     with pytest.raises(ConfigError, match="is 3 plus at least 1 for evaluation during training but CARLA_HOSTS"):
-        envs.check_carla_setup(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3"})
-    envs.check_carla_setup(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3,a:4"})
-    envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:2000,b:2000"}, count_workers=False)  # per node on a cluster
+        check(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3"})
+    check(evaluating, {"CARLA_HOSTS": "a:1,a:2,a:3,a:4"})
+    check(cfg, {"CARLA_HOSTS": "a:2000,b:2000"}, count_workers=False)  # per node on a cluster
     with pytest.raises(ConfigError, match="'a:x' is not host:port"):
-        envs.check_carla_setup(cfg, {"CARLA_HOSTS": "a:x"})
+        check(cfg, {"CARLA_HOSTS": "a:x"})
     docker = experiment.load(None, {"run.env": "carla", "carla_server.docker_image": "carlasim/carla:0.9.16"})
     if shutil.which("docker"):
-        envs.check_carla_setup(docker, {})
+        check(docker, {})
     else:
         with pytest.raises(ConfigError, match="no `docker` command"):
-            envs.check_carla_setup(docker, {})
+            check(docker, {})
     missing = experiment.load(None, {"run.env": "carla", "carla_server.command": ["x"],
                                      "carla_server.client": "no_such_carla_client"})
     with pytest.raises(ConfigError, match="no_such_carla_client.*cannot be imported"):
-        envs.check_carla_setup(missing, {})
+        check(missing, {})
 
 
 def test_carla_server_section_in_the_experiment_config() -> None:
@@ -442,13 +449,13 @@ def test_probe_carla_hosts_names_each_silent_server_and_probes_them_at_once() ->
     hosts = {"CARLA_HOSTS": "10.0.0.1:2000,10.0.0.2:2010,10.0.0.3:2020,10.0.0.4:2030"}
     with pytest.raises(ConfigError, match=r"^CARLA_HOSTS: 10.0.0.2:2010, 10.0.0.3:2020, 10.0.0.4:2030 did not "
                                           r"answer within 0.5s; .*10.0.0.2:2010"):
-        envs.probe_carla_hosts(cfg, hosts, probe)
+        probe_carla_hosts(cfg.carla_server, hosts, probe)
     assert most[0] == 4  # in parallel: a start waits one probe timeout, not one per server
     assert sorted(calls) == [("10.0.0.1", 2000, 0.5), ("10.0.0.2", 2010, 0.5), ("10.0.0.3", 2020, 0.5),
                              ("10.0.0.4", 2030, 0.5)]
-    envs.probe_carla_hosts(cfg, {"CARLA_HOSTS": "10.0.0.1:2000"}, probe)  # every server answers
+    probe_carla_hosts(cfg.carla_server, {"CARLA_HOSTS": "10.0.0.1:2000"}, probe)  # every server answers
     calls.clear()
-    envs.probe_carla_hosts(cfg, {}, probe)  # none listed: launched servers are checked as they start
+    probe_carla_hosts(cfg.carla_server, {}, probe)  # none listed: launched servers are checked as they start
     assert calls == []
     with pytest.raises(ConfigError, match="not host:port"):
-        envs.probe_carla_hosts(cfg, {"CARLA_HOSTS": "10.0.0.1"}, probe)
+        probe_carla_hosts(cfg.carla_server, {"CARLA_HOSTS": "10.0.0.1"}, probe)

@@ -55,7 +55,7 @@ def test_the_probe_reads_the_critics_preference_and_the_actors_actions(sign: flo
 
 
 def experiment_factory(cfg):
-    from cluster.envs import make_factory
+    from cluster.runtime.envs import make_factory
 
     return make_factory(cfg, 0)
 

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from checkpoint_store.store import SnapshotStore
-from cluster.envs import make_factory
 from cluster.runtime import experiment
+from cluster.runtime.envs import make_factory
 from cluster.runtime.training import train
 from learner.networks import POLICY_COMPONENTS, Policy
 from rollout_workers.scripted import run_episodes

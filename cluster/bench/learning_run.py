@@ -86,7 +86,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     """Train through the Ray runtime for `minutes`, then evaluate the snapshot held at each mark."""
     from checkpoint_store.retention import RetentionPolicy
     from checkpoint_store.store import SnapshotStore
-    from cluster.envs import make_factory
+    from cluster.runtime.envs import make_factory
     from cluster.runtime.training import train
     from learner.networks import POLICY_COMPONENTS
     from rollout_workers.evaluation import EvaluationWorker
@@ -144,7 +144,7 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
     from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.noise import NormalActionNoise
 
-    from cluster.envs import make_factory
+    from cluster.runtime.envs import make_factory
     from rollout_workers.exploration import noise_std
     from rollout_workers.scripted import run_episodes
 

@@ -15,7 +15,7 @@ import ray
 import torch
 
 from checkpoint_store.writer import SnapshotStager
-from cluster.envs import make_factory
+from cluster.runtime.envs import make_factory
 from learner.learner import Learner
 from learner.replay import BoundedSender
 from rollout_workers.evaluation import EvaluationWorker

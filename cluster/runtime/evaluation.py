@@ -8,7 +8,7 @@ from typing import Any
 
 from checkpoint_store.fs import redact
 from checkpoint_store.store import SnapshotStore
-from cluster.envs import make_factory
+from cluster.runtime.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
 from cluster.runtime.ray_setup import init_ray
 from cluster.runtime.resume import Resume

@@ -16,14 +16,14 @@ from learner.learner import LearnerConfig
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig
 from learner.td3 import TD3Config
-from rollout_workers.carla_server import ServerConfig
-from rollout_workers.envs.carla_env import CarlaEnvConfig
+from rollout_workers.carla.env import CarlaEnvConfig
+from rollout_workers.carla.server import ServerConfig
 from rollout_workers.envs.embedded import EmbeddedEnvConfig
 from rollout_workers.evaluation import EvalConfig
 from rollout_workers.exploration import ExplorationConfig
 from rollout_workers.worker import WorkerConfig
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "embedded.yaml"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cluster.envs import make_factory
+from cluster.runtime.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig
 from learner.common.errors import UserError
 from learner.networks import build_networks

@@ -17,7 +17,7 @@ class LocalRun(Run):
     """Everything in this process: workers step in turn, the learner updates between them."""
 
     def __init__(self, cfg: ExperimentConfig, restored: Restored | None, owner: str | None = None) -> None:
-        from cluster.envs import make_factory
+        from cluster.runtime.envs import make_factory
         from learner.learner import Learner
         from rollout_workers.worker import RolloutWorker
 
@@ -39,7 +39,7 @@ class LocalRun(Run):
         pass
 
     def evaluator(self, best_score: float) -> PeriodicEval:
-        from cluster.envs import make_factory
+        from cluster.runtime.envs import make_factory
         from rollout_workers.evaluation import EvaluationWorker
 
         backend = InlineEval(EvaluationWorker(make_factory(self.cfg, 0), self.cfg.network))

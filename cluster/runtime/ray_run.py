@@ -84,9 +84,10 @@ class RayRun(Run):
                 evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
                 needed = cfg.run.workers + 1 + evaluators
                 if cfg.run.env == "carla":  # one node, this environment: fail now, with what to set
-                    from cluster.envs import check_carla_setup
+                    from cluster.runtime.envs import carla_evaluators
+                    from rollout_workers.carla.checks import check_carla_setup
 
-                    check_carla_setup(cfg)
+                    check_carla_setup(cfg.carla_server, cfg.run.workers, carla_evaluators(cfg))
                 # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
                 custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
                 if cfg.run.learner_resource:

@@ -145,7 +145,7 @@ def eval_figures(report: Any) -> dict[str, float]:
 
 def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None) -> dict[str, float]:
     """The scripted lane follower on the evaluation's own seeds: the figures an agent is held against."""
-    from cluster.envs import make_factory
+    from cluster.runtime.envs import make_factory
     from rollout_workers.evaluation import summarize
     from rollout_workers.scripted import ScriptedDriver, run_episodes
 

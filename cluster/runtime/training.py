@@ -71,9 +71,9 @@ def check_before_start(cfg: ExperimentConfig, resume: Resume | None, local: bool
     owner = new_owner()
     check_free(Root(cfg.store_uri()), owner)
     if cfg.run.env == "carla" and not cfg.run.ray_address:
-        from cluster.envs import probe_carla_hosts
+        from rollout_workers.carla.checks import probe_carla_hosts
 
-        probe_carla_hosts(cfg)  # one node: CARLA_HOSTS here is the workers'; a silent one fails the run now
+        probe_carla_hosts(cfg.carla_server)  # one node: CARLA_HOSTS here is the workers'; a silent one fails the run now
     return restored, owner
 
 

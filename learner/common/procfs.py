@@ -1,6 +1,6 @@
 """Reading Linux's /proc: the one parser for process state, groups, children and memory.
 
-Standard library only, so that the CARLA server's watchdog (`carla_watchdog.py`, run by file path in
+Standard library only, so that the CARLA server's watchdog (`rollout_workers/carla/watchdog.py`, run by file path in
 an isolated interpreter) can use it too.
 """
 

@@ -282,8 +282,8 @@ WATCHDOG_POLL_S = 0.2
 
 def watched(argv: list[str], grace_s: float, container: str = "") -> list[str]:
     """`argv` with a watchdog in its process group that stops the group if this process dies first
-    (rollout_workers/carla_watchdog.py, run isolated by file path)."""
-    return [sys.executable, "-I", "-S", str(Path(__file__).with_name("carla_watchdog.py")), str(os.getpid()),
+    (rollout_workers/carla/watchdog.py, run isolated by file path)."""
+    return [sys.executable, "-I", "-S", str(Path(__file__).with_name("watchdog.py")), str(os.getpid()),
             str(grace_s), str(WATCHDOG_POLL_S), container, *argv]
 
 
@@ -429,7 +429,7 @@ class CarlaServer:
         if self._attached is not None:
             ep = self._attached
             if not self.probe(ep.host, ep.port, self.config.probe_timeout_s):
-                from rollout_workers.envs.carla_env import unreachable_hint
+                from rollout_workers.carla.env import unreachable_hint
 
                 raise SimulatorError(f"CARLA server {ep.host}:{ep.port} (attached, e.g. from CARLA_HOSTS) does not "
                                      f"answer; it is not ours to restart. " + unreachable_hint(ep.host, ep.port))

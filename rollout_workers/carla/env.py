@@ -5,7 +5,7 @@ works without the wheel; tests inject a test double through `carla_module`.
 Every blocking call is bounded (client.set_timeout, world.tick(seconds=...),
 queue waits), and every timeout or lost connection surfaces as
 `SimulatorError` naming host:port: the rollout worker then truncates the
-episode, restarts its server (rollout_workers.carla_server) and recreates the env.
+episode, restarts its server (rollout_workers.carla.server) and recreates the env.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import gymnasium as gym
 import numpy as np
 
 from rollout_workers import contract
+from rollout_workers.carla.route import VectorScales, build_route, state_vector
+from rollout_workers.carla.sensors import FrameQueue, to_gray84
 from rollout_workers.contract import SimulatorError
-from rollout_workers.envs.carla_route import VectorScales, build_route, state_vector
-from rollout_workers.envs.carla_sensors import FrameQueue, to_gray84
 from rollout_workers.reward import RewardConfig, RoadState, reward, terminated
 
 log = logging.getLogger(__name__)
@@ -330,5 +330,5 @@ def _endpoint(cfg: CarlaEnvConfig, server: Any) -> tuple[str, int, int]:
 def make_carla_env(config: CarlaEnvConfig | None = None, seed: int | None = None, server: Any = None,
                    carla_module: Any = None) -> CarlaEnv:
     """Build the CARLA env; `server` is None (use the config), (host, port), or a handle with
-    .host/.port/.tm_port such as `rollout_workers.carla_server.CarlaServer.endpoint`."""
+    .host/.port/.tm_port such as `rollout_workers.carla.server.CarlaServer.endpoint`."""
     return CarlaEnv(config, seed=seed, server=server, carla_module=carla_module)

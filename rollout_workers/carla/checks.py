@@ -1,80 +1,32 @@
-"""Environment factories that travel to Ray actors (picklable, no live objects), and the check
-that a CARLA run has servers to use.
-
-A CARLA factory is plain data; the live part, its server session, is created in the process that
-calls it (`rollout_workers.carla_session`).
-"""
+"""Before a CARLA run starts: is there a server to attach to or to launch, and do the attached ones answer?
+Each problem is a ConfigError in one line that says what to set."""
 
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import gymnasium as gym
-
-from cluster.runtime.config import ConfigError
-from rollout_workers.carla_server import Probe, ServerConfig, client_probe, load_client, parse_carla_hosts
-
-if TYPE_CHECKING:
-    from cluster.runtime.experiment import ExperimentConfig
+from learner.common.errors import ConfigError
+from rollout_workers.carla.server import Probe, ServerConfig, client_probe, load_client, parse_carla_hosts
 
 
-@dataclass(frozen=True)
-class EnvFactory:
-    """Builds the configured simulator for one worker; `worker_index` picks its CARLA server."""
-
-    kind: str
-    config: Any
-    worker_index: int = 0
-    server: ServerConfig | None = None
-    """CARLA only: how the worker's server is launched (when CARLA_HOSTS is unset) and supervised."""
-    session: str = field(default_factory=lambda: uuid.uuid4().hex, compare=False, repr=False)
-    """CARLA only: names this factory's server in the process that uses it (copies share it)."""
-
-    def __call__(self, seed: int) -> gym.Env:
-        if self.kind == "embedded":
-            from rollout_workers.envs.embedded import make_env
-
-            return make_env(self.config, seed=seed)
-        if self.kind == "carla":
-            from rollout_workers.carla_session import carla_env
-
-            return carla_env(self.config, self.server or ServerConfig(), self.worker_index, seed, self.session)
-        return import_factory(self.kind)(seed)
-
-
-def import_factory(spec: str) -> Any:
-    """`package.module:function`, a callable seed -> gymnasium.Env obeying the contract."""
-    import importlib
-
-    module, sep, attr = spec.partition(":")
-    if not sep:
-        raise ValueError(f"env {spec!r}: use 'embedded', 'carla' or 'package.module:function'")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
-
-
-def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = None, count_workers: bool = True) -> None:
+def check_carla_setup(server: ServerConfig, workers: int, evaluators: int = 0, environ: Mapping[str, str] | None = None,
+                      count_workers: bool = True) -> None:
     """ConfigError saying what to set when a CARLA run has no server to attach to and none to launch.
 
     `environ` is the environment the workers see: this process's where they run (`--local`, a Ray
     instance started here, or the worker itself). CARLA_HOSTS lists one node's servers, so the
-    worker count is checked against it only on one node (`count_workers`).
+    worker count is checked against it only on one node (`count_workers`): `workers` rollout workers
+    and `evaluators` evaluation workers (1 when the run evaluates during training).
     """
     env = os.environ if environ is None else environ
-    server = cfg.carla_server
     hosts = _carla_hosts(env)
     if hosts:
-        evaluators = 1 if cfg.eval.every_updates > 0 else 0
-        if count_workers and cfg.run.workers + evaluators > len(hosts):
+        if count_workers and workers + evaluators > len(hosts):
             also = " plus at least 1 for evaluation during training" if evaluators else ""
-            raise ConfigError(f"run.workers is {cfg.run.workers}{also} but CARLA_HOSTS lists {len(hosts)} "
+            raise ConfigError(f"run.workers is {workers}{also} but CARLA_HOSTS lists {len(hosts)} "
                               "server(s); each worker drives its own: list more servers or use fewer workers")
     elif server.docker_image and not server.command:
         import shutil
@@ -93,7 +45,7 @@ def check_carla_setup(cfg: ExperimentConfig, environ: dict[str, str] | None = No
         if not os.path.isfile(exe):
             raise ConfigError(f"CARLA server executable {exe} does not exist: check CARLA_ROOT or "
                               "carla_server.executable (the path of CarlaUE4.sh)")
-    _carla_client(cfg)
+    _carla_client(server)
 
 
 def _carla_hosts(env: Mapping[str, str]) -> list[Any]:
@@ -104,15 +56,15 @@ def _carla_hosts(env: Mapping[str, str]) -> list[Any]:
         raise ConfigError(str(exc)) from exc
 
 
-def _carla_client(cfg: ExperimentConfig) -> Any:
+def _carla_client(server: ServerConfig) -> Any:
     """The configured CARLA client module; one that cannot be imported is a ConfigError."""
     try:
-        return load_client(cfg.carla_server.client)
+        return load_client(server.client)
     except ImportError as exc:
         raise ConfigError(str(exc)) from exc
 
 
-def probe_carla_hosts(cfg: ExperimentConfig, environ: Mapping[str, str] | None = None,
+def probe_carla_hosts(server: ServerConfig, environ: Mapping[str, str] | None = None,
                       probe: Probe | None = None) -> None:
     """ConfigError naming every CARLA_HOSTS server that does not answer within carla_server.probe_timeout_s.
 
@@ -124,8 +76,8 @@ def probe_carla_hosts(cfg: ExperimentConfig, environ: Mapping[str, str] | None =
     if not hosts:
         return
     if probe is None:
-        probe = client_probe(_carla_client(cfg))
-    timeout = cfg.carla_server.probe_timeout_s
+        probe = client_probe(_carla_client(server))
+    timeout = server.probe_timeout_s
 
     def answers(host: str, port: int) -> bool:
         try:
@@ -137,16 +89,8 @@ def probe_carla_hosts(cfg: ExperimentConfig, environ: Mapping[str, str] | None =
         answered = list(pool.map(lambda ep: answers(ep.host, ep.port), hosts))
     silent = [ep for ep, ok in zip(hosts, answered) if not ok]
     if silent:
-        from rollout_workers.envs.carla_env import unreachable_hint
+        from rollout_workers.carla.env import unreachable_hint
 
         names = ", ".join(f"{ep.host}:{ep.port}" for ep in silent)
         raise ConfigError(f"CARLA_HOSTS: {names} did not answer within {timeout:g}s; an attached server is not "
                           f"ours to start. {unreachable_hint(silent[0].host, silent[0].port)}")
-
-
-def make_factory(cfg: ExperimentConfig, worker_index: int = 0) -> EnvFactory:
-    """From an ExperimentConfig; a CARLA run without servers to use is a ConfigError here."""
-    if cfg.run.env == "carla":
-        check_carla_setup(cfg, count_workers=not cfg.run.ray_address)
-        return EnvFactory("carla", cfg.carla, worker_index, cfg.carla_server)
-    return EnvFactory(cfg.run.env, cfg.embedded, worker_index)

@@ -1,6 +1,6 @@
 """A worker's CARLA server session: the live side of a CARLA env factory.
 
-The factory (`cluster.envs.EnvFactory`) is plain data that travels to Ray actors; the live part,
+The factory (`rollout_workers.envs.factory.EnvFactory`) is plain data that travels to Ray actors; the live part,
 its CARLA server, sits in a per-process registry (`_sessions`) in the process using the factory,
 one server per factory (so a rollout worker and an inline evaluator in one process never share a
 synchronous world). Which server a worker drives is `carla_server.server_for_worker`: one claimed
@@ -21,7 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from rollout_workers.carla_server import (
+from rollout_workers.carla.server import (
     CarlaServer,
     Endpoint,
     ServerConfig,
@@ -204,7 +204,7 @@ class SupervisedCarlaEnv(gym.Wrapper):
 def carla_env(config: Any, server: ServerConfig, worker_index: int, seed: int, session_name: str = ""
               ) -> SupervisedCarlaEnv:
     """Worker `worker_index`'s CARLA env, on a server that answers (launched, restarted or attached)."""
-    from rollout_workers.envs.carla_env import make_carla_env
+    from rollout_workers.carla.env import make_carla_env
 
     session = carla_session(worker_index, server, session_name)
 

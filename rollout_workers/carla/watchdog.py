@@ -1,9 +1,9 @@
 """The watchdog in a CARLA server's process group: stops the group when its supervisor dies first.
 
-Run as `python -I -S carla_watchdog.py SUPERVISOR_PID GRACE_S POLL_S CONTAINER ARGV...` (see
-`carla_server.watched`): it forks a watchdog child, then execs ARGV (the server) in its own place, so
+Run as `python -I -S watchdog.py SUPERVISOR_PID GRACE_S POLL_S CONTAINER ARGV...` (see
+`rollout_workers.carla.server.watched`): it forks a watchdog child, then execs ARGV (the server) in its own place, so
 the server keeps this process's pid and group. Isolated (-I -S) so that it starts fast and imports
-nothing of the environment it watches; it finds `procfs` next to this file.
+nothing of the environment it watches; it reads `procfs` from learner/common/ by path.
 
 The watchdog is no child of the supervisor: Ray kills a dead worker's children, which would otherwise
 take the watchdog down before it acts. It ignores SIGTERM once it acts, since it sends SIGTERM to its own group, and it polls the
@@ -21,10 +21,11 @@ import subprocess
 import sys
 import time
 
-if __package__:  # imported as rollout_workers.carla_watchdog (tests, tools)
+if __package__:  # imported as rollout_workers.carla.watchdog (tests, tools)
     from learner.common import procfs
 else:  # run by file path in an isolated interpreter: procfs is read as a file of learner/common/
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "learner", "common"))
+    _root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.join(_root, "learner", "common"))
     import procfs  # type: ignore[no-redef]
 
 
