@@ -45,12 +45,12 @@ from checkpoint_store.manifest import (
 )
 from checkpoint_store.retention import RetentionPolicy, RetentionReport, select
 from learner.common.errors import StoreError
+from learner.common.interfaces import FileValue
 
 log = logging.getLogger(__name__)
 
 META_KEYS = {"learner_updates", "env_steps", "config", "metrics", "notes", "created"}
 TAG_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-FileValue = bytes | str
 """Bytes to store, or 'sha256:<hex>' naming a blob already in the store."""
 
 

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -44,14 +44,44 @@ from checkpoint_store.fs import scrub
 from checkpoint_store.lease import LEASE_TTL_S, LeaseHeldError, StoreLease
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.retention import RetentionPolicy
-from checkpoint_store.store import FileValue, SnapshotStore
+from checkpoint_store.store import SnapshotStore
 from learner.common.errors import StoreError
 from learner.common.heap import libc_function
+from learner.common.interfaces import ReplayFiles, SnapshotState
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+    from ray.actor import ActorHandle
 
 log = logging.getLogger(__name__)
 
 _NUMPY_DTYPES = {torch.float32, torch.float64, torch.float16, torch.int64, torch.int32, torch.int16,
                  torch.int8, torch.uint8, torch.bool}
+
+
+@dataclass(frozen=True)
+class WriterStatus:
+    """The checkpoint writer's state, as the run's driver and the benchmarks read it."""
+
+    saves_done: int
+    superseded: int
+    """Saves replaced by a newer one before they started."""
+    errors: int
+    retries: int
+    last_save_s: float | None
+    last_save_bytes: int | None
+    last_latency_s: float | None
+    """Submit to stored, for the last save."""
+    last_version: str | None
+    last_error: str | None
+    last_failed: bool
+    """The last save failed after all its retries: the run stops (`raise_if_store_failed`)."""
+    max_retries: int
+    in_flight: bool
+    lease_held: bool
+    pending: bool
+    store: str
+    """The store's URI, credentials redacted."""
 
 
 class CheckpointError(StoreError, RuntimeError):
@@ -93,8 +123,8 @@ def ray_payload(state: Any) -> Any:
     return state
 
 
-def submit_snapshot(writer: Any, agent_state: Any, meta: Mapping[str, Any],
-                    files: Mapping[str, FileValue] | None = None) -> Any:
+def submit_snapshot(writer: ActorHandle, agent_state: SnapshotState, meta: Mapping[str, Any],
+                    files: ReplayFiles | None = None) -> ObjectRef:
     """Learner side: hand `agent_state` (`live_state(agent)` or `agent.state()`) to the writer actor.
 
     Returns the ObjectRef of the `submit` call without waiting for it. The actor runs calls on
@@ -116,8 +146,8 @@ def stage_into(buffers: Any, state: Any) -> Any:
             return buffers.copy_(src)
         return src.to("cpu", copy=True)
     if isinstance(state, dict):
-        old = buffers if isinstance(buffers, dict) else {}
-        return {k: stage_into(old.get(k), v) for k, v in state.items()}
+        olds: dict[Any, Any] = buffers if isinstance(buffers, dict) else {}
+        return {k: stage_into(olds.get(k), v) for k, v in state.items()}
     if isinstance(state, (list, tuple)):
         old = list(buffers) if isinstance(buffers, (list, tuple)) and len(buffers) == len(state) else [None] * len(state)
         return type(state)(stage_into(b, v) for b, v in zip(old, state))
@@ -155,8 +185,8 @@ class SnapshotStager:
         self._ref: Any = None
         self._error: BaseException | None = None
 
-    def submit(self, writer: Any, agent_state: Any, meta: Mapping[str, Any],
-               files: Mapping[str, FileValue] | Callable[[], Mapping[str, FileValue]] | None = None) -> None:
+    def submit(self, writer: ActorHandle, agent_state: SnapshotState, meta: Mapping[str, Any],
+               files: ReplayFiles | Callable[[], ReplayFiles] | None = None) -> None:
         """Copy `agent_state` (e.g. `live_state(agent)`) and return; the hand-over runs behind.
 
         `files` may be a callable: it is called on the hand-over thread (e.g. to encode the replay
@@ -178,7 +208,7 @@ class SnapshotStager:
         self._thread = threading.Thread(target=hand_over, name="snapshot-put", daemon=True)
         self._thread.start()
 
-    def wait(self, timeout_s: float | None = None) -> Any:
+    def wait(self, timeout_s: float | None = None) -> ObjectRef | None:
         """Block until the last staged snapshot was handed to the writer; its `submit` ref (None
         before the first). Raises what the hand-over raised."""
         if self._thread is not None:
@@ -196,7 +226,7 @@ class SnapshotStager:
 class _Request:
     state: Any
     meta: dict[str, Any]
-    files: Mapping[str, FileValue] | None
+    files: ReplayFiles | None
     tags: tuple[str, ...]
     submitted: float = field(default_factory=time.monotonic)
 
@@ -225,7 +255,7 @@ class CheckpointWriter:
         self._last: Manifest | None = None
         self._last_error: str | None = None
         self._last_failed = False
-        self._stats = {"saves_done": 0, "superseded": 0, "errors": 0, "retries": 0, "last_save_s": None,
+        self._stats: dict[str, Any] = {"saves_done": 0, "superseded": 0, "errors": 0, "retries": 0, "last_save_s": None,
                        "last_save_bytes": None, "last_latency_s": None}
         self.lease = StoreLease(self.store.root, owner, run, lease_ttl_s)
         self._lease_error: str | None = None
@@ -249,8 +279,8 @@ class CheckpointWriter:
             raise LeaseHeldError(self._lease_error)
         self.lease.check()
 
-    def submit(self, state: Any, meta: Mapping[str, Any] | None = None,
-               files: Mapping[str, FileValue] | None = None, tags: Sequence[str] = ()) -> None:
+    def submit(self, state: SnapshotState | list[ObjectRef], meta: Mapping[str, Any] | None = None,
+               files: ReplayFiles | None = None, tags: Sequence[str] = ()) -> None:
         """Queue a save and return at once. `state` may be `[ObjectRef]` (resolved in the writer thread)."""
         with self._cond:
             if self._closing:
@@ -287,13 +317,13 @@ class CheckpointWriter:
         self._check_lease()
         return self.store.tag(ref, name)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> WriterStatus:
         """Last version, saves done, superseded count, last save seconds and bytes, errors."""
         with self._cond:
-            return {**self._stats, "last_version": self._last.version if self._last else None,
-                    "last_error": self._last_error, "last_failed": self._last_failed, "max_retries": self.retries,
-                    "in_flight": self._in_flight, "lease_held": self.lease.held,
-                    "pending": self._pending is not None, "store": self.store.uri}
+            return WriterStatus(**self._stats, last_version=self._last.version if self._last else None,
+                                last_error=self._last_error, last_failed=self._last_failed, max_retries=self.retries,
+                                in_flight=self._in_flight, lease_held=self.lease.held,
+                                pending=self._pending is not None, store=self.store.uri)
 
     def close(self, timeout: float | None = 60.0) -> None:
         """Finish the running and queued saves, stop the thread, then release the store's lease."""

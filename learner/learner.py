@@ -1,9 +1,9 @@
 """The learner loop: holds the replay ratio, publishes weights, hands snapshots to the writer.
 
 Plain Python: the same class runs inside a Ray actor (`ray.remote(num_gpus=1)(Learner)`)
-or in one process (`fleet train --local`). What differs is the `DataSource` it pulls
-new transitions from and the `SnapshotSink` it hands state to; both are small
-callables wired in `cluster/runtime/ray_run.py`.
+or in one process (`fleet train --local`). What differs is the `ChunkSource` it pulls
+new transitions from and the `SnapshotSink` it hands state to (learner/common/interfaces.py);
+both are small callables wired in cluster/runtime/ (`ray_run.py`, `local.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from learner.common import heap, mkl_amd
+from learner.common.chunks import Chunk
+from learner.common.interfaces import ChunkSource, SnapshotMeta, SnapshotSink, SnapshotState, Weights
 from learner.networks import NetworkConfig
 from learner.replay import ReplayConfig, ReplayMemory
 from learner.replay.segments import SegmentExporter, load
@@ -30,10 +32,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DataSource = Callable[[], list[Any]]
-"""Returns the chunks added to the shared replay since the last call (possibly none)."""
-SnapshotSink = Callable[[dict[str, Any], dict[str, Any]], None]
-"""Takes (cpu state, meta) and returns at once; the writer does the I/O."""
+
+@dataclass
+class LearnerStats:
+    """The learner's counters, as the run's driver, the progress display and the benchmarks read them."""
+
+    learner_updates: int
+    env_steps: int
+    """Env steps in the memory's count (pulled and added)."""
+    metrics: dict[str, float]
+    """The latest update's metrics (losses, Q values, ...), and `policy_version`."""
+    replay_size: int
+    dropped_steps: int
+    """Steps the memory refused (non-finite) or could not place (orphaned)."""
+    snapshot_block_ms_median: float | None = None
+    """Median time a snapshot held up the training loop; None before the first."""
+    snapshots: int = 0
+
 
 
 @dataclass(frozen=True)
@@ -112,7 +127,7 @@ class Learner:
         self.policy_version = 0
         self.best_eval: float | None = None
         """Best driving score of periodic evaluation so far (the `best` tag's); travels in snapshots."""
-        self._weights: tuple[int, dict[str, Any]] | None = None
+        self._weights: Weights | None = None
         self._metrics: dict[str, float] = {}
         self._lags: list[float] = []
         self._lock = threading.Lock()
@@ -145,7 +160,7 @@ class Learner:
     def updates(self) -> int:
         return self.agent.total_it.value
 
-    def ingest(self, chunks: list[Any]) -> int:
+    def ingest(self, chunks: list[Chunk]) -> int:
         if not self._replay_idle.is_set():  # an export reads the rings in place: new steps wait
             self._held.extend(chunks)
             return 0
@@ -186,12 +201,13 @@ class Learner:
         anchor_steps, anchor_updates = self._anchor
         return max(anchor_steps, self.cfg.learning_starts - 1), anchor_updates
 
-    def step(self, source: DataSource, sink: SnapshotSink | None = None) -> int:
+    def step(self, source: ChunkSource, sink: SnapshotSink | None = None) -> int:
         """Pull new data, run the updates the ratio allows (at most updates_per_call). Returns updates done."""
         self.ingest(source())
         n = min(self.updates_allowed(), self.cfg.updates_per_call)
         for _ in range(n):
-            batch, idx = self.memory.sample(self.agent.cfg.batch_size, self.rng)
+            sample = self.memory.sample(self.agent.cfg.batch_size, self.rng)
+            batch, idx = sample.batch, sample.ids
             metrics = self.agent.update(batch)
             td_abs = metrics.pop("td_abs")
             if self.memory.cfg.prioritized:
@@ -227,16 +243,17 @@ class Learner:
         weights = self.agent.policy_weights()
         with self._lock:
             self.policy_version += 1
-            self._weights = (self.policy_version, weights)
+            self._weights = Weights(self.policy_version, weights)
 
-    def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
-        """Newest published weights when newer than `version`, else None (cheap for polling workers)."""
+    def weights_if_newer(self, version: int) -> Weights | None:
+        """Newest published weights when newer than `version`, else None (cheap for polling workers):
+        a `WeightSource`."""
         with self._lock:
-            if self._weights is None or self._weights[0] <= version:
+            if self._weights is None or self._weights.version <= version:
                 return None
             return self._weights
 
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> SnapshotMeta:
         with self._lock:
             metrics = dict(self._metrics)
         metrics["policy_version"] = self.policy_version
@@ -281,7 +298,7 @@ class Learner:
         self.record(snapshot_block_ms=blocked)
         self._snapshot_at = time.monotonic()
 
-    def restore(self, state: dict[str, Any], replay_files: dict[str, bytes] | None = None) -> None:
+    def restore(self, state: SnapshotState, replay_files: dict[str, bytes] | None = None) -> None:
         """Continue from a snapshot: agent parts strictly, the learner's counters, and the replay if saved."""
         if replay_files:
             self.memory.drop_device_frames()  # never two GPU frame rings at once
@@ -309,11 +326,9 @@ class Learner:
         """The replay-ratio schedule a snapshot carries: its anchor, and the settings it holds for."""
         return {"anchor": list(self._anchor), "of": [self.cfg.replay_ratio, self.cfg.learning_starts]}
 
-    def stats(self) -> dict[str, Any]:
-        out = self.meta()
-        out["replay_size"] = len(self.memory)
-        out["dropped_steps"] = self.dropped_steps
-        if self.snapshot_block_ms:
-            out["snapshot_block_ms_median"] = round(float(np.median(self.snapshot_block_ms)), 1)
-            out["snapshots"] = len(self.snapshot_block_ms)
-        return out
+    def stats(self) -> LearnerStats:
+        meta = self.meta()
+        blocked = round(float(np.median(self.snapshot_block_ms)), 1) if self.snapshot_block_ms else None
+        return LearnerStats(learner_updates=meta["learner_updates"], env_steps=meta["env_steps"],
+                            metrics=meta["metrics"], replay_size=len(self.memory), dropped_steps=self.dropped_steps,
+                            snapshot_block_ms_median=blocked, snapshots=len(self.snapshot_block_ms))

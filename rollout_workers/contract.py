@@ -1,4 +1,4 @@
-"""The observation/action contract every environment obeys (ARCHITECTURE.md).
+"""The observation/action contract every environment obeys.
 
 - image: uint8 (4, 84, 84), the four most recent grayscale frames, oldest first
 - vector: float32 (3 + 2W,): speed, lateral deviation, heading error, then W

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from learner.common.interfaces import MakeEnv, PolicyParams
 from learner.networks import NetworkConfig, Policy
 from rollout_workers.scripted import run_episodes
-from rollout_workers.worker import MakeEnv
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class EvaluationWorker:
         self.env_factory = env_factory
         self.policy = Policy(net_cfg)
 
-    def load(self, weights: dict[str, Any]) -> None:
+    def load(self, weights: PolicyParams) -> None:
         self.policy.load_components(weights)
 
     def run(self, seeds: Sequence[int]) -> list[dict[str, float]]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,16 +16,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from learner.common.interfaces import ChunkSink, MakeEnv, Weights, WeightsPoll
 from learner.networks import NetworkConfig, Policy
 from learner.replay import ChunkBuilder
 from rollout_workers.exploration import ExplorationConfig, noise_std, warmup_action
 
 log = logging.getLogger(__name__)
-
-MakeEnv = Callable[[int], gym.Env]
-"""Builds an environment from a seed."""
-Sink = Callable[[Any], None]
-WeightsPoll = Callable[[int], "tuple[int, dict[str, Any]] | None"]
 
 
 @dataclass(frozen=True)
@@ -94,9 +89,9 @@ class RolloutWorker:
         return (steps < 0 or self.total_steps - steps >= self.cfg.weight_sync_every
                 or time.monotonic() - at >= self.cfg.weight_sync_s)
 
-    def set_weights(self, version: int, weights: dict[str, Any]) -> None:
-        self.policy.load_components(weights)
-        self.policy_version = version
+    def set_weights(self, weights: Weights) -> None:
+        self.policy.load_components(weights.params)
+        self.policy_version = weights.version
 
     def _new_env(self) -> None:
         if self.env is not None:
@@ -123,9 +118,10 @@ class RolloutWorker:
         if self.policy_version == 0:  # no learned policy yet: throttle-biased warm-up
             return warmup_action(self.rng, self.exploration)
         std = noise_std(self.exploration, self.total_steps)
+        assert self.obs is not None  # collect resets the env first
         return self.policy.act(self.obs["image"], self.obs["vector"], std, self.rng)
 
-    def collect(self, num_steps: int, sink: Sink, weights: WeightsPoll | None = None) -> WorkerReport:
+    def collect(self, num_steps: int, sink: ChunkSink, weights: WeightsPoll | None = None) -> WorkerReport:
         """Run `num_steps` env steps, pushing full chunks to `sink`; survives env failures."""
         report = WorkerReport(self.worker_id)
         start = time.perf_counter()
@@ -134,7 +130,7 @@ class RolloutWorker:
                 self._asked_at = (self.total_steps, time.monotonic())
                 newer = weights(self.policy_version)
                 if newer is not None:
-                    self.set_weights(*newer)
+                    self.set_weights(newer)
             try:
                 if self.obs is None:
                     self._reset()
@@ -154,12 +150,12 @@ class RolloutWorker:
                 report.episodes.append(self._finish_episode(info))
                 self.obs = None
             if self.builder.ready():
-                sink(self.builder.flush())
+                self.flush(sink)
         report.policy_version = self.policy_version
         report.steps_per_s = report.env_steps / max(time.perf_counter() - start, 1e-9)
         return report
 
-    def flush(self, sink: Sink) -> None:
+    def flush(self, sink: ChunkSink) -> None:
         chunk = self.builder.flush()
         if chunk is not None:
             sink(chunk)
@@ -192,6 +188,6 @@ class RolloutWorker:
         if self.env is not None:
             self._close_env()
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, int]:
         return {"worker_id": self.worker_id, "env_steps": self.total_steps,
                 "env_failures": self.total_failures, "policy_version": self.policy_version}

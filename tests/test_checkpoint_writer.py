@@ -43,7 +43,7 @@ def test_submit_returns_at_once_and_a_newer_request_supersedes_a_waiting_one(tmp
     writer.store._after_write = lambda path: gate.wait(10)  # hold the first save in flight
     writer.submit(small_state(1), {"learner_updates": 1})
     deadline = time.monotonic() + 10
-    while not writer.status()["in_flight"] and time.monotonic() < deadline:
+    while not writer.status().in_flight and time.monotonic() < deadline:
         time.sleep(0.005)
     for i in range(2, 6):
         writer.submit(small_state(i), {"learner_updates": i})
@@ -52,9 +52,9 @@ def test_submit_returns_at_once_and_a_newer_request_supersedes_a_waiting_one(tmp
     manifest = writer.wait(timeout=30)
     status = writer.status()
     assert manifest is not None and manifest.learner_updates == 5
-    assert status["saves_done"] == 2 and status["superseded"] == 3 and status["errors"] == 0
-    assert status["last_version"] == manifest.version and manifest.version.startswith("v00000002-")
-    assert status["last_save_bytes"] > 0
+    assert status.saves_done == 2 and status.superseded == 3 and status.errors == 0
+    assert status.last_version == manifest.version and manifest.version.startswith("v00000002-")
+    assert status.last_save_bytes > 0
     assert [m.learner_updates for m in SnapshotStore(str(tmp_path / "store")).list()] == [1, 5]
     writer.close()
 
@@ -64,7 +64,7 @@ def test_a_failed_save_is_reported_not_swallowed(tmp_path):
     writer.submit({"bad": object()}, {"learner_updates": 1})
     with pytest.raises(CheckpointError, match="bad"):
         writer.wait(timeout=30)
-    assert writer.status()["errors"] == 1
+    assert writer.status().errors == 1
     writer.submit(small_state(2), {"learner_updates": 2})
     assert writer.wait(timeout=30).learner_updates == 2
     writer.close()
@@ -128,7 +128,7 @@ def test_through_a_ray_actor_the_learner_hands_over_an_object_ref(tmp_path):
         last = ray.get(writer.wait.remote(60))
     finally:
         ray.shutdown()
-    assert manifest.learner_updates == 2 and status["saves_done"] == 1
+    assert manifest.learner_updates == 2 and status.saves_done == 1
     store = SnapshotStore(str(tmp_path / "store"), create=False)
     assert assert_same(expected, store.get(manifest.version).state) > 100
     assert last.learner_updates == 4 and assert_same(staged[-1], store.get("latest").state) > 100

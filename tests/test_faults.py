@@ -82,7 +82,7 @@ def test_checkpoint_actor_killed_during_saves_keeps_latest_loadable(tmp_path, ra
     writer = ray.get_actor("killc-checkpoint")
     # Kill while a save is running: the writer reports one in flight (or very soon).
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not ray.get(writer.status.remote()).get("in_flight"):
+    while time.monotonic() < deadline and not ray.get(writer.status.remote()).in_flight:
         time.sleep(0.01)
     before = versions(uri)
     ray.kill(writer, no_restart=False)

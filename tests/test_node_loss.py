@@ -35,10 +35,12 @@ def cfg_for(tmp_path: Path, address: str, **over) -> experiment.ExperimentConfig
 
 
 def learner_stats(name: str) -> dict:
+    import dataclasses
+
     import ray
 
     try:
-        return ray.get(ray.get_actor(f"{name}-learner").stats.remote(), timeout=10)
+        return dataclasses.asdict(ray.get(ray.get_actor(f"{name}-learner").stats.remote(), timeout=10))
     except Exception:  # not created yet, or gone
         return {}
 

@@ -115,7 +115,7 @@ def test_a_slow_learner_holds_the_workers_back_and_the_object_store_neither_fill
             stats = get_memory_info_reply(state).store_stats
             try:
                 learner = learner or ray.get_actor("slow-learner")
-                ahead = ray.get(learner.stats.remote(), timeout=10)["steps_ahead"]
+                ahead = ray.get(learner.stats.remote(), timeout=10).steps_ahead
             except Exception:  # not started yet, or stopped
                 ahead = -1
             samples.append((stats.object_store_bytes_used, stats.spilled_bytes_total,

@@ -10,6 +10,7 @@ import pytest
 import torch
 from test_replay_support import FakeStream, V, episode_chunks
 
+from learner.common.errors import FleetError
 from learner.replay import ReplayConfig, ReplayMemory
 from learner.replay.segments import SegmentExporter, load
 
@@ -100,18 +101,20 @@ def test_export_rewrites_only_dirty_segments() -> None:
 
 
 def test_restore_rejects_other_layouts_and_missing_segments() -> None:
+    """Each is an error the command line prints in one line (a FleetError): a resume with another replay
+    config used to end in a traceback."""
     mem = ReplayMemory(ReplayConfig(capacity=32, segment_steps=16), V, 0.9)
     for c in episode_chunks(20, chunk_steps=10, p_end=0.0):
         mem.add(c)
     files = SegmentExporter(mem).export()
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(FleetError, match="capacity"):
         load(ReplayConfig(capacity=64, segment_steps=16), V, 0.9, files)
-    with pytest.raises(ValueError, match="gamma"):
+    with pytest.raises(FleetError, match="gamma"):
         load(ReplayConfig(capacity=32, segment_steps=16), V, 0.99, files)
     del files["replay/frames-00001.arrow"]
-    with pytest.raises(ValueError, match="frames-00001"):
+    with pytest.raises(FleetError, match="frames-00001"):
         load(ReplayConfig(capacity=32, segment_steps=16), V, 0.9, files)
-    with pytest.raises(ValueError, match="header"):
+    with pytest.raises(FleetError, match="header"):
         load(ReplayConfig(capacity=32), V, 0.9, {"actor.tensors": b""})
 
 

@@ -386,7 +386,7 @@ def test_steps_the_memory_drops_do_not_hold_the_workers_back_forever(tmp_path):
     chunks[2].reward[:30] = float("nan")
     assert learner.ingest(chunks) == 270 and learner.dropped_steps == 30
     assert learner.steps_ahead(300) == learner.steps_ahead(270) == 270 - 99
-    assert learner.stats()["dropped_steps"] == 30
+    assert learner.stats().dropped_steps == 30
 
 
 def test_a_sigterm_whose_raise_is_swallowed_still_stops_the_run(tmp_path, monkeypatch):

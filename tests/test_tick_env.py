@@ -65,7 +65,7 @@ def test_a_worker_at_a_simulators_pace_asks_for_weights_by_time_and_takes_an_ans
     poll = Poll()
     worker = RolloutWorker(0, lambda seed: TickEnv(seed, tick_s=0.05), NetworkConfig(), ExplorationConfig(),
                            WorkerConfig(weight_sync_every=100, weight_sync_s=0.5), seed=0)
-    worker.set_weights = lambda version, weights: taken.append(worker.total_steps)  # type: ignore[method-assign]
+    worker.set_weights = lambda weights: taken.append(worker.total_steps)  # type: ignore[method-assign]
     taken: list[int] = []
     start = time.monotonic()
     report = worker.collect(40, lambda chunk: None, poll)  # 2 s at 20 Hz: 40 steps, far fewer than 100

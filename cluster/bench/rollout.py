@@ -96,7 +96,7 @@ def system_rate(workers: int, window_s: float, windows: int, overrides: dict) ->
             while True:  # until the workers act with published weights
                 runner.poll(status, metrics)
                 stats = ray.get(runner.learner.stats.remote())
-                if stats["metrics"].get("policy_version", 0) > 0:
+                if stats.metrics.get("policy_version", 0) > 0:
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError("the learner published no weights within 600 s")

@@ -234,8 +234,8 @@ class RefIngest:
     def stop(self) -> None:
         self._stop = True
 
-    def stats(self) -> dict[str, Any]:
-        return {"env_steps": self.learner.env_steps, "dropped_steps": self.learner.dropped_steps}
+    def stats(self) -> Any:
+        return self.learner.stats()
 
 
 def _base_config(tmp: str, name: str, overrides: dict[str, Any]) -> Any:
@@ -284,9 +284,9 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     time.sleep(warm)
     rates, cpu = [], []
     for _ in range(windows):
-        s0, c0, t0 = ray.get(learner.stats.remote())["env_steps"], _cpu_s(pids), time.monotonic()
+        s0, c0, t0 = ray.get(learner.stats.remote()).env_steps, _cpu_s(pids), time.monotonic()
         time.sleep(window_s)
-        s1, c1, t1 = ray.get(learner.stats.remote())["env_steps"], _cpu_s(pids), time.monotonic()
+        s1, c1, t1 = ray.get(learner.stats.remote()).env_steps, _cpu_s(pids), time.monotonic()
         rates.append((s1 - s0) / (t1 - t0))
         cpu.append({k: (c1[k] - c0[k]) / (t1 - t0) for k in pids})
     sent = sum(ray.get(runs, timeout=600))
@@ -300,7 +300,7 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     busiest = max(("producers", "replay", "learner"), key=lambda k: load[k] / max(len(pids[k]), 1))
     return {"path": path, "chunk_steps": chunk_steps, "producers": producers,
             "sampleable_steps_per_s": statistics.median(rates), "windows_steps_per_s": [round(r) for r in rates],
-            "steps_sent": sent, "steps_in_memory": stats["env_steps"], "dropped_steps": stats.get("dropped_steps"),
+            "steps_sent": sent, "steps_in_memory": stats.env_steps, "dropped_steps": stats.dropped_steps,
             "cpu_cores": {k: round(v, 3) for k, v in load.items()},
             "cpu_cores_total": round(sum(load.values()), 3),
             "busiest_process": busiest, "busiest_process_cores": round(load[busiest] / max(len(pids[busiest]), 1), 3)}
@@ -394,7 +394,7 @@ def scaling_point(cluster: Any, tmp: str, workers: int, tick_ms: int, window_s: 
         time.sleep(2.0)  # the learner pulls the last chunks from the replay actor
         runner.learner.stop.remote()
         ray.wait([runner.learner_run], timeout=120)
-        ingested = ray.get(runner.learner.stats.remote())["env_steps"]
+        ingested = ray.get(runner.learner.stats.remote()).env_steps
     finally:
         runner.close()
         metrics.close()

@@ -92,7 +92,7 @@ def _blocking(agent: TD3Agent, workdir: Path, repeats: int) -> dict[str, Any]:
             ray.get(submitted)  # order the wait below after the submit (the actor is threaded)
             ray.get(writer.wait.remote(120))
             (first if r < warmup else blocking).append(dt * 1e3)
-            saves.append(ray.get(writer.status.remote())["last_save_s"])
+            saves.append(ray.get(writer.status.remote()).last_save_s)
         status = ray.get(writer.status.remote())
     finally:
         ray.shutdown()
@@ -103,7 +103,7 @@ def _blocking(agent: TD3Agent, workdir: Path, repeats: int) -> dict[str, Any]:
         torch_save.append((time.perf_counter() - t0) * 1e3)
     return {"blocking_ms": statistics.median(blocking), "torch_save_ms": statistics.median(torch_save),
             "blocking_samples_ms": blocking, "blocking_warmup_ms": first, "torch_save_samples_ms": torch_save,
-            "actor_save_s": statistics.median(saves), "actor_saves_done": status["saves_done"]}
+            "actor_save_s": statistics.median(saves), "actor_saves_done": status.saves_done}
 
 
 def run_bench(repeats: int = 5) -> dict[str, Any]:

@@ -9,14 +9,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import ray
 import torch
+from ray import ObjectRef
+from ray.actor import ActorHandle
 
 from checkpoint_store.writer import SnapshotStager
 from cluster.runtime.envs import make_factory
-from learner.learner import Learner
+from learner.common.chunks import Chunk
+from learner.common.interfaces import PolicyParams, ReplayFiles, SnapshotMeta, SnapshotState, Weights
+from learner.learner import Learner, LearnerStats
 from learner.replay import BoundedSender
 from rollout_workers.evaluation import EvaluationWorker
 from rollout_workers.worker import RolloutWorker, WorkerReport
@@ -25,6 +31,22 @@ if TYPE_CHECKING:
     from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunStats(LearnerStats):
+    """The learner actor's stats: the learner's, and what it knows of the run's workers."""
+
+    worker_restarts: int = 0
+    """Worker (re)starts beyond the first of each (a node lost, an actor killed)."""
+    collected_steps: int = 0
+    """Env steps the workers reported collecting (ahead of `env_steps` by what is in flight)."""
+    steps_ahead: int = 0
+    """How far collection is ahead of the replay ratio; the workers wait beyond `run.max_ahead_steps`."""
+    worker_nodes: dict[int, str] = field(default_factory=dict)
+    """Worker id -> the node it runs on now."""
+    workers_paused_s: float = 0.0
+    """Time the workers were held back by the ratio."""
 
 
 PULL_IDLE_S = 0.02
@@ -37,15 +59,15 @@ class WeightsPoller:
     A call sends an ask when none is in flight; while one is (`in_flight`), the worker calls every step
     and the answer is taken at the first call that finds it ready."""
 
-    def __init__(self, learner: Any) -> None:
+    def __init__(self, learner: ActorHandle) -> None:
         self.learner = learner
-        self._pending: Any = None
+        self._pending: ObjectRef | None = None
 
     @property
     def in_flight(self) -> bool:
         return self._pending is not None
 
-    def __call__(self, version: int) -> tuple[int, dict[str, Any]] | None:
+    def __call__(self, version: int) -> Weights | None:
         if self._pending is None:
             self._pending = self.learner.weights_if_newer.remote(version)
             return None
@@ -64,15 +86,15 @@ class WorkerActor:
         self.learner = learner
         # Every (re)start is counted (restarts = starts - workers), with the node it runs on now.
         learner.register_worker.remote(worker_id, ray.get_runtime_context().get_node_id())
-        self.worker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network, cfg.exploration,
-                                    cfg.worker, seed=cfg.run.seed)
-        self.sender = BoundedSender(lambda chunk: replay.add.remote(chunk), cfg.worker.max_in_flight)
+        self.worker: RolloutWorker = RolloutWorker(worker_id, make_factory(cfg, worker_id), cfg.network,
+                                                   cfg.exploration, cfg.worker, seed=cfg.run.seed)
+        self.sender: BoundedSender = BoundedSender(lambda chunk: replay.add.remote(chunk), cfg.worker.max_in_flight)
         self.poll = WeightsPoller(learner)
-        self._stop = threading.Event()
+        self._stop: threading.Event = threading.Event()
         self._reports: list[WorkerReport] = []
-        self._lock = threading.Lock()
+        self._lock: threading.Lock = threading.Lock()
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> dict[str, int]:
         """Collect until stopped, or until the learner says collection is over, pacing to its replay ratio.
 
         A stop that arrived first is kept: Ray retries both calls on a restarted actor (a lost node), in
@@ -80,7 +102,7 @@ class WorkerActor:
         try:
             unreported = 0
             while not self._stop.is_set():
-                ahead = ray.get(self.learner.ahead_steps.remote(unreported))
+                ahead = cast("int | None", ray.get(self.learner.ahead_steps.remote(unreported)))
                 unreported = 0
                 if ahead is None:  # the run has ended its collection
                     break
@@ -109,7 +131,8 @@ class WorkerActor:
 class LearnerActor:
     """Runs the learner loop in a thread of the actor so stats and weights stay answerable."""
 
-    def __init__(self, cfg: ExperimentConfig, replay: Any, writer: Any, restore: dict[str, Any] | None = None,
+    def __init__(self, cfg: ExperimentConfig, replay: ActorHandle, writer: ActorHandle,
+                 restore: SnapshotState | None = None,
                  files: dict[str, bytes] | None = None) -> None:
         self.cfg = cfg
         self.replay = replay
@@ -123,7 +146,7 @@ class LearnerActor:
         # The replay actor was started at the restored replay's chunk count: the learner pulls from there.
         self._cursor = self.learner.memory.chunks_added
         self.collected = self.learner.env_steps  # steps the workers reported (restored runs: from here)
-        self._pending: Any = None
+        self._pending: ObjectRef | None = None
         self._next_pull_at = 0.0  # monotonic time before which no new pull is sent (after an empty one)
         self._stager = SnapshotStager()
         self._stop = threading.Event()
@@ -137,7 +160,7 @@ class LearnerActor:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def _pull(self) -> list[Any]:
+    def _pull(self) -> list[Chunk]:
         """New chunks from the replay actor: one pull in flight at a time, taken only when ready.
 
         After a pull that brought nothing the next one waits PULL_IDLE_S, sleeping if no update is due:
@@ -155,18 +178,19 @@ class LearnerActor:
         ready, _ = ray.wait([self._pending], timeout=wait)
         if not ready:
             return []
-        chunks, self._cursor = ray.get(self._pending)
+        pulled = ray.get(self._pending)
+        chunks, self._cursor = pulled.chunks, pulled.cursor
         self._pending = None
         if not chunks:
             self._next_pull_at = time.monotonic() + PULL_IDLE_S
         return chunks
 
-    def _sink(self, state: dict[str, Any], meta: dict[str, Any]) -> None:
+    def _sink(self, state: SnapshotState, meta: SnapshotMeta) -> None:
         files = self._replay_files() if self.cfg.learner.save_replay else None
         self._stager.submit(self.writer, state, dict(meta, config=self.cfg.public_dict()), files)
         self.snapshots += 1
 
-    def _replay_files(self) -> Any:
+    def _replay_files(self) -> Callable[[], ReplayFiles]:
         """The learner's memory at this snapshot, encoded on the stager's hand-over thread.
 
         Only segments changed since the writer's last *stored* version are encoded (a superseded save
@@ -174,10 +198,10 @@ class LearnerActor:
         """
         export, writer, learner = self.learner.export_replay_later(), self.writer, self.learner
 
-        def encode() -> dict[str, Any]:
+        def encode() -> ReplayFiles:
             start = time.perf_counter()
             try:
-                previous = ray.get(writer.stored_files.remote(), timeout=120)
+                previous = cast("dict[str, str]", ray.get(writer.stored_files.remote(), timeout=120))
             except Exception as exc:  # noqa: BLE001 -- encode everything rather than lose the replay
                 log.warning("could not ask the checkpoint writer what it stored (%r); sending the whole replay",
                             exc)
@@ -189,7 +213,7 @@ class LearnerActor:
 
         return encode
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> LearnerStats:
         while not self._stop.is_set():
             self.learner.step(self._pull, self._sink)
         return self.learner.stats()
@@ -197,7 +221,7 @@ class LearnerActor:
     def stop(self) -> None:
         self._stop.set()
 
-    def catch_up(self, timeout_s: float, updates: bool = True) -> dict[str, Any]:
+    def catch_up(self, timeout_s: float, updates: bool = True) -> LearnerStats:
         """After the workers stop: finish the updates the ratio still owes (unless `updates` is False,
         as on an interrupt), then a final snapshot."""
         deadline = time.monotonic() + timeout_s
@@ -217,7 +241,9 @@ class LearnerActor:
         for attempt in range(3):
             self.learner.snapshot(self._sink)
             try:
-                ray.get(self._stager.wait(), timeout=max(deadline - time.monotonic(), 60))
+                submitted = self._stager.wait()  # the snapshot just staged: never None here
+                if submitted is not None:
+                    ray.get(submitted, timeout=max(deadline - time.monotonic(), 60))
                 break
             except ray.exceptions.RayActorError as exc:
                 log.warning("final snapshot not accepted by the checkpoint writer (%s); retry %d", exc, attempt + 1)
@@ -244,7 +270,7 @@ class LearnerActor:
         """The run has its env steps: every worker's loop, a restarted one's too, ends at its next ask."""
         self._collection_over = True
 
-    def weights_if_newer(self, version: int) -> tuple[int, dict[str, Any]] | None:
+    def weights_if_newer(self, version: int) -> Weights | None:
         return self.learner.weights_if_newer(version)
 
     def note_best_eval(self, score: float) -> None:
@@ -255,20 +281,17 @@ class LearnerActor:
         self.worker_starts[worker_id] = self.worker_starts.get(worker_id, 0) + 1
         self.worker_nodes[worker_id] = node_id
 
-    def stats(self) -> dict[str, Any]:
-        out = self.learner.stats()
-        out["worker_restarts"] = sum(n - 1 for n in self.worker_starts.values())
-        out["collected_steps"] = self.collected
-        out["steps_ahead"] = self.learner.steps_ahead(self.collected)
-        out["worker_nodes"] = dict(self.worker_nodes)
-        out["workers_paused_s"] = round(self._paused_s, 1)
-        return out
+    def stats(self) -> RunStats:
+        return RunStats(**vars(self.learner.stats()),
+                        worker_restarts=sum(n - 1 for n in self.worker_starts.values()),
+                        collected_steps=self.collected, steps_ahead=self.learner.steps_ahead(self.collected),
+                        worker_nodes=dict(self.worker_nodes), workers_paused_s=round(self._paused_s, 1))
 
 
 class EvaluatorActor:
     def __init__(self, cfg: ExperimentConfig, worker_index: int) -> None:
         self.worker = EvaluationWorker(make_factory(cfg, worker_index), cfg.network)
 
-    def run(self, weights: dict[str, Any], seeds: list[int]) -> list[dict[str, float]]:
+    def run(self, weights: PolicyParams, seeds: list[int]) -> list[dict[str, float]]:
         self.worker.load(weights)
         return self.worker.run(seeds)

@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from checkpoint_store.fs import abandon
-from checkpoint_store.writer import CheckpointWriter, snapshot_state
+from checkpoint_store.writer import CheckpointWriter, WriterStatus, snapshot_state
 from cluster.runtime.experiment import ExperimentConfig
 from cluster.runtime.periodic_eval import BEST_TAG, InlineEval, PeriodicEval
 from cluster.runtime.progress import MetricsLog, Status
 from cluster.runtime.resume import Restored
 from cluster.runtime.run import Run, _absorb_reports, final_not_stored
+from learner.learner import LearnerStats
 
 
 class LocalRun(Run):
@@ -79,10 +80,10 @@ class LocalRun(Run):
                 pass
         self._update(status, metrics)
 
-    def _learner_stats(self, status: Status) -> dict[str, Any]:
+    def _learner_stats(self, status: Status) -> LearnerStats:
         return self.learner.stats()
 
-    def _writer_status(self) -> dict[str, Any]:
+    def _writer_status(self) -> WriterStatus:
         return self.writer.status()
 
     def finish(self, status: Status, metrics: MetricsLog, catch_up: bool = True,
@@ -101,6 +102,6 @@ class LocalRun(Run):
         self._update(status, metrics, check_store=False)
         if manifest is None:  # the save is stuck in the store, and cannot be interrupted: leave it
             self._stuck = True
-            return {"error": final_not_stored(self.learner.stats()["learner_updates"], timeout_s,
+            return {"error": final_not_stored(self.learner.stats().learner_updates, timeout_s,
                                               status.last_snapshot, self.writer.store.uri)}
         return {"version": manifest.version}

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from checkpoint_store.fs import Root, bounded, redact
 from checkpoint_store.lease import LeaseHeldError, new_owner, release_owner
 from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
-from checkpoint_store.writer import CheckpointWriter
+from checkpoint_store.writer import CheckpointWriter, WriterStatus
 from cluster.runtime.experiment import ExperimentConfig
 from cluster.runtime.nodes import NodeLost, NodeWatch, check_store_shared, describe
 from cluster.runtime.periodic_eval import BEST_TAG, InlineEval, PeriodicEval, RayEval
@@ -29,6 +29,9 @@ from learner.common import mkl_amd
 from learner.common.errors import ConfigError
 from learner.replay import ReplayActor
 from learner.replay.segments import saved_chunks
+
+if TYPE_CHECKING:
+    from cluster.runtime.actors import RunStats
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +275,7 @@ class RayRun(Run):
                 f"{status.updates:,} updates; the store {redact(self.cfg.store_uri())} {keeps}: run the same "
                 f"command with --resume auto to continue from its latest snapshot")
 
-    def _learner_stats(self, status: Status) -> dict[str, Any] | None:
+    def _learner_stats(self, status: Status) -> RunStats | None:
         import ray
         from ray.exceptions import RayActorError
 
@@ -281,16 +284,16 @@ class RayRun(Run):
         except RayActorError as exc:
             self._learner_failed(exc, status)
             return None
-        status.worker_restarts = stats["worker_restarts"]
-        status.collected = stats["collected_steps"]
-        status.steps_ahead = stats["steps_ahead"]
-        status.workers_paused_s = stats["workers_paused_s"]
-        self._worker_nodes = stats["worker_nodes"]
+        status.worker_restarts = stats.worker_restarts
+        status.collected = stats.collected_steps
+        status.steps_ahead = stats.steps_ahead
+        status.workers_paused_s = stats.workers_paused_s
+        self._worker_nodes = stats.worker_nodes
         for i, node in self._worker_nodes.items():
             self._ran_on.setdefault(node, set()).add(i)
         return stats
 
-    def _writer_status(self) -> dict[str, Any] | None:
+    def _writer_status(self) -> WriterStatus | None:
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError
 
@@ -334,7 +337,7 @@ class RayRun(Run):
             return {"placement": self.placement, "placement_text": self.placement_text()}
         # The catch-up takes a minute or more at the default ratio: the progress display follows its updates.
         caught_up = self.learner.catch_up.remote(timeout_s=600, updates=catch_up)
-        final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False))["learner_updates"]
+        final = get_reporting(caught_up, lambda: self._update(status, metrics, check_store=False)).learner_updates
 
         def wait(left: float) -> Manifest | None:
             try:  # the writer's own wait returns None after `left`; ray.get is bounded should the call hang

@@ -7,13 +7,20 @@ import statistics
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from checkpoint_store.manifest import Manifest
-from checkpoint_store.writer import CheckpointError
+from checkpoint_store.writer import CheckpointError, WriterStatus
 from cluster.runtime.experiment import ExperimentConfig
 from cluster.runtime.periodic_eval import PeriodicEval
 from cluster.runtime.progress import MetricsLog, Status
+from learner.learner import LearnerStats
+from rollout_workers.evaluation import EvalReport
+
+if TYPE_CHECKING:
+    from ray import ObjectRef
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,11 @@ class Run(ABC):
         """End every process of the run, also after a failure."""
 
     @abstractmethod
-    def _learner_stats(self, status: Status) -> dict[str, Any] | None:
+    def _learner_stats(self, status: Status) -> LearnerStats | None:
         """The learner's stats, or None when it cannot answer now (the caller skips this update)."""
 
     @abstractmethod
-    def _writer_status(self) -> dict[str, Any] | None:
+    def _writer_status(self) -> WriterStatus | None:
         """The checkpoint writer's status, or None when it cannot answer now."""
 
     def _update(self, status: Status, metrics: MetricsLog, check_store: bool = True) -> None:
@@ -63,21 +70,22 @@ class Run(ABC):
         stats = self._learner_stats(status)
         if stats is None:
             return
-        status.env_steps, status.updates = stats["env_steps"], stats["learner_updates"]
-        status.snapshot_block_ms = stats.get("snapshot_block_ms_median", status.snapshot_block_ms)
-        status.replay_size = stats["replay_size"]
-        status.policy_lag = stats["metrics"].get("policy_lag", 0.0)
-        if stats["metrics"]:
-            metrics.record("learner", status.updates, stats["metrics"])
+        status.env_steps, status.updates = stats.env_steps, stats.learner_updates
+        if stats.snapshot_block_ms_median is not None:
+            status.snapshot_block_ms = stats.snapshot_block_ms_median
+        status.replay_size = stats.replay_size
+        status.policy_lag = stats.metrics.get("policy_lag", 0.0)
+        if stats.metrics:
+            metrics.record("learner", status.updates, stats.metrics)
         writer = self._writer_status()
         if writer is None:  # the writer is restarting: keep the last known version
             return
-        status.last_snapshot = writer.get("last_version") or status.last_snapshot
+        status.last_snapshot = writer.last_version or status.last_snapshot
         if check_store:
             raise_if_store_failed(writer)
 
 
-def get_reporting(ref: Any, report: Callable[[], None], every_s: float = 1.0) -> Any:
+def get_reporting(ref: ObjectRef[T], report: Callable[[], None], every_s: float = 1.0) -> T:
     """`ray.get(ref)`, calling `report` every `every_s` while it runs (e.g. the progress display's
     counters during the learner's catch-up, which would otherwise freeze for a minute or more)."""
     import ray
@@ -87,15 +95,15 @@ def get_reporting(ref: Any, report: Callable[[], None], every_s: float = 1.0) ->
     return ray.get(ref)
 
 
-def raise_if_store_failed(writer: dict[str, Any]) -> None:
+def raise_if_store_failed(writer: WriterStatus) -> None:
     """Stop the run when the checkpoint writer's last save failed after its retries (issue 18): a run
     that trains on without being able to save loses everything after its last stored version."""
-    if writer.get("last_failed"):
-        kept = writer.get("last_version") or "none"
+    if writer.last_failed:
+        kept = writer.last_version or "none"
         raise CheckpointError(
-            f"saving a snapshot to {writer.get('store')} failed after {writer.get('max_retries', 0)} retries "
-            f"({writer.get('last_error')}); the run stops here. Versions stored before are kept (latest: {kept}): "
-            f"fix the store (space, permissions, reachability), then continue with --resume {writer.get('store')}")
+            f"saving a snapshot to {writer.store} failed after {writer.max_retries} retries "
+            f"({writer.last_error}); the run stops here. Versions stored before are kept (latest: {kept}): "
+            f"fix the store (space, permissions, reachability), then continue with --resume {writer.store}")
 
 
 def await_final_snapshot(wait: Callable[[float], Manifest | None], resubmit: Callable[[float], None],
@@ -135,7 +143,7 @@ def final_not_stored(updates: int, timeout_s: float, last: str | None, store: st
             f"--resume {store}")
 
 
-def eval_figures(report: Any) -> dict[str, float]:
+def eval_figures(report: EvalReport) -> dict[str, float]:
     """What a person reads of an evaluation: how far, how well, how fast, what it earned."""
     return {"route_completion": round(report.mean_route_completion, 3),
             "driving_score": round(report.driving_score, 3), "mean_speed": round(report.mean_speed, 2),

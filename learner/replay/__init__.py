@@ -19,10 +19,10 @@ rebuilt by index) instead of 56 KB (uint8 stacked obs + next obs) or 226 KB
 """
 
 from learner.common.chunks import Chunk, ChunkBuilder, validate_chunk
-from learner.replay.actor import BoundedSender, ReplayActor, ReplayLagError
+from learner.replay.actor import BoundedSender, Pulled, ReplayActor, ReplayLagError
 from learner.replay.batch import Batch
-from learner.replay.memory import ReplayConfig, ReplayMemory
+from learner.replay.memory import ReplayConfig, ReplayMemory, Sample
 from learner.replay.sum_tree import SumTree
 
-__all__ = ["Batch", "BoundedSender", "Chunk", "ChunkBuilder", "ReplayActor", "ReplayConfig", "ReplayLagError",
-           "ReplayMemory", "SumTree", "validate_chunk"]
+__all__ = ["Batch", "BoundedSender", "Chunk", "ChunkBuilder", "Pulled", "ReplayActor", "ReplayConfig", "ReplayLagError",
+           "ReplayMemory", "Sample", "SumTree", "validate_chunk"]

@@ -15,13 +15,20 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from learner.common.chunks import Chunk, validate_chunk
 from learner.common.errors import FleetError
 from learner.replay.memory import ReplayConfig
 
 log = logging.getLogger(__name__)
+
+
+class Pulled(NamedTuple):
+    """What `ReplayActor.pull_new` hands a consumer: the chunks since its cursor, and the cursor to pass next."""
+
+    chunks: list[Chunk]
+    cursor: int
 
 
 class ReplayLagError(FleetError, RuntimeError):
@@ -66,7 +73,7 @@ class ReplayActor:
                 self.dropped_from_log += 1
         return len(chunk)
 
-    def pull_new(self, cursor: int, max_chunks: int | None = None, strict: bool = True) -> tuple[list[Chunk], int]:
+    def pull_new(self, cursor: int, max_chunks: int | None = None, strict: bool = True) -> Pulled:
         """Chunks added since `cursor` (oldest first) and the cursor to pass next time.
 
         A consumer that fell further behind than the log holds raises ReplayLagError
@@ -86,7 +93,7 @@ class ReplayActor:
                 cursor = self._first
             stop = head if max_chunks is None else min(head, cursor + max_chunks)
             chunks = [self._log[i - self._first] for i in range(cursor, stop)]
-        return chunks, stop
+        return Pulled(chunks, stop)
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

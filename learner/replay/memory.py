@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -26,6 +26,14 @@ from learner.replay.priorities import Priorities
 from learner.replay.rings import Rings
 
 log = logging.getLogger(__name__)
+
+
+class Sample(NamedTuple):
+    """What `ReplayMemory.sample` returns: the batch, and the global step ids it was drawn from (for
+    `update_priorities`)."""
+
+    batch: Batch
+    ids: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -230,7 +238,7 @@ class ReplayMemory:
             self._mirrored = r.frames_written
         return dev[torch.from_numpy(slots.astype(np.int64)).to(dev.device)]
 
-    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> tuple[Batch, np.ndarray]:
+    def sample(self, batch_size: int, rng: np.random.Generator | None = None) -> Sample:
         """A Batch of CPU tensors (uint8 images; on the device with `keep_frames_on`) and the global
         step ids sampled (for update_priorities)."""
         ids = self.sample_ids(batch_size, rng)
@@ -249,7 +257,7 @@ class ReplayMemory:
             next_vector=torch.from_numpy(r.next_vector[b]),
             weight=weight,
         )
-        return batch, ids
+        return Sample(batch, ids)
 
     def update_priorities(self, indices: np.ndarray, td_abs: np.ndarray) -> None:
         """Set priorities (|td| + eps)^alpha of sampled ids; ids overwritten since sampling are skipped."""

@@ -21,10 +21,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from learner.common.errors import ConfigError, StoreError
+
 if TYPE_CHECKING:
     from learner.replay.memory import ReplayConfig, ReplayMemory
 
 PREFIX = "replay/"
+
+
+class ReplayFilesError(StoreError, ValueError):
+    """A snapshot's replay files cannot be read: missing, of another format, or not matching their header."""
+
 HEADER = PREFIX + "header.json"
 FORMAT = 1
 COUNTERS = ("steps_written", "frames_written", "tail", "episodes", "chunks_added", "steps_added",
@@ -196,7 +203,7 @@ class SegmentExporter:
 def saved_chunks(files: Mapping[str, bytes]) -> int:
     """Chunks the saved replay had taken in (the replay actor's chunk cursor resumes there)."""
     if HEADER not in files:
-        raise ValueError(f"no {HEADER} among the snapshot's files: not a saved replay")
+        raise ReplayFilesError(f"no {HEADER} among the snapshot's files: not a saved replay")
     return int(json.loads(files[HEADER])["counters"]["chunks_added"])
 
 
@@ -215,14 +222,14 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> SegmentExporter:
     from learner.replay.nstep import Stream
 
     if HEADER not in files:
-        raise ValueError(f"no {HEADER} among the snapshot's files ({sorted(files)[:5]}...): not a saved replay")
+        raise ReplayFilesError(f"no {HEADER} among the snapshot's files ({sorted(files)[:5]}...): not a saved replay")
     head = json.loads(files[HEADER])
     if head.get("format") != FORMAT:
-        raise ValueError(f"{HEADER}: format {head.get('format')!r}, this code reads format {FORMAT}")
+        raise ReplayFilesError(f"{HEADER}: format {head.get('format')!r}, this code reads format {FORMAT}")
     want = header(mem)["layout"]
     for key, value in head["layout"].items():
         if key != "segment_steps" and want.get(key) != value:
-            raise ValueError(f"saved replay has {key}={value!r} but the config gives {want.get(key)!r}; "
+            raise ConfigError(f"saved replay has {key}={value!r} but the config gives {want.get(key)!r}; "
                              f"restore with the replay config (and gamma) it was saved with")
     for name, value in head["counters"].items():
         if (owner := _counter_owner(mem, name)) is not None:
@@ -238,16 +245,16 @@ def restore(mem: ReplayMemory, files: Mapping[str, bytes]) -> SegmentExporter:
     exporter = SegmentExporter(mem)
     expected = {name: (kind, lo, hi) for name, kind, _, lo, hi in _names(mem, prio=head["prioritized"], seg=seg)}
     if sorted(expected) != sorted(head["segments"]):
-        raise ValueError(f"{HEADER} lists segments {head['segments'][:4]}... that do not match its counters")
+        raise ReplayFilesError(f"{HEADER} lists segments {head['segments'][:4]}... that do not match its counters")
     for name, (kind, lo, hi) in expected.items():
         if name not in files:
-            raise ValueError(f"replay segment {name} is missing from the snapshot's files")
+            raise ReplayFilesError(f"replay segment {name} is missing from the snapshot's files")
         if kind == "prio" and mem.priorities is None:
             continue  # saved prioritized, resumed uniform
         cols = _decode(files[name])
         for col, target in _columns(mem, kind, lo, hi).items():
             if col not in cols or len(cols[col]) != hi - lo:
-                raise ValueError(f"replay segment {name}: column {col!r} missing or not {hi - lo} rows")
+                raise ReplayFilesError(f"replay segment {name}: column {col!r} missing or not {hi - lo} rows")
             target[...] = cols[col].reshape(target.shape)
         if not resized:
             exporter.hashes[name] = _sha(files[name])

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from learner.common import procfs
-from learner.common.errors import FleetError
+from learner.common.errors import ConfigError, FleetError
 from learner.common.procfs import group_members  # also what tests import from here
 from rollout_workers.contract import SimulatorError
 
@@ -515,7 +515,7 @@ def parse_carla_hosts(value: str) -> list[Endpoint]:
             continue
         host, sep, port = entry.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"CARLA_HOSTS entry {entry!r} is not host:port (e.g. 10.0.0.5:2000)")
+            raise ConfigError(f"CARLA_HOSTS entry {entry!r} is not host:port (e.g. 10.0.0.5:2000)")
         out.append(Endpoint(host, int(port), int(port) + TM_PORT_OFFSET))
     return out
 

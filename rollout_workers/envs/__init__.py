@@ -13,6 +13,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from learner.common.errors import ConfigError
+
 EMBEDDED_ID = "carla-fleet/Embedded-v0"
 
 
@@ -41,7 +43,7 @@ def embedded_from_env_config(env_config: Mapping[str, Any] | None) -> gym.Env:
     names = {f.name for f in dataclasses.fields(EmbeddedEnvConfig)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"unknown embedded env key(s) {unknown}; valid: {sorted(names)}")
+        raise ConfigError(f"unknown embedded env key(s) {unknown}; valid: {sorted(names)}")
     if isinstance(data.get("reward"), Mapping):
         data["reward"] = RewardConfig(**data["reward"])
     for key in ("traffic_speed", "ego_lane_traffic_speed"):

@@ -11,6 +11,8 @@ from typing import Any
 
 import gymnasium as gym
 
+from learner.common.errors import ConfigError
+from learner.common.interfaces import MakeEnv
 from rollout_workers.carla.server import ServerConfig
 
 
@@ -38,14 +40,14 @@ class EnvFactory:
         return import_factory(self.kind)(seed)
 
 
-def import_factory(spec: str) -> Any:
+def import_factory(spec: str) -> MakeEnv:
     """`package.module:function`, a callable seed -> gymnasium.Env obeying the contract."""
     import importlib
 
     module, sep, attr = spec.partition(":")
     if not sep:
-        raise ValueError(f"env {spec!r}: use 'embedded', 'carla' or 'package.module:function'")
+        raise ConfigError(f"env {spec!r}: use 'embedded', 'carla' or 'package.module:function'")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ValueError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
+        raise ConfigError(f"env {spec!r}: cannot import {attr} from {module}: {exc}") from exc
