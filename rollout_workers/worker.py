@@ -26,8 +26,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class WorkerConfig:
-    chunk_steps: int = 64
-    """Env steps per chunk pushed to the replay."""
+    chunk_steps: int = 256
+    """Env steps per chunk pushed to the replay, at most (`chunk_max_age_s` sends a chunk sooner). Each chunk
+    costs the central path a fixed CPU price besides its steps' (a Ray call and an object transfer into the
+    replay actor, another out to the learner): on the 2-core bench machine the ingest ceiling was 6,087
+    env steps/s with 64-step chunks and 18,464 with 256 (docs/benchmarks.md, "The central ceiling")."""
+    chunk_max_age_s: float = 5.0
+    """A chunk is sent once its first step is this many seconds old, full or not, also while the worker is
+    held back: a simulator at 10-20 Hz would otherwise keep a 256-step chunk from the learner 13-26 s."""
     weight_sync_every: int = 100
     """Env steps between asks for newer weights (or `weight_sync_s`, whichever comes first)."""
     weight_sync_s: float = 1.0
@@ -81,6 +87,8 @@ class RolloutWorker:
         self._episode: dict[str, float] = {}
         self._asked_at: tuple[int, float] = (-1, 0.0)
         """(total_steps, monotonic time) of the last ask for newer weights."""
+        self._chunk_started: float | None = None
+        """Monotonic time of the first step in the chunk being built (None: no step in it yet)."""
 
     def _weights_due(self) -> bool:
         """Time to ask for newer weights: `weight_sync_every` steps or `weight_sync_s` seconds since the last
@@ -141,6 +149,8 @@ class RolloutWorker:
                 continue
             self.builder.add_step(action, float(reward), bool(terminated), bool(truncated), next_obs,
                                   self.policy_version)
+            if self._chunk_started is None:
+                self._chunk_started = time.monotonic()
             self._episode["return"] += float(reward)
             self._episode["steps"] += 1
             self.obs = next_obs
@@ -151,14 +161,25 @@ class RolloutWorker:
                 self.obs = None
             if self.builder.ready():
                 self.flush(sink)
+            else:
+                self.flush_if_aged(sink)
         report.policy_version = self.policy_version
         report.steps_per_s = report.env_steps / max(time.perf_counter() - start, 1e-9)
         return report
 
     def flush(self, sink: ChunkSink) -> None:
+        """Send the chunk being built, whatever its size."""
         chunk = self.builder.flush()
+        self._chunk_started = None
         if chunk is not None:
             sink(chunk)
+
+    def flush_if_aged(self, sink: ChunkSink) -> bool:
+        """Send the chunk being built if its first step is `chunk_max_age_s` old; True if it was sent."""
+        if self._chunk_started is None or time.monotonic() - self._chunk_started < self.cfg.chunk_max_age_s:
+            return False
+        self.flush(sink)
+        return True
 
     def _finish_episode(self, info: dict[str, Any]) -> dict[str, float]:
         self._consecutive_failures = 0

@@ -131,3 +131,12 @@ def test_local_capacity_counts_rollout_and_evaluation_workers() -> None:
     with pytest.raises(ConfigError, match="cores can run"):
         experiment.load(None, {"run.workers": 4 * per_core, "eval.every_updates": 100,
                                "eval.workers": 1}).check_local_capacity(4)
+
+
+def test_chunk_size_and_age_are_checked() -> None:
+    from cluster import experiment
+
+    with pytest.raises(ConfigError, match=r"worker\.chunk_steps must be >= 1 and worker\.chunk_max_age_s > 0"):
+        experiment.load(None, {"worker.chunk_max_age_s": 0})
+    with pytest.raises(ConfigError, match=r"worker\.chunk_steps must be >= 1"):
+        experiment.load(None, {"worker.chunk_steps": 0})

@@ -46,6 +46,23 @@ def test_the_actor_holds_no_replay_memory_only_its_bounded_log() -> None:
     assert stats["log_steps"] <= 40 and stats["log_chunks"] == 4 and stats["steps_added"] == 200
 
 
+def test_the_backlog_is_the_steps_logged_and_not_yet_pulled() -> None:
+    """What the ceiling's producers pace themselves by (`fleet bench scale`): unpaced, they filled the
+    object stores and whole windows ingested nothing."""
+    actor = ReplayActor(ReplayConfig(capacity=1_000, log_steps=1_000), V)
+    chunks = episode_chunks(100, chunk_steps=10, p_end=0.0)
+    for chunk in chunks[:6]:
+        actor.add(chunk)
+    assert actor.backlog_steps() == 60
+    _, cursor = actor.pull_new(0, max_chunks=4)
+    assert actor.backlog_steps() == 20
+    for chunk in chunks[6:]:
+        actor.add(chunk)
+    assert actor.backlog_steps() == 60
+    actor.pull_new(cursor)
+    assert actor.backlog_steps() == 0 and actor.stats()["consumed_cursor"] == 10
+
+
 def test_consumer_that_fell_behind_is_told() -> None:
     actor = ReplayActor(ReplayConfig(capacity=100, log_steps=20), V)
     for chunk in episode_chunks(60, chunk_steps=10, p_end=0.0):

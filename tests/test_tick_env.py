@@ -36,6 +36,38 @@ def test_a_worker_on_the_tick_env_fills_the_memory_with_every_step() -> None:
     assert report.env_steps == 450 and len(memory) == 450
 
 
+def test_a_worker_sends_full_chunks_and_a_chunk_whose_first_step_is_too_old(monkeypatch) -> None:
+    """Chunks of 256 steps cost the central path a third of what 64-step ones do per step; at a simulator's
+    10-20 Hz a chunk that waited to be full would keep its steps from the learner 13-26 s."""
+    from learner.networks import NetworkConfig
+    from rollout_workers import worker as worker_module
+    from rollout_workers.exploration import ExplorationConfig
+    from rollout_workers.worker import RolloutWorker, WorkerConfig
+
+    now = [100.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+
+    class Clocked(TickEnv):  # each step takes 1/8 s of the test's clock (exact in binary): an 8 Hz simulator
+        def step(self, action):  # type: ignore[no-untyped-def]
+            now[0] += 0.125
+            return super().step(action)
+
+    sent: list[int] = []
+    worker = RolloutWorker(0, lambda seed: Clocked(seed, tick_s=0.0, episode_steps=10**6), NetworkConfig(),
+                           ExplorationConfig(), WorkerConfig(chunk_steps=256, chunk_max_age_s=5.0), seed=0)
+    worker.collect(120, lambda chunk: sent.append(len(chunk)))
+    # A chunk's first step at t, the step at t + 5 s sends it: 41 steps each.
+    assert sent == [41, 41]
+    assert not worker.flush_if_aged(lambda chunk: sent.append(len(chunk)))  # 38 steps, 4.625 s old
+    now[0] += 0.5
+    assert worker.flush_if_aged(lambda chunk: sent.append(len(chunk))) and sent[-1] == 38
+
+    fast: list[int] = []  # no clock advance: only full chunks go
+    monkeypatch.setattr(Clocked, "step", TickEnv.step)
+    worker.collect(600, lambda chunk: fast.append(len(chunk)))
+    assert fast == [256, 256]
+
+
 def test_a_worker_at_a_simulators_pace_asks_for_weights_by_time_and_takes_an_answer_the_step_it_is_ready() -> None:
     """At 10 Hz, asking every 100 env steps and taking the answer at the next ask left new weights 10-20 s
     from the workers. Now: an ask at least every `weight_sync_s`, and an ask in flight looked at every step."""

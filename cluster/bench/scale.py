@@ -51,6 +51,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--publish-s", type=float, default=2.0, help="seconds between new weight versions")
     p.add_argument("--producers", type=int, default=2, help="chunk producers for the ceiling")
     p.add_argument("--chunk-steps", default="64,256", help="comma-separated chunk sizes for the ceiling")
+    p.add_argument("--backlog-steps", type=int, default=16384,
+                   help="ceiling producers wait while more steps than this are logged and not pulled (0: never)")
     p.add_argument("--part", choices=["both", "ceiling", "scaling"], default="both")
     p.add_argument("--paths", default="replay,refs",
                    help="ceiling data paths: replay (the runtime's), refs (references through a log; a variant)")
@@ -134,7 +136,7 @@ class ChunkProducer:
     """
 
     def __init__(self, stream: int, replay_name: str, chunk_steps: int, vector_dim: int, max_in_flight: int,
-                 refs: bool = False) -> None:
+                 refs: bool = False, max_backlog_steps: int = 0) -> None:
         import numpy as np
         import ray
 
@@ -143,6 +145,7 @@ class ChunkProducer:
         from rollout_workers.envs.tick import TickEnv
 
         replay = ray.get_actor(replay_name)
+        self.replay, self.max_backlog_steps, self.paused_s = replay, max_backlog_steps, 0.0
         if refs:  # the chunk stays in this node's object store; the log gets a reference (in a list: unresolved)
             self.sender = BoundedSender(lambda chunk: replay.add.remote([ray.put(chunk)], len(chunk)), max_in_flight)
         else:
@@ -173,11 +176,28 @@ class ChunkProducer:
         self.counter += n
         return dataclasses.replace(self.template, seq=seq, frames=frames)
 
+    def _pace(self, end: float) -> None:
+        """Wait while the consumer has more than `max_backlog_steps` logged and not pulled (0: never wait),
+        as the runtime's workers wait while the learner is behind: a producer that outruns the path only
+        fills a buffer."""
+        import ray
+
+        if self.max_backlog_steps <= 0:
+            return
+        start = time.monotonic()
+        while ray.get(self.replay.backlog_steps.remote()) > self.max_backlog_steps and time.monotonic() < end:
+            time.sleep(0.01)  # each ask costs this producer and the replay actor CPU: not too often
+        self.paused_s += time.monotonic() - start
+
+    def stats(self) -> dict[str, Any]:
+        return {"paused_s": self.paused_s, "sent": self.sender.sent}
+
     def run(self, seconds: float) -> int:
         for chunk in self.first:
             self.sender.send(chunk)
         steps, seq, end = sum(len(c) for c in self.first), self.first[-1].seq + 1, time.monotonic() + seconds
         while time.monotonic() < end:
+            self._pace(end)
             self.sender.send(self._fresh(seq))
             steps += len(self.template)
             seq += 1
@@ -193,15 +213,20 @@ class RefLog:
 
     def __init__(self) -> None:
         self._log: list[Any] = []
+        self._steps: list[int] = []
         self._first = 0
 
     def add(self, refs: list[Any], steps: int) -> int:
         self._log.extend(refs)
+        self._steps.extend([steps // max(len(refs), 1)] * len(refs))
         return steps
+
+    def backlog_steps(self) -> int:
+        return sum(self._steps)
 
     def pull_new(self, cursor: int) -> tuple[list[Any], int]:
         """One consumer: what it has not had yet, dropped from the log once handed out (frees the objects)."""
-        refs, self._log = self._log, []
+        refs, self._log, self._steps = self._log, [], []
         self._first += len(refs)
         return refs, self._first
 
@@ -250,7 +275,7 @@ def _base_config(tmp: str, name: str, overrides: dict[str, Any]) -> Any:
 
 
 def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: float, windows: int,
-            path: str = "replay") -> dict[str, Any]:
+            path: str = "replay", max_backlog_steps: int = 0) -> dict[str, Any]:
     """`path`: 'replay', the runtime's (chunks through the replay actor, pulled by the learner actor), or
     'refs' (producers put chunks in their own object store; a log of references in between)."""
     import ray
@@ -274,8 +299,8 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
             name=f"{name}-learner", resources=on_head).remote(cfg, f"{name}-replay")
     producer_cls = ray.remote(num_cpus=1, resources={"carla": 1})(ChunkProducer)
     prods = [producer_cls.options(scheduling_strategy="SPREAD").remote(
-        1000 + i, f"{name}-replay", chunk_steps, cfg.network.vector_dim, cfg.worker.max_in_flight, path == "refs")
-        for i in range(producers)]
+        1000 + i, f"{name}-replay", chunk_steps, cfg.network.vector_dim, cfg.worker.max_in_flight, path == "refs",
+        max_backlog_steps) for i in range(producers)]
     pids = {"producers": [_pid(p) for p in prods], "replay": [_pid(replay)], "learner": [_pid(learner)],
             "driver": [os.getpid()], **_ray_pids(cluster)}
     loop = learner.run.remote()
@@ -290,6 +315,7 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
         rates.append((s1 - s0) / (t1 - t0))
         cpu.append({k: (c1[k] - c0[k]) / (t1 - t0) for k in pids})
     sent = sum(ray.get(runs, timeout=600))
+    paused = [ray.get(p.stats.remote())["paused_s"] for p in prods]
     learner.stop.remote()
     ray.get(loop, timeout=300)
     stats = ray.get(learner.stats.remote())
@@ -300,6 +326,7 @@ def ceiling(cluster: Any, tmp: str, producers: int, chunk_steps: int, window_s: 
     busiest = max(("producers", "replay", "learner"), key=lambda k: load[k] / max(len(pids[k]), 1))
     return {"path": path, "chunk_steps": chunk_steps, "producers": producers,
             "sampleable_steps_per_s": statistics.median(rates), "windows_steps_per_s": [round(r) for r in rates],
+            "max_backlog_steps": max_backlog_steps, "producers_paused_s": [round(x, 1) for x in paused],
             "steps_sent": sent, "steps_in_memory": stats.env_steps, "dropped_steps": stats.dropped_steps,
             "cpu_cores": {k: round(v, 3) for k, v in load.items()},
             "cpu_cores_total": round(sum(load.values()), 3),
@@ -533,7 +560,8 @@ def run(args: argparse.Namespace) -> int:
                     if path not in ("replay", "refs"):
                         raise UserError(f"--paths: unknown path {path!r} (replay, refs)")
                 for path, steps in [(x, n) for x in args.paths.split(",") if x for n in chunks]:
-                    c = ceiling(cluster, tmp, args.producers, steps, args.window_s, args.windows, path)
+                    c = ceiling(cluster, tmp, args.producers, steps, args.window_s, args.windows, path,
+                                args.backlog_steps)
                     result["ceiling"].append(c)
                     say(f"ceiling, {path} path, chunks of {steps}: {c['sampleable_steps_per_s']:,.0f} sampleable steps/s "
                         f"{c['windows_steps_per_s']}; busiest {c['busiest_process']} at "

@@ -107,6 +107,9 @@ class WorkerActor:
                 if ahead is None:  # the run has ended its collection
                     break
                 if ahead > self.cfg.run.max_ahead_steps:
+                    # Held back: the steps it has go now, for the learner to catch up on (counted as collected,
+                    # they would otherwise keep the workers held back until they are sent).
+                    self.worker.flush(self.sender.send)
                     self._stop.wait(0.05)
                     continue
                 report = self.worker.collect(self.cfg.run.collect_steps, self.sender.send, self.poll)

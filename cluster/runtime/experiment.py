@@ -117,6 +117,9 @@ class ExperimentConfig:
                 f"embedded.waypoints ({self.embedded.waypoints}) must equal network.waypoints "
                 f"({self.network.waypoints}): the vector size follows from it"
             )
+        if self.worker.chunk_steps < 1 or not self.worker.chunk_max_age_s > 0:
+            raise ConfigError(f"worker.chunk_steps must be >= 1 and worker.chunk_max_age_s > 0 seconds, got "
+                              f"{self.worker.chunk_steps} and {self.worker.chunk_max_age_s}")
 
     def check_local_capacity(self, cores: int) -> None:
         """Refuse a one-machine run with far more processes than cores: each worker is a process

@@ -75,6 +75,7 @@ class LocalRun(Run):
             torch.set_num_threads(self.cfg.learner.threads())
         for w in self.workers:
             report = w.collect(self.cfg.run.collect_steps, self._chunks.append, self.learner.weights_if_newer)
+            w.flush(self._chunks.append)  # in one process a chunk costs nothing to hand over: all steps go now
             _absorb_reports([report], status, metrics, self._returns)
             while self.learner.step(self._source, self._sink):
                 pass

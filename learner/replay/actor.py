@@ -52,6 +52,8 @@ class ReplayActor:
         """Cursor of the oldest logged chunk."""
         self.dropped_from_log = 0
         self.steps_added = 0
+        self._consumed = first_cursor
+        """Cursor the consumer last pulled up to: the chunks from here on wait in the log for it."""
 
     @property
     def cursor(self) -> int:
@@ -93,12 +95,20 @@ class ReplayActor:
                 cursor = self._first
             stop = head if max_chunks is None else min(head, cursor + max_chunks)
             chunks = [self._log[i - self._first] for i in range(cursor, stop)]
+            self._consumed = max(self._consumed, stop)
         return Pulled(chunks, stop)
+
+    def backlog_steps(self) -> int:
+        """Steps logged that the consumer has not pulled yet: what a producer paces itself by."""
+        with self._lock:
+            start = max(self._consumed, self._first) - self._first
+            return sum(len(self._log[i]) for i in range(start, len(self._log)))
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {"cursor": self.cursor, "steps_added": self.steps_added, "log_chunks": len(self._log),
-                    "log_steps": self._log_steps, "dropped_from_log": self.dropped_from_log}
+                    "log_steps": self._log_steps, "dropped_from_log": self.dropped_from_log,
+                    "consumed_cursor": self._consumed}
 
 
 class BoundedSender:
