@@ -1,11 +1,13 @@
 """Fingerprints of what the code computes, for a restructuring that must not change it (issue 29).
 
-`python tests/fingerprints.py OUT.json` writes, on this machine:
+`python tests/fingerprints.py OUT.json [--manifest]` writes, on this machine:
 - the replay: the ids and batches sampled from a fixed memory (uniform and prioritized), and the bytes
   of its export;
 - the TD3 update: the agent's whole state after ten updates from a fixed seed, for both encoders;
 - the command line: `fleet --help`, every command's `--help`, `fleet bench`'s commands' `--help` and
-  `fleet config --keys`.
+  `fleet config --keys`;
+- with `--manifest`: the manifest of a short fixed-seed `fleet train --local` (MANIFEST_RUN), less what
+  two identical runs do not share (save time, the version's writer suffix, timings, temp paths).
 
 Run it at the base commit before any move and again after; `--compare BASE.json NEW.json` prints what
 differs. Floating-point results depend on the CPU's instruction set, so compare runs on one machine.
@@ -134,6 +136,34 @@ def _commands(help_text: str) -> list[str]:
     return [m.group(1) for line in lines if (m := re.match(r"^    (\w[\w-]*)", line))]
 
 
+MANIFEST_RUN = ["train", "--local", "--steps", "600", "--set", "run.seed=3", "--set", "run.workers=1",
+                "--set", "learner.learning_starts=200", "--set", "agent.batch_size=16",
+                "--set", "learner.snapshot_every=100", "--set", "learner.snapshot_every_s=0",
+                "--set", "worker.weight_sync_s=1000000", "--set", "eval.every_updates=0",
+                "--set", "learner.torch_threads=1"]
+"""A short local run that depends on no clock: snapshots and weight asks by count, one thread."""
+
+
+def manifest(tmp: Path) -> dict[str, Any]:
+    """The latest manifest of a fixed-seed local run, without what differs between two identical runs:
+    the version's writer suffix, the save time, timings among the metrics, and the run's own paths."""
+    fleet = [str(Path(sys.executable).parent / "fleet")]
+    store, runs = tmp / "store", tmp / "runs"
+    done = subprocess.run([*fleet, *MANIFEST_RUN, "--set", f"run.store={store}", "--set", f"run.runs_dir={runs}",
+                           "--set", "run.name=fingerprint"], capture_output=True, text=True, timeout=1800, cwd=ROOT,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home()), "PYTHONPATH": str(ROOT)})
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    latest = (store / "refs" / "latest").read_text().strip()
+    body = json.loads((store / "versions" / f"{latest}.json").read_text())
+    body["version"] = body["version"][:9]
+    body.pop("created", None)
+    body["metrics"] = {k: v for k, v in body.get("metrics", {}).items()
+                       if not any(t in k for t in ("_ms", "_s", "per_s", "seconds", "time"))}
+    text = json.dumps(body, sort_keys=True).replace(str(tmp), "TMP")
+    return {"body": json.loads(text), "sha256": _sha(text.encode())}
+
+
 def compare(base: dict[str, Any], new: dict[str, Any], path: str = "") -> list[str]:
     if isinstance(base, dict) and isinstance(new, dict):
         diffs = []
@@ -152,7 +182,12 @@ def main(argv: list[str]) -> int:
         diffs = compare(base, new)
         print("\n".join(diffs) if diffs else "identical")
         return 1 if diffs else 0
-    result = {"replay": replay(), "td3": td3(), "cli": cli()}
+    import tempfile
+
+    result: dict[str, Any] = {"replay": replay(), "td3": td3(), "cli": cli()}
+    if "--manifest" in argv:
+        with tempfile.TemporaryDirectory(prefix="fingerprint-") as tmp:
+            result["manifest"] = manifest(Path(tmp))
     Path(argv[0]).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(f"wrote {argv[0]}")
     return 0
