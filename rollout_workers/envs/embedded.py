@@ -30,6 +30,7 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 import gymnasium as gym  # noqa: E402
 import numpy as np  # noqa: E402
 from highway_env.envs.racetrack_env import RacetrackEnv  # noqa: E402
+from highway_env.road.road import Road  # noqa: E402
 from highway_env.vehicle.behavior import IDMVehicle  # noqa: E402
 
 from rollout_workers import contract  # noqa: E402
@@ -40,6 +41,7 @@ from rollout_workers.envs.geometry import (  # noqa: E402
     LaneGrid,
     RouteLine,
 )
+from rollout_workers.envs.layouts import RACETRACK, build_network, check_name, loop_spec  # noqa: E402
 from rollout_workers.envs.render import FrameRenderer, paint_track  # noqa: E402
 from rollout_workers.reward import RewardConfig, RoadState, reward, terminated  # noqa: E402
 
@@ -84,6 +86,9 @@ class EmbeddedEnvConfig:
     """Image row of the ego's centre: 30 m visible ahead, 12 m behind at 0.5 m/pixel."""
     reward: RewardConfig = field(default_factory=RewardConfig)
     """Reward weights, target speed and the off-road threshold (shared with CARLA)."""
+    layouts: tuple[str, ...] = ("racetrack",)
+    """Road layouts an episode is drawn from, one per episode: 'racetrack' (highway-env's) or 'loop-N', a loop
+    generated from seed N (rollout_workers/envs/layouts.py; its TRAINING_LAYOUTS and HELD_OUT_LAYOUTS)."""
 
     def __post_init__(self) -> None:
         if self.waypoints < 1:
@@ -99,11 +104,15 @@ class EmbeddedEnvConfig:
                 raise ValueError(f"{name} must be a range (low, high) with 0 <= low <= high, got {(lo, hi)}")
         if min(self.max_episode_steps, self.route_length_m, self.max_speed, self.waypoint_spacing_m) <= 0:
             raise ValueError("max_episode_steps, route_length_m, max_speed and waypoint_spacing_m must be > 0")
+        if not self.layouts:
+            raise ValueError("layouts must name at least one road layout")
+        for name in self.layouts:
+            check_name(name)
 
 
 @dataclass(frozen=True)
 class _TrackAssets:
-    """Static products of the (fixed) racetrack geometry, built once per process."""
+    """Static products of one layout's geometry, built once per process."""
 
     routes: tuple[RouteLine, ...]
     grid: LaneGrid
@@ -118,28 +127,30 @@ MAP_RESOLUTION_M = 0.25
 def _lane_loop(network: Any, lane_id: int, start: str = "a") -> list[Any]:
     lanes, node = [], start
     while True:
-        (nxt, edge), = network.graph[node].items()  # the racetrack is one loop of single edges
+        (nxt, edge), = network.graph[node].items()  # every layout is one loop of single edges from "a"
         lanes.append(edge[lane_id])
         node = nxt
         if node == start:
             return lanes
 
 
-def _track_assets(network: Any) -> _TrackAssets:
-    if "racetrack" not in _ASSETS:
+def _track_assets(layout: str, network: Any) -> _TrackAssets:
+    if layout not in _ASSETS:
         spec = GridSpec.around(network, MAP_RESOLUTION_M, margin=10.0)
         routes = tuple(RouteLine.from_lanes(_lane_loop(network, k)) for k in range(2))
-        _ASSETS["racetrack"] = _TrackAssets(routes, LaneGrid(network, spec), paint_track(network, spec), spec)
-        log.debug("built racetrack assets: %d x %d map, routes %s m", spec.rows, spec.cols,
+        _ASSETS[layout] = _TrackAssets(routes, LaneGrid(network, spec), paint_track(network, spec), spec)
+        log.debug("built %s assets: %d x %d map, routes %s m", layout, spec.rows, spec.cols,
                   [round(r.length, 1) for r in routes])
-    return _ASSETS["racetrack"]
+    return _ASSETS[layout]
 
 
 class _Track(RacetrackEnv):
-    """highway-env's racetrack with our own vehicle placement and a grid lane lookup."""
+    """highway-env's racetrack, or a generated loop, with our own vehicle placement and a grid lane lookup."""
 
     def __init__(self, cfg: EmbeddedEnvConfig) -> None:
         self.cfg = cfg  # before super().__init__, which already resets
+        self.layout = cfg.layouts[0]
+        """The layout the next reset builds (the env picks it per episode)."""
         self.assets: _TrackAssets | None = None
         self.route_lane = 0
         accel = (-cfg.max_braking, cfg.max_acceleration)
@@ -156,8 +167,13 @@ class _Track(RacetrackEnv):
         })
 
     def _make_road(self) -> None:
-        super()._make_road()
-        self.assets = _track_assets(self.road.network)
+        if self.layout == RACETRACK:
+            super()._make_road()
+        else:
+            self.road = Road(network=build_network(loop_spec(self.layout)), np_random=self.np_random,
+                             record_history=self.config["show_trajectories"],
+                             neighbour_vehicles_connected_lanes=self.config["neighbour_vehicles_connected_lanes"])
+        self.assets = _track_assets(self.layout, self.road.network)
         self.road.network = GridRoadNetwork(self.road.network, self.assets.grid)
         for tos in self.road.network.graph.values():
             for lanes in tos.values():
@@ -203,8 +219,8 @@ class EmbeddedDrivingEnv(gym.Env):
         self.action_space = contract.action_space()
         self._sim = _Track(cfg)
         assets = self._sim.assets
-        self._renderer = FrameRenderer(assets.world, assets.spec, contract.IMAGE_SIZE,
-                                       cfg.image_resolution_m, cfg.ego_row)
+        self._renderers: dict[str, FrameRenderer] = {}
+        self._renderer = self._renderer_for(self._sim.layout)
         self._wp_offsets = cfg.waypoint_spacing_m * np.arange(1, cfg.waypoints + 1)
         self._wp_scale = cfg.waypoint_spacing_m * cfg.waypoints
         self._frames = np.zeros((contract.FRAMES, contract.IMAGE_SIZE, contract.IMAGE_SIZE), np.uint8)
@@ -218,13 +234,31 @@ class EmbeddedDrivingEnv(gym.Env):
         self._pos = np.zeros(2)
         self._overview: FrameRenderer | None = None
 
+    def _renderer_for(self, layout: str) -> FrameRenderer:
+        if layout not in self._renderers:
+            assets = _ASSETS[layout]
+            self._renderers[layout] = FrameRenderer(assets.world, assets.spec, contract.IMAGE_SIZE,
+                                                    self.config.image_resolution_m, self.config.ego_row)
+        return self._renderers[layout]
+
+    @property
+    def layout(self) -> str:
+        """The road layout of the current episode."""
+        return self._sim.layout
+
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         if seed is None and self._pending_seed is not None:
             seed = self._pending_seed  # the factory's seed drives the first episode
         self._pending_seed = None
         super().reset(seed=seed)
+        layouts = self.config.layouts
+        if len(layouts) > 1:  # one layout draws nothing here: its episodes are those of before layouts existed
+            self._sim.layout = layouts[int(self.np_random.integers(len(layouts)))]
         # Everything random in an episode flows from our generator through this one draw.
         self._sim.reset(seed=int(self.np_random.integers(2**31 - 1)))
+        if self._renderer is not self._renderer_for(self._sim.layout):
+            self._renderer = self._renderer_for(self._sim.layout)
+            self._overview = None
         self._route = self._sim.assets.routes[self._sim.route_lane]
         ego = self._sim.vehicle
         self._pos = ego.position.copy()
@@ -295,6 +329,7 @@ class EmbeddedDrivingEnv(gym.Env):
             "speed": float(self._sim.vehicle.speed),
             "lateral_m": float(proj.lateral),
             "route_lane": self._sim.route_lane,
+            "layout": self._sim.layout,
         }
 
     def overview(self, size: int = 256, resolution_m: float = 0.3) -> np.ndarray:

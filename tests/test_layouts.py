@@ -1,0 +1,73 @@
+"""Road layouts of the embedded simulator (issue 28): generated loops that are drivable, differ from each
+other, and are the same on every machine; an env that draws one per episode."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rollout_workers.envs import layouts as L
+from rollout_workers.envs.embedded import EmbeddedEnvConfig, make_env
+from rollout_workers.envs.geometry import lane_points
+
+NAMES = L.TRAINING_LAYOUTS + L.HELD_OUT_LAYOUTS
+
+
+def _loop(network, lane_id: int) -> list:
+    lanes, node = [], "a"
+    while True:
+        ((nxt, edge),) = network.graph[node].items()
+        lanes.append(edge[lane_id])
+        node = nxt
+        if node == "a":
+            return lanes
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n != L.RACETRACK])
+def test_a_generated_loop_is_closed_long_enough_and_clear_of_itself(name: str) -> None:
+    spec = L.loop_spec(name)
+    network = L.build_network(spec)
+    for lane_id in range(2):
+        lanes = _loop(network, lane_id)
+        for a, b in zip(lanes, lanes[1:] + lanes[:1]):  # each piece ends where the next begins
+            end, start = lane_points(a, np.array([a.length]))[0], lane_points(b, np.array([0.0]))[0]
+            assert np.hypot(*(end - start)) < 1e-6
+    line = L.centre_line(spec)
+    assert L._length(line) >= 450.0 and L._clear_of_itself(line, 22.0)
+
+
+def test_loops_are_the_same_everywhere_and_differ_from_each_other() -> None:
+    assert L.describe("loop-2") == L.describe("loop-2")
+    assert L.loop_spec("loop-3").corners[0] == pytest.approx((19.374, -85.498), abs=1e-3)  # a fixed draw
+    figures = [L.describe(n) for n in NAMES if n != L.RACETRACK]
+    assert len({tuple(f["turns_deg"]) for f in figures}) == len(figures)
+    held_out = [L.describe(n) for n in L.HELD_OUT_LAYOUTS]
+    assert all(f["left_turns"] and f["right_turns"] for f in held_out)  # turns both ways
+    assert not set(L.HELD_OUT_LAYOUTS) & set(L.TRAINING_LAYOUTS)
+
+
+def test_a_name_that_names_no_layout_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown road layout 'town02'"):
+        EmbeddedEnvConfig(layouts=("town02",))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_scripted_driver_completes_every_layout(name: str) -> None:
+    from rollout_workers.evaluation import summarize
+    from rollout_workers.scripted import ScriptedDriver, run_episodes
+
+    cfg = EmbeddedEnvConfig(layouts=(name,))
+    report = summarize(run_episodes(lambda seed: make_env(cfg, seed=seed), ScriptedDriver.for_env(cfg), [7]))
+    assert report.mean_route_completion == 1.0 and report.off_road_rate == 0.0
+
+
+def test_an_env_draws_a_layout_per_episode_from_its_set() -> None:
+    env = make_env(EmbeddedEnvConfig(layouts=("racetrack", "loop-2")), seed=0)
+    seen = set()
+    for seed in range(8):
+        obs, info = env.reset(seed=seed)
+        assert info["layout"] == env.unwrapped.layout
+        seen.add(info["layout"])
+        assert env.observation_space.contains(obs)
+    assert seen == {"racetrack", "loop-2"}
+    env.close()
