@@ -35,14 +35,24 @@ class EvalConfig:
     workers: int = 2
     """Parallel evaluation workers (Ray actors)."""
     seed: int = 1_000_000
-    """First evaluation seed; held out from training seeds, which are drawn below 2**31 - 1 by rng."""
+    """First validation seed: evaluation during training, `fleet evaluate`, and every choice of defaults. Held
+    out from training episodes, whose seeds are drawn by rng."""
+    test_seed: int = 3_000_000
+    """First test seed: used only by an explicit final evaluation (`fleet evaluate --final`), each use recorded
+    in <runs_dir>/test-set-uses.jsonl; never for choosing anything."""
     every_updates: int = 0
     """During training, evaluate the newest snapshot every this many learner updates, and the final one,
     tagging the best driving score `best` (0: no evaluation during training)."""
 
-    def seeds(self, episodes: int | None = None) -> list[int]:
-        """The held-out evaluation seeds: `episodes` of them (default: `self.episodes`) from `seed` on."""
-        return [self.seed + i for i in range(self.episodes if episodes is None else episodes)]
+    def __post_init__(self) -> None:
+        if abs(self.test_seed - self.seed) < 1_000_000:
+            raise ValueError(f"test_seed ({self.test_seed}) must lie at least 1,000,000 from seed ({self.seed}): "
+                             "the test episodes must never be validation episodes")
+
+    def seeds(self, episodes: int | None = None, final: bool = False) -> list[int]:
+        """The validation seeds, or with `final` the test seeds: `episodes` of them (default: `self.episodes`)."""
+        first = self.test_seed if final else self.seed
+        return [first + i for i in range(self.episodes if episodes is None else episodes)]
 
 
 @dataclass

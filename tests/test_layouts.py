@@ -71,3 +71,55 @@ def test_an_env_draws_a_layout_per_episode_from_its_set() -> None:
         assert env.observation_space.contains(obs)
     assert seen == {"racetrack", "loop-2"}
     env.close()
+
+
+def _snapshot(tmp_path) -> str:
+    import torch
+
+    from checkpoint_store.store import SnapshotStore
+    from cluster.runtime import experiment
+    from learner.networks import build_networks
+
+    cfg = experiment.load(None, {})
+    torch.manual_seed(0)
+    store = SnapshotStore(str(tmp_path / "store"))
+    store.put({name: net.state_dict() for name, net in build_networks(cfg.network).items()},
+              {"config": cfg.public_dict(), "learner_updates": 1})
+    return str(tmp_path / "store")
+
+
+def test_fleet_evaluate_reports_each_layout_apart_on_the_validation_seeds(tmp_path, capsys) -> None:
+    import json
+
+    from cluster.cli import main
+
+    store = _snapshot(tmp_path)
+    assert main(["evaluate", "--snapshot", store, "--local", "--episodes", "1", "--layouts", "racetrack,loop-2",
+                 "--out", str(tmp_path / "eval"), "--json", "--set", f"run.runs_dir={tmp_path / 'runs'}"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seeds"] == "validation" and [r["layout"] for r in out["layouts"]] == ["racetrack", "loop-2"]
+    assert all(r["set"] == "training" and r["episodes"] == 1 for r in out["layouts"])
+    assert (tmp_path / "eval" / "loop-2" / "report.json").exists()
+    assert not (tmp_path / "runs" / "test-set-uses.jsonl").exists()  # no test seed was looked at
+
+
+def test_held_out_layouts_and_test_seeds_need_the_final_flag_and_each_use_is_recorded(tmp_path, capsys) -> None:
+    import json
+
+    from cluster.cli import main
+
+    store = _snapshot(tmp_path)
+    runs = ["--set", f"run.runs_dir={tmp_path / 'runs'}"]
+    assert main(["evaluate", "--snapshot", store, "--local", "--layouts", "loop-22", *runs]) == 2
+    assert "held out for the final evaluation only" in capsys.readouterr().err
+    assert main(["evaluate", "--snapshot", store, "--local", "--final", "--seed", "5", *runs]) == 2
+    assert "takes no --seed" in capsys.readouterr().err
+    for _ in range(2):
+        assert main(["evaluate", "--snapshot", store, "--local", "--final", "--episodes", "1", "--layouts",
+                     "racetrack,loop-22", "--out", str(tmp_path / "eval"), "--json", *runs]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out.strip().splitlines()[-1])
+    assert out["seeds"] == "test" and [r["set"] for r in out["layouts"]] == ["training", "held-out"]
+    assert "use 2 of the test set" in captured.err
+    uses = [json.loads(line) for line in (tmp_path / "runs" / "test-set-uses.jsonl").read_text().splitlines()]
+    assert len(uses) == 2 and uses[0]["layouts"] == ["racetrack", "loop-22"] and uses[0]["first_seed"] == 3_000_000

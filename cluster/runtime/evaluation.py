@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +23,52 @@ from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = None,
                       local: bool = False, address: str | None = None,
                       base: ExperimentConfig | None = None, overrides: dict[str, Any] | None = None,
-                      say: Callable[[str], None] = print) -> EvalReport:
-    """Policy-only load of `URI[@version]`, then `episodes` deterministic episodes on held-out seeds.
+                      say: Callable[[str], None] = print, final: bool = False) -> EvalReport:
+    """Policy-only load of `URI[@version]`, then `episodes` deterministic episodes on the validation seeds
+    (the test seeds with `final`) of the config's env.
 
     What runs comes from `base` (the user's config; default: the packaged one), never from the
     snapshot's manifest (see `experiment.for_evaluation`)."""
     cfg, weights, label = load_for_evaluation(ref, base, overrides, say)
-    first = cfg.eval.seed if seed is None else seed
-    seeds = [first + i for i in range(episodes)]
-    workers = min(workers, episodes)  # a local Ray is started with one logical CPU per worker: no idle ones
+    seeds = _seeds(cfg, episodes, seed, final)
+    return summarize(_episodes([cfg], weights, seeds, workers, local, address)[0], label)
+
+
+def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: int, seed: int | None = None,
+                     local: bool = False, address: str | None = None, base: ExperimentConfig | None = None,
+                     overrides: dict[str, Any] | None = None, say: Callable[[str], None] = print,
+                     final: bool = False) -> dict[str, EvalReport]:
+    """`evaluate_snapshot` on each road layout of the embedded simulator apart: the same `episodes` seeds on
+    every layout, one report per layout (training and held-out layouts are never averaged together here)."""
+    cfg, weights, label = load_for_evaluation(ref, base, overrides, say)
+    if cfg.run.env != "embedded":
+        raise UserError(f"road layouts are the embedded simulator's; env {cfg.run.env!r} has none")
+    seeds = _seeds(cfg, episodes, seed, final)
+    cfgs = [replace(cfg, embedded=replace(cfg.embedded, layouts=(name,))) for name in layouts]
+    runs = _episodes(cfgs, weights, seeds, workers, local, address)
+    return {name: summarize(eps, f"{label} on {name}") for name, eps in zip(layouts, runs)}
+
+
+def _seeds(cfg: ExperimentConfig, episodes: int, seed: int | None, final: bool) -> list[int]:
+    if seed is not None:
+        if final:
+            raise UserError("--final evaluates on the test seeds (eval.test_seed); it takes no --seed")
+        return [seed + i for i in range(episodes)]
+    return cfg.eval.seeds(episodes, final=final)
+
+
+def _episodes(cfgs: Sequence[ExperimentConfig], weights: dict[str, Any], seeds: list[int], workers: int,
+              local: bool, address: str | None) -> list[list[dict[str, float]]]:
+    """The episodes of `seeds` under each config, in this process or on evaluation actors (one Ray for all)."""
+    workers = min(workers, len(seeds))  # a local Ray is started with one logical CPU per worker: no idle ones
     if local or workers <= 1:
-        worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
-        worker.load(weights)
-        return summarize(worker.run(seeds), label)
-    return summarize(_on_ray(cfg, weights, seeds, workers, address), label)
+        out = []
+        for cfg in cfgs:
+            worker = EvaluationWorker(make_factory(cfg, 0), cfg.network)
+            worker.load(weights)
+            out.append(worker.run(seeds))
+        return out
+    return _on_ray(cfgs, weights, seeds, workers, address)
 
 
 def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: ExperimentConfig | None = None,
@@ -69,8 +104,8 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 
-def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], workers: int,
-            address: str | None = None) -> list[dict[str, float]]:
+def _on_ray(cfgs: Sequence[ExperimentConfig], weights: dict[str, Any], seeds: list[int], workers: int,
+            address: str | None = None) -> list[list[dict[str, float]]]:
     """On evaluation actors. The cluster is `address`, else $RAY_ADDRESS, else a local instance: never the
     address the snapshot was trained on, which may be long gone."""
     import os
@@ -80,7 +115,8 @@ def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], wo
     from cluster.runtime.periodic_eval import RayEval
 
     if not seeds:
-        return []
+        return [[] for _ in cfgs]
+    cfg = cfgs[0]
     started = not ray.is_initialized()
     if started:
         address = address or os.environ.get("RAY_ADDRESS") or None
@@ -88,11 +124,27 @@ def _on_ray(cfg: ExperimentConfig, weights: dict[str, Any], seeds: list[int], wo
                  resources={k: float(workers) for k in cfg.worker_resources()},
                  allow_without_auth=cfg.run.allow_ray_without_auth)
     try:
-        evaluators = RayEval(cfg, workers=min(workers, len(seeds)))
-        try:
-            return evaluators.wait(evaluators.start(weights, seeds), timeout_s=None)
-        finally:
-            evaluators.close()
+        out = []
+        for each in cfgs:
+            evaluators = RayEval(each, workers=min(workers, len(seeds)))
+            try:
+                out.append(evaluators.wait(evaluators.start(weights, seeds), timeout_s=None))
+            finally:
+                evaluators.close()
+        return out
     finally:
         if started:
             ray.shutdown()
+
+
+TEST_SET_LOG = "test-set-uses.jsonl"
+
+
+def record_test_use(runs_dir: Path, what: dict[str, Any]) -> int:
+    """Append one use of the test set (`--final`) to <runs_dir>/test-set-uses.jsonl; returns how many uses it
+    now holds. The test seeds and held-out layouts are for reporting only: every look at them is on record."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path = runs_dir / TEST_SET_LOG
+    with path.open("a") as f:
+        f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **what}) + "\n")
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
