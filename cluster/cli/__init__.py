@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli = Commands(parser)
     for package in (sys.modules[__name__], cluster.bench):
         for mod in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if mod.name.startswith("_"):  # __main__ (python -m cluster.cli) runs the command line on import
+                continue
             register = getattr(importlib.import_module(f"{package.__name__}.{mod.name}"), "register", None)
             if register is not None:
                 register(cli)
