@@ -32,7 +32,7 @@ def test_report_writes_json_markdown_and_plot_with_the_ratio(tmp_path):
                                               point(20, 0.95, 240.0)]), 232.0)
     meta = {"command": "fleet bench learning", "machine": "test", "episodes": 20, "minutes": 20}
     result = lb.report([ours, sb3], ref, meta, tmp_path)
-    assert result["sb3_over_ours_time_to_level"] == pytest.approx(2.0)
+    assert result["peer_over_ours_time_to_level"] == {"sb3": pytest.approx(2.0)}
     assert result["systems"]["ours"]["seeds_reaching_level"] == 1
     saved = json.loads((tmp_path / "learning.json").read_text())
     assert saved["level"]["mean_return"] == pytest.approx(232.0)

@@ -23,7 +23,8 @@ def register(cli: Commands) -> None:
     p.add_argument("--eval-every", type=float, default=5.0, metavar="MIN",
                    help="minutes of training between the evaluated policies")
     p.add_argument("--episodes", type=int, default=20, help="held-out evaluation episodes per point")
-    p.add_argument("--baselines", default="sb3", help="comma-separated baselines: 'sb3' or 'none'")
+    p.add_argument("--baselines", default="sb3-td3,sb3-sac",
+                   help="comma-separated peers: sb3-td3, sb3-sac (sb3: sb3-td3), or 'none'")
     p.add_argument("--baseline-seeds", type=int, metavar="N",
                    help="train the baselines on the first N seeds only (default: every seed)")
     p.add_argument("--config", help="experiment YAML (default: the packaged default)")
@@ -48,11 +49,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
     if args.baseline_seeds is not None and not 0 <= args.baseline_seeds <= args.seeds:
         raise UserError(f"--baseline-seeds must be between 0 and --seeds ({args.seeds})")
-    baselines = [b for b in args.baselines.split(",") if b and b != "none"]
-    unknown = sorted(set(baselines) - {"sb3"})
+    baselines = [{"sb3": "sb3-td3"}.get(b, b) for b in args.baselines.split(",") if b and b != "none"]
+    unknown = sorted(set(baselines) - set(lb.PEERS))
     if unknown:
-        raise UserError(f"--baselines: unknown {unknown}; known: sb3, none")
-    if "sb3" in baselines and (why := lb.sb3_available()):
+        raise UserError(f"--baselines: unknown {unknown}; known: {', '.join(lb.PEERS)}, none")
+    if baselines and (why := lb.sb3_available()):
         raise UserError(why)
     args.env = args.workers = args.steps = args.store = args.name = None
     cfg = experiment.load(args.config, overrides(args))
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
+            "peer_arguments": {b: lb.sb3_arguments(cfg) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
     curves: list = []
@@ -76,10 +78,11 @@ def run(args: argparse.Namespace) -> int:
         if ("ours", seed) not in done:
             curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
             curves.append(lb.finish_curve(curve, level))
-        if "sb3" in baselines and seed - args.first_seed < (args.seeds if args.baseline_seeds is None
-                                                           else args.baseline_seeds) and ("sb3", seed) not in done:
-            curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes)
-            curves.append(lb.finish_curve(curve, level))
+        peer_seeds = args.seeds if args.baseline_seeds is None else args.baseline_seeds
+        for system in baselines:
+            if seed - args.first_seed < peer_seeds and (system, seed) not in done:
+                curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system)
+                curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
     result = lb.report(curves, reference, meta, out)
     if args.json:

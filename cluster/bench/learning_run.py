@@ -1,11 +1,11 @@
-"""The learning benchmark: does the agent learn to drive, how fast in wall time, against SB3's TD3.
+"""The learning benchmark: does the agent learn to drive, how fast in wall time, against its peers.
 
 Each system trains for the same wall-clock budget on the same machine, one after another:
 - ours through the real runtime (`cluster.runtime.training.train`, Ray actors as `fleet train` runs them),
   snapshotting every `interval` seconds of training;
-- Stable-Baselines3 TD3 (`MultiInputPolicy`) configured as the seed agent (separate Nature CNNs of
-  512 features, net_arch [256, 256]) with our batch size, replay ratio, learning rate, warm-up length
-  and exploration noise: what a user would pick instead for single-process TD3.
+- Stable-Baselines3 TD3 and SAC (`MultiInputPolicy`), what a user would pick instead on one machine: the
+  class defaults but for the replay's size, the batch, the replay ratio and the warm-up length, which are
+  ours, and the seed-shaped networks (`sb3_arguments` lists every one).
 
 After training, the policy each system had at every mark (interval, 2 x interval, ... minutes of
 training wall time) is driven deterministically on the same held-out evaluation seeds, outside the
@@ -137,32 +137,40 @@ def sb3_available() -> str | None:
     return None
 
 
-def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int) -> Curve:
-    """Stable-Baselines3 TD3 on the same env, configured as the seed agent, for `minutes` of wall time."""
-    import torch
-    from stable_baselines3 import TD3
-    from stable_baselines3.common.callbacks import BaseCallback
-    from stable_baselines3.common.noise import NormalActionNoise
+PEERS = {"sb3-td3": "TD3", "sb3-sac": "SAC"}
+"""The single-process peers a user would pick instead: Stable-Baselines3's TD3 and SAC."""
 
-    from cluster.runtime.envs import make_factory
-    from rollout_workers.exploration import noise_std
-    from rollout_workers.scripted import run_episodes
 
-    factory = make_factory(cfg, 0)
-    t, ag = cfg.learner, cfg.agent
+def sb3_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Every argument the peers get that is not the class default: the replay's size, the batch, the replay
+    ratio and the warm-up length, as ours; the seed-shaped networks (separate Nature CNNs of
+    `network.feature_dim` features, heads of 256 x 256). Nothing else: SB3's own learning rate, gamma, tau,
+    noise and uniform warm-up over the whole action box."""
+    t = cfg.learner
     # One gradient step every 1/ratio env steps: SB3's train_freq is in whole steps.
     every = max(int(round(1 / t.replay_ratio)), 1)
     steps_per = max(int(round(t.replay_ratio)), 1)
-    model = TD3(
-        "MultiInputPolicy", factory(seed), seed=seed, device="cpu", verbose=0,
-        learning_rate=ag.actor_lr, batch_size=ag.batch_size, learning_starts=t.learning_starts,
-        buffer_size=min(cfg.replay.capacity, 200_000), train_freq=(every, "step"), gradient_steps=steps_per,
-        gamma=ag.gamma, tau=ag.tau, policy_delay=ag.policy_freq, target_policy_noise=ag.policy_noise,
-        target_noise_clip=ag.noise_clip,
-        action_noise=NormalActionNoise(np.zeros(2), noise_std(cfg.exploration, 0).astype(np.float64)),
-        policy_kwargs={"net_arch": [256, 256], "share_features_extractor": False,
-                       "features_extractor_kwargs": {"cnn_output_dim": cfg.network.feature_dim}},
-    )
+    return {"buffer_size": min(cfg.replay.capacity, 200_000), "batch_size": cfg.agent.batch_size,
+            "learning_starts": t.learning_starts, "train_freq": (every, "step"), "gradient_steps": steps_per,
+            "policy_kwargs": {"net_arch": [256, 256], "share_features_extractor": False,
+                              "features_extractor_kwargs": {"cnn_output_dim": cfg.network.feature_dim}}}
+
+
+def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int,
+              system: str = "sb3-td3") -> Curve:
+    """A Stable-Baselines3 peer (`MultiInputPolicy`) on the same env for `minutes` of wall time, with the class
+    defaults but for `sb3_arguments`."""
+    import stable_baselines3
+    import torch
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from cluster.runtime.envs import make_factory
+    from rollout_workers.scripted import run_episodes
+
+    algo = getattr(stable_baselines3, PEERS[system])
+    factory = make_factory(cfg, 0)
+    arguments = sb3_arguments(cfg)
+    model = algo("MultiInputPolicy", factory(seed), seed=seed, device="cpu", verbose=0, **arguments)
     todo = marks(minutes, interval_min)
     held: list[tuple[float, int, int, dict[str, torch.Tensor]]] = []
     started = time.monotonic()
@@ -175,16 +183,16 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
                 held.append((todo.pop(0), self.model.num_timesteps, self.model._n_updates, state))
             return bool(todo)
 
-    say(f"sb3, seed {seed}: training {minutes:g} min (TD3 MultiInputPolicy, batch {ag.batch_size}, "
-        f"{steps_per} update every {every} env steps)")
+    say(f"{system}, seed {seed}: training {minutes:g} min ({PEERS[system]} MultiInputPolicy, one process, "
+        f"{torch.get_num_threads()} torch threads; not SB3's defaults: {json.dumps(arguments, default=str)})")
     model.learn(total_timesteps=10**9, callback=Marks())
-    curve = Curve("sb3", seed)
+    curve = Curve(system, seed)
     for mark, steps, updates, state in held:
         model.actor.load_state_dict(state)
         eps = run_episodes(factory, lambda obs: model.predict(obs, deterministic=True)[0],
                            cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, steps, updates, eps))
-        say(f"sb3, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+        say(f"{system}, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
     return curve
 
 
@@ -213,17 +221,18 @@ def report(curves: list[Curve], reference: dict[str, float], meta: dict[str, Any
             "median_minutes_to_level": statistics.median(times) if all(t is not None for t in times) else None,
             "best_point": asdict(best) if best else None,
         }
-    ours, sb3 = systems.get("ours", {}), systems.get("sb3", {})
-    ratio = None
-    if ours.get("median_minutes_to_level") and sb3.get("median_minutes_to_level"):
-        ratio = sb3["median_minutes_to_level"] / ours["median_minutes_to_level"]
+    ours = systems.get("ours", {})
+    # Each peer's median time to the level over ours (above 1: ours is faster); None where either never got there.
+    ratios = {name: (peer["median_minutes_to_level"] / ours["median_minutes_to_level"]
+                     if ours.get("median_minutes_to_level") and peer.get("median_minutes_to_level") else None)
+              for name, peer in systems.items() if name != "ours"}
     result = {
         **meta,
         "level": {"route_completion": LEVEL_COMPLETION, "mean_return": level_return,
                   "fraction_of_scripted_return": LEVEL_RETURN_FRACTION},
         "scripted_reference": reference,
         "systems": systems,
-        "sb3_over_ours_time_to_level": ratio,
+        "peer_over_ours_time_to_level": ratios,
         "curves": [asdict(c) for c in curves],
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +258,11 @@ def markdown(result: dict[str, Any]) -> str:
         per = ", ".join("not reached" if c["minutes_to_level"] is None else f"{c['minutes_to_level']:g}"
                         for c in result["curves"] if c["system"] == c_sys)
         lines.append(f"| {c_sys} | {s['seeds_reaching_level']}/{s['seeds']} | {per} |")
+    ratios = result.get("peer_over_ours_time_to_level", {})
+    lines += [""] if ratios else []
+    for name, ratio in ratios.items():
+        lines.append(f"{name} / ours, median time to level: "
+                     f"{'n/a (one never reached it)' if ratio is None else f'{ratio:.2f}'}")
     return "\n".join(lines) + "\n"
 
 
@@ -259,7 +273,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    colours = {"ours": "tab:blue", "sb3": "tab:orange"}
+    colours = {"ours": "tab:blue", "sb3": "tab:orange", "sb3-td3": "tab:orange", "sb3-sac": "tab:green",
+               "rllib-sac": "tab:red"}
     for c in result["curves"]:
         xs = [p["minutes"] for p in c["points"]]
         for ax, key in zip(axes, ("route_completion", "mean_return", "mean_speed")):
