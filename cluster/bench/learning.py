@@ -8,6 +8,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 from cluster.cli import Commands
 from learner.common.errors import UserError
@@ -50,10 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline_seeds is not None and not 0 <= args.baseline_seeds <= args.seeds:
         raise UserError(f"--baseline-seeds must be between 0 and --seeds ({args.seeds})")
     baselines = [{"sb3": "sb3-td3"}.get(b, b) for b in args.baselines.split(",") if b and b != "none"]
-    unknown = sorted(set(baselines) - set(lb.PEERS))
+    known = [*lb.PEERS, "rllib-sac"]
+    unknown = sorted(set(baselines) - set(known))
     if unknown:
-        raise UserError(f"--baselines: unknown {unknown}; known: {', '.join(lb.PEERS)}, none")
-    if baselines and (why := lb.sb3_available()):
+        raise UserError(f"--baselines: unknown {unknown}; known: {', '.join(known)}, none")
+    if set(baselines) & set(lb.PEERS) and (why := lb.sb3_available()):
         raise UserError(why)
     args.env = args.workers = args.steps = args.store = args.name = None
     cfg = experiment.load(args.config, overrides(args))
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
-            "peer_arguments": {b: lb.sb3_arguments(cfg) for b in baselines},
+            "peer_arguments": {b: _peer_arguments(b, cfg) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
     curves: list = []
@@ -81,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
         peer_seeds = args.seeds if args.baseline_seeds is None else args.baseline_seeds
         for system in baselines:
             if seed - args.first_seed < peer_seeds and (system, seed) not in done:
-                curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system)
+                if system == "rllib-sac":
+                    from cluster.bench.peers import rllib_sac
+
+                    curve = rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes)
+                else:
+                    curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system)
                 curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
     result = lb.report(curves, reference, meta, out)
@@ -91,6 +98,16 @@ def run(args: argparse.Namespace) -> int:
         print((out / "learning.md").read_text())
         print(f"written: {out / 'learning.json'}, {out / 'learning.md'}, {out / 'learning.png'}")
     return 0
+
+
+def _peer_arguments(system: str, cfg: Any) -> dict[str, Any]:
+    from cluster.bench import learning_run as lb
+
+    if system == "rllib-sac":
+        from cluster.bench.peers import rllib_sac
+
+        return rllib_sac.rllib_arguments(cfg)
+    return lb.sb3_arguments(cfg)
 
 
 def _resumed(out: Path, meta: dict) -> tuple[dict, list]:

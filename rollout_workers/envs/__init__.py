@@ -46,7 +46,7 @@ def embedded_from_env_config(env_config: Mapping[str, Any] | None) -> gym.Env:
         raise ConfigError(f"unknown embedded env key(s) {unknown}; valid: {sorted(names)}")
     if isinstance(data.get("reward"), Mapping):
         data["reward"] = RewardConfig(**data["reward"])
-    for key in ("traffic_speed", "ego_lane_traffic_speed"):
+    for key in ("traffic_speed", "ego_lane_traffic_speed", "layouts"):
         if key in data:
             data[key] = tuple(data[key])
     if seed is not None:
