@@ -71,61 +71,90 @@ class RayRun(Run):
         self.learner_lost = False
 
     def start(self) -> None:
-        import ray
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+        """Join or start Ray, check the cluster, then the actors: checkpoint writer, learner and replay (on
+        one node), rollout workers."""
+        self._start_ray()
+        learner_resources = self._check_cluster()
+        self._start_writer()
+        self._start_learner(learner_resources)
+        self._start_workers()
+        self.placement = self._placement()
 
-        from cluster.runtime.actors import LearnerActor, WorkerActor
+    def _start_ray(self) -> None:
+        """Join the configured cluster, or start a one-node Ray for this run with the CPUs and custom
+        resources its actors need (after the one-node checks: local capacity, CARLA servers)."""
+        import ray
 
         cfg = self.cfg
-        if not ray.is_initialized():
-            if cfg.run.ray_address:
-                init_ray(cfg.run.ray_address, log_file=cfg.run_dir() / "ray.log")
-            else:
-                # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
-                # cores (they then share them) -- otherwise some workers would never be scheduled.
-                cfg.check_local_capacity(os.cpu_count() or 1)
-                evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
-                needed = cfg.run.workers + 1 + evaluators
-                if cfg.run.env == "carla":  # one node, this environment: fail now, with what to set
-                    from cluster.runtime.envs import carla_evaluators
-                    from rollout_workers.carla.checks import check_carla_setup
+        if ray.is_initialized():
+            return
+        if cfg.run.ray_address:
+            init_ray(cfg.run.ray_address, log_file=cfg.run_dir() / "ray.log")
+            return
+        # Logical CPUs: one per worker and evaluator plus the learner, even on a laptop with fewer
+        # cores (they then share them) -- otherwise some workers would never be scheduled.
+        cfg.check_local_capacity(os.cpu_count() or 1)
+        evaluators = cfg.eval.workers if cfg.eval.every_updates > 0 else 0
+        needed = cfg.run.workers + 1 + evaluators
+        if cfg.run.env == "carla":  # one node, this environment: fail now, with what to set
+            from cluster.runtime.envs import carla_evaluators
+            from rollout_workers.carla.checks import check_carla_setup
 
-                    check_carla_setup(cfg.carla_server, cfg.run.workers, carla_evaluators(cfg))
-                # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
-                custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
-                if cfg.run.learner_resource:
-                    custom[cfg.run.learner_resource] = custom.get(cfg.run.learner_resource, 0.0) + 1.0
-                init_ray(num_cpus=max(os.cpu_count() or 1, needed), resources=custom,
-                         log_file=cfg.run_dir() / "ray.log", allow_without_auth=cfg.run.allow_ray_without_auth)
-                self._started_ray = True
+            check_carla_setup(cfg.carla_server, cfg.run.workers, carla_evaluators(cfg))
+        # This one-node instance advertises the workers' custom resource (e.g. `carla`) itself.
+        custom = {k: float(cfg.run.workers + evaluators) for k in cfg.worker_resources()}
+        if cfg.run.learner_resource:
+            custom[cfg.run.learner_resource] = custom.get(cfg.run.learner_resource, 0.0) + 1.0
+        init_ray(num_cpus=max(os.cpu_count() or 1, needed), resources=custom,
+                 log_file=cfg.run_dir() / "ray.log", allow_without_auth=cfg.run.allow_ray_without_auth)
+        self._started_ray = True
+
+    def _check_cluster(self) -> dict[str, float]:
+        """What the cluster must offer before any actor starts: a store every node sees, the learner's
+        resource; whether the learner takes a GPU. Returns the learner's custom resources."""
+        import ray
+
+        cfg = self.cfg
         self.watch = NodeWatch()
         check_store_shared(cfg.store_uri())  # several nodes: each must see the store's one folder
-        gpus = ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu"
-        self._learner_gpu = bool(gpus)
-        learner_res = {cfg.run.learner_resource: 1} if cfg.run.learner_resource else {}
+        self._learner_gpu = bool(ray.cluster_resources().get("GPU", 0) >= 1 and cfg.agent.device != "cpu")
+        learner_res = {cfg.run.learner_resource: 1.0} if cfg.run.learner_resource else {}
         if learner_res and ray.cluster_resources().get(cfg.run.learner_resource, 0) < 1:
             raise ConfigError(f"run.learner_resource: no node of this cluster advertises a "
                               f"{cfg.run.learner_resource!r} resource (ray start --resources, or the cluster YAML)")
-        state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
-        name = cfg.run.name
-        # Ray restarts a killed writer; the store keeps the last complete version meanwhile. The writer takes
-        # the store's lease as this run's owner; a restarted one takes it over (checkpoint_store/lease.py).
+        return learner_res
+
+    def _start_writer(self) -> None:
+        """The checkpoint writer. Ray restarts a killed writer; the store keeps the last complete version
+        meanwhile. It takes the store's lease as this run's owner; a restarted one takes it over
+        (checkpoint_store/lease.py)."""
+        import ray
+
+        cfg, name = self.cfg, self.cfg.run.name
         self.writer = ray.remote(num_cpus=0, max_concurrency=4, max_restarts=-1)(CheckpointWriter).options(
             name=f"{name}-checkpoint").remote(cfg.store_uri(), cfg.retention, owner=self.owner, run=name,
                                               defer_lease_error=True)
         problem = self._writer("lease_problem")  # another run took the store since train()'s check
         if problem:
             raise LeaseHeldError(problem)
-        # The learner first: the replay is then pinned to whatever node it landed on.
-        learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, resources=learner_res,
+
+    def _start_learner(self, learner_resources: dict[str, float]) -> None:
+        """The learner's node first (where a probe with its resources lands), then the replay actor pinned
+        there, then the learner with the MKL preload its node decides, and its loop."""
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from cluster.runtime.actors import LearnerActor
+
+        cfg, name, gpus = self.cfg, self.cfg.run.name, self._learner_gpu
+        state, files = (self.restored.state, self.restored.files) if self.restored else (None, None)
+        learner_cls = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, resources=learner_resources,
                                  max_concurrency=8)(LearnerActor)
-        probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0, resources=learner_res)(_node_id).remote()
-        node = ray.get(probe)
-        affinity = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
-        replay_cls = replay_actor_class()
+        probe = ray.remote(num_cpus=0, num_gpus=1 if gpus else 0, resources=learner_resources)(_node_id).remote()
+        affinity = NodeAffinitySchedulingStrategy(node_id=ray.get(probe), soft=False)
         # Ingestion only (the learner holds the run's one replay memory): it resumes the chunk count.
         first = saved_chunks(files) if files else 0
-        self.replay = replay_cls.options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
+        self.replay = replay_actor_class().options(name=f"{name}-replay", scheduling_strategy=affinity).remote(
             cfg.replay, cfg.network.vector_dim, first_cursor=first)
         # A CPU learner on an AMD CPU with AVX-512: MKL's AVX-512 kernels (learner/common/mkl_amd.py), decided on
         # its node, which builds the library there. ({} elsewhere, or with FLEET_MKL_AVX512=0.)
@@ -135,16 +164,22 @@ class RayRun(Run):
         self.learner = learner_cls.options(name=f"{name}-learner", scheduling_strategy=affinity, **options).remote(
             cfg, self.replay, self.writer, state, files or None)
         self.learner_run = self.learner.run.remote()
-        resources = cfg.worker_resources()
-        # A killed worker is restarted by Ray, and its interrupted loop call re-run on the new instance.
-        worker_cls = ray.remote(num_cpus=1, resources=resources, max_restarts=-1, max_task_retries=-1,
+
+    def _start_workers(self) -> None:
+        """The rollout workers and their loops. A killed worker is restarted by Ray, and its interrupted loop
+        call re-run on the new instance."""
+        import ray
+
+        from cluster.runtime.actors import WorkerActor
+
+        cfg, name = self.cfg, self.cfg.run.name
+        worker_cls = ray.remote(num_cpus=1, resources=cfg.worker_resources(), max_restarts=-1, max_task_retries=-1,
                                 max_concurrency=2)(WorkerActor)
         # By name, not handle: a handle in a restartable actor's constructor arguments is a reference Ray
         # cannot restore (ray-project/ray#53727), and it says so with an ERROR line at every start.
         self.workers = [worker_cls.options(name=f"{name}-worker-{i}").remote(
             i, cfg, f"{name}-replay", f"{name}-learner") for i in range(cfg.run.workers)]
         self._runs = {w.run.remote(): i for i, w in enumerate(self.workers)}
-        self.placement = self._placement()
 
     def _placement(self) -> dict[str, Any]:
         """The node id each actor runs on (also in the run summary). Workers report theirs to the learner
