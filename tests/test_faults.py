@@ -111,11 +111,11 @@ def test_driver_calls_to_the_checkpoint_writer_wait_out_its_restarts(tmp_path, r
     cfg = make_cfg(tmp_path, **{"run.name": "wrestart"})
     run = RayRun(cfg, None)
     run.writer = ray.remote(num_cpus=0, max_restarts=-1)(CheckpointWriter).remote(cfg.store_uri(), cfg.retention)
-    assert run._writer("status")["last_version"] is None
+    assert run._writer("status").last_version is None
     pid = run._writer("__ray_call__", lambda _self: os.getpid())
     for _ in range(4):
         ray.kill(run.writer, no_restart=False)
-        assert run._writer("status")["in_flight"] is False
+        assert run._writer("status").in_flight is False
         # The call may have raced the kill; this one must reach the restarted instance.
         deadline = time.monotonic() + 120
         while (new := run._writer("__ray_call__", lambda _self: os.getpid())) == pid:
