@@ -144,3 +144,24 @@ def test_an_interrupted_training_stops_the_benchmark_instead_of_becoming_a_curve
     with pytest.raises(KeyboardInterrupt):
         lb.train_ours(cfg, 3, 10, 5, tmp_path, 2)
     assert ran == ["ours-seed3"]
+
+
+def test_the_final_report_holds_each_layout_against_its_own_scripted_return(tmp_path):
+    from dataclasses import asdict
+
+    ref = {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0}
+    final_ref = {name: {"mean_return": 400.0 if name == "loop-22" else 300.0} for name in lb.final_layouts()}
+
+    def final(returns: dict[str, float]) -> dict:
+        return {name: asdict(point(0, 0.95, returns.get(name, 290.0))) for name in lb.final_layouts()}
+
+    good = lb.Curve("ours", 3, [point(5, 0.95, 250.0)], final=final({"loop-22": 350.0}))
+    short = lb.Curve("ours", 4, [point(5, 0.95, 250.0)], final=final({"loop-22": 310.0}))  # 310 < 0.8 * 400
+    meta = {"command": "fleet bench learning --final", "machine": "test", "episodes": 20, "minutes": 5,
+            "final_reference": final_ref}
+    result = lb.report([good, short], ref, meta, tmp_path)
+    ours = result["final"]["ours"]
+    assert ours["seeds"] == 2 and ours["at_level_on_every_training_layout"] == 2
+    assert ours["at_level_on_every_held_out_layout"] == 1 and ours["per_seed"]["4"]["loop-22"] is False
+    table = (tmp_path / "learning.md").read_text()
+    assert "| ours | 4 | loop-22 | held-out | 0.950 | 310.0 | 400.0 | no |" in table

@@ -33,6 +33,10 @@ def register(cli: Commands) -> None:
                    help="override a config key for every system (e.g. agent.batch_size=32)")
     p.add_argument("--out", help="output folder (default: runs/bench-learning-<time>)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--final", action="store_true",
+                   help="also drive each run's last policy on the test seeds (eval.test_seed) of every training and "
+                        "held-out road layout, beside the scripted driver on the same episodes: for reporting only, "
+                        "each use recorded in <runs_dir>/test-set-uses.jsonl")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted benchmark in --out: keep the curves its learning.json "
                         "holds, train only the systems and seeds it lacks (same command required)")
@@ -72,13 +76,21 @@ def run(args: argparse.Namespace) -> int:
             "peer_arguments": {b: _peer_arguments(b, cfg) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
+    if args.final:
+        from cluster.runtime.evaluation import TEST_SET_LOG, record_test_use
+
+        uses = record_test_use(Path(cfg.run.runs_dir), {"command": meta["command"], "layouts": list(lb.final_layouts()),
+                                                       "first_seed": cfg.eval.test_seed})
+        lb.say(f"final: test seeds from {cfg.eval.test_seed:,} on {', '.join(lb.final_layouts())}; use {uses} of "
+               f"the test set, recorded in {Path(cfg.run.runs_dir) / TEST_SET_LOG}; the scripted driver on them")
+        meta["final_reference"] = lb.final_reference(cfg, args.episodes)
     curves: list = []
     if args.resume:
         meta, curves = _resumed(out, meta)
     done = {(c.system, c.seed) for c in curves}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         if ("ours", seed) not in done:
-            curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes)
+            curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes, args.final)
             curves.append(lb.finish_curve(curve, level))
         peer_seeds = args.seeds if args.baseline_seeds is None else args.baseline_seeds
         for system in baselines:
@@ -86,9 +98,10 @@ def run(args: argparse.Namespace) -> int:
                 if system == "rllib-sac":
                     from cluster.bench.peers import rllib_sac
 
-                    curve = rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes)
+                    curve = rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes, args.final)
                 else:
-                    curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system)
+                    curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system,
+                                         args.final)
                 curves.append(lb.finish_curve(curve, level))
         lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
     result = lb.report(curves, reference, meta, out)
@@ -121,8 +134,8 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
     if saved.get("command") != meta["command"]:
         raise UserError(f"--resume: {path} was written by `{saved.get('command')}`, not `{meta['command']}`; "
                         "a benchmark continues only with the command that started it")
-    curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"))
-              for c in saved.get("curves", [])]
+    curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"),
+                       c.get("final", {})) for c in saved.get("curves", [])]
     # A curve with a point short of the last mark was cut by an interruption: it is trained again.
     last = lb.marks(meta["minutes"], meta["eval_every_min"])[-1]
     cut = [c for c in curves if not c.points or c.points[-1].minutes < last - 1e-6]
@@ -130,8 +143,8 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
     if cut:
         lb.say("--resume: training again what an interruption cut short: "
                + ", ".join(f"{c.system} seed {c.seed}" for c in cut))
-    kept = {k: saved[k] for k in ("command", "machine", "minutes", "eval_every_min", "episodes", "started")
-            if k in saved}
+    kept = {k: saved[k] for k in ("command", "machine", "minutes", "eval_every_min", "episodes", "started",
+                                  "peer_arguments", "final_reference") if k in saved}
     kept["revisions"] = list(saved.get("revisions", [])) + [r for r in meta["revisions"]
                                                              if r not in saved.get("revisions", [])]
     kept["resumed"] = list(saved.get("resumed", [])) + [meta["started"]]

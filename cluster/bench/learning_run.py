@@ -56,6 +56,39 @@ class Curve:
     seed: int
     points: list[Point] = field(default_factory=list)
     minutes_to_level: float | None = None
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """With --final: the run's last policy on the test seeds, per layout (training and held-out)."""
+
+
+def layout_config(cfg: ExperimentConfig, layout: str) -> ExperimentConfig:
+    """`cfg` with the embedded simulator on one road layout."""
+    return replace(cfg, embedded=replace(cfg.embedded, layouts=(layout,)))
+
+
+def final_layouts() -> tuple[str, ...]:
+    from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS, TRAINING_LAYOUTS
+
+    return TRAINING_LAYOUTS + HELD_OUT_LAYOUTS
+
+
+def final_points(cfg: ExperimentConfig, act: Any, episodes: int) -> dict[str, dict[str, Any]]:
+    """A policy (obs -> action) on the test seeds, on every training and held-out layout apart."""
+    from cluster.runtime.envs import make_factory
+    from rollout_workers.scripted import run_episodes
+
+    out = {}
+    for layout in final_layouts():
+        c = layout_config(cfg, layout)
+        eps = run_episodes(make_factory(c, 0), act, cfg.eval.seeds(episodes, final=True))
+        out[layout] = asdict(summarize_point(0.0, 0, 0, eps))
+    return out
+
+
+def final_reference(cfg: ExperimentConfig, episodes: int) -> dict[str, dict[str, float]]:
+    """The scripted driver on the test seeds of every layout: each layout's level is held against its own."""
+    from cluster.runtime.run import scripted_reference
+
+    return {layout: scripted_reference(layout_config(cfg, layout), episodes, final=True) for layout in final_layouts()}
 
 
 def say(msg: str) -> None:
@@ -82,7 +115,7 @@ def marks(minutes: float, interval_min: float) -> list[float]:
 
 
 def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, out: Path,
-               episodes: int) -> Curve:
+               episodes: int, final: bool = False) -> Curve:
     """Train through the Ray runtime for `minutes`, then evaluate the snapshot held at each mark."""
     from checkpoint_store.retention import RetentionPolicy
     from checkpoint_store.store import SnapshotStore
@@ -125,6 +158,8 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
         eps = worker.run(cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, m.env_steps, m.learner_updates, eps))
         say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+    if final and curve.points:  # the worker holds the last mark's policy
+        curve.final = final_points(cfg, lambda obs: worker.policy.act(obs["image"], obs["vector"]), episodes)
     return curve
 
 
@@ -157,7 +192,7 @@ def sb3_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int,
-              system: str = "sb3-td3") -> Curve:
+              system: str = "sb3-td3", final: bool = False) -> Curve:
     """A Stable-Baselines3 peer (`MultiInputPolicy`) on the same env for `minutes` of wall time, with the class
     defaults but for `sb3_arguments`."""
     import stable_baselines3
@@ -193,6 +228,8 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
                            cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, steps, updates, eps))
         say(f"{system}, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+    if final and held:  # the actor holds the last mark's state
+        curve.final = final_points(cfg, lambda obs: model.predict(obs, deterministic=True)[0], episodes)
     return curve
 
 
@@ -226,8 +263,10 @@ def report(curves: list[Curve], reference: dict[str, float], meta: dict[str, Any
     ratios = {name: (peer["median_minutes_to_level"] / ours["median_minutes_to_level"]
                      if ours.get("median_minutes_to_level") and peer.get("median_minutes_to_level") else None)
               for name, peer in systems.items() if name != "ours"}
+    final = _final_summary(curves, meta.get("final_reference"))
     result = {
         **meta,
+        **({"final": final} if final else {}),
         "level": {"route_completion": LEVEL_COMPLETION, "mean_return": level_return,
                   "fraction_of_scripted_return": LEVEL_RETURN_FRACTION},
         "scripted_reference": reference,
@@ -240,6 +279,31 @@ def report(curves: list[Curve], reference: dict[str, float], meta: dict[str, Any
     (out / "learning.md").write_text(markdown(result))
     plot(result, out / "learning.png")
     return result
+
+
+def _final_summary(curves: list[Curve], reference: dict[str, dict[str, float]] | None) -> dict[str, Any]:
+    """Per system: the runs whose last policy reached the level on the test seeds of each layout (its own
+    scripted return), counted over the held-out layouts and over the training layouts."""
+    from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS
+
+    if not reference:
+        return {}
+    out: dict[str, Any] = {}
+    for c in curves:
+        if not c.final:
+            continue
+        at_level = {layout: bool(p["route_completion"] >= LEVEL_COMPLETION
+                                 and p["mean_return"] >= LEVEL_RETURN_FRACTION * reference[layout]["mean_return"])
+                    for layout, p in c.final.items()}
+        s = out.setdefault(c.system, {"seeds": 0, "at_level_on_every_held_out_layout": 0,
+                                      "at_level_on_every_training_layout": 0, "per_seed": {}})
+        s["seeds"] += 1
+        held = [v for k, v in at_level.items() if k in HELD_OUT_LAYOUTS]
+        trained = [v for k, v in at_level.items() if k not in HELD_OUT_LAYOUTS]
+        s["at_level_on_every_held_out_layout"] += int(bool(held) and all(held))
+        s["at_level_on_every_training_layout"] += int(bool(trained) and all(trained))
+        s["per_seed"][str(c.seed)] = at_level
+    return out
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -258,6 +322,23 @@ def markdown(result: dict[str, Any]) -> str:
         per = ", ".join("not reached" if c["minutes_to_level"] is None else f"{c['minutes_to_level']:g}"
                         for c in result["curves"] if c["system"] == c_sys)
         lines.append(f"| {c_sys} | {s['seeds_reaching_level']}/{s['seeds']} | {per} |")
+    if result.get("final"):
+        from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS
+
+        ref = result["final_reference"]
+        lines += ["", "Final (test seeds; each run's last policy; level against each layout's own scripted return):",
+                  "", "| system | seed | layout | set | route completion | return | scripted return | at level |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for c in result["curves"]:
+            for layout, p in c.get("final", {}).items():
+                ok = result["final"][c["system"]]["per_seed"][str(c["seed"])][layout]
+                lines.append(f"| {c['system']} | {c['seed']} | {layout} | "
+                             f"{'held-out' if layout in HELD_OUT_LAYOUTS else 'training'} | "
+                             f"{p['route_completion']:.3f} | {p['mean_return']:.1f} | "
+                             f"{ref[layout]['mean_return']:.1f} | {'yes' if ok else 'no'} |")
+        for name, f in result["final"].items():
+            lines.append(f"{name}: {f['at_level_on_every_held_out_layout']}/{f['seeds']} seeds at the level on every "
+                         f"held-out layout, {f['at_level_on_every_training_layout']}/{f['seeds']} on every training one")
     ratios = result.get("peer_over_ours_time_to_level", {})
     lines += [""] if ratios else []
     for name, ratio in ratios.items():

@@ -151,14 +151,15 @@ def eval_figures(report: EvalReport) -> dict[str, float]:
             "episodes": len(report.episodes)}
 
 
-def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None) -> dict[str, float]:
-    """The scripted lane follower on the evaluation's own seeds: the figures an agent is held against."""
+def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None, final: bool = False) -> dict[str, float]:
+    """The scripted lane follower on the evaluation's own seeds (the test seeds with `final`): the figures an
+    agent is held against."""
     from cluster.runtime.envs import make_factory
     from rollout_workers.evaluation import summarize
     from rollout_workers.scripted import ScriptedDriver, run_episodes
 
     return eval_figures(summarize(run_episodes(make_factory(cfg, 0), ScriptedDriver.for_env(cfg.embedded),
-                                               cfg.eval.seeds(episodes))))
+                                               cfg.eval.seeds(episodes, final=final))))
 
 
 def _absorb_reports(reports: list[Any], status: Status, metrics: MetricsLog, returns: list[float]) -> None:

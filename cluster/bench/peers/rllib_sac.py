@@ -128,12 +128,13 @@ def deterministic_policy(module: Any) -> Any:
     return act
 
 
-def train(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int) -> Any:
+def train(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int,
+          final: bool = False) -> Any:
     """`rllib-sac` for `minutes` of wall time; the module's weights at each mark, evaluated afterwards on the
     same validation episodes as every system (outside the timed training)."""
     import ray
 
-    from cluster.bench.learning_run import Curve, _brief, marks, say, summarize_point
+    from cluster.bench.learning_run import Curve, _brief, final_points, marks, say, summarize_point
     from cluster.runtime.envs import make_factory
     from rollout_workers.scripted import run_episodes
 
@@ -162,6 +163,8 @@ def train(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float,
             eps = run_episodes(factory, deterministic_policy(module), cfg.eval.seeds(episodes))
             curve.points.append(summarize_point(mark, steps, updates, eps))
             say(f"rllib-sac, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+        if final and held:  # the module holds the last mark's state
+            curve.final = final_points(cfg, deterministic_policy(module), episodes)
         return curve
     finally:
         algo.stop()
