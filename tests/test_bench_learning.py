@@ -103,7 +103,7 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
 
     trained = []
 
-    def fake_ours(cfg, seed, minutes, every, out, episodes):
+    def fake_ours(cfg, seed, minutes, every, out, episodes, final=False):
         trained.append(("ours", seed))
         if seed == 1 and len(trained) == 2:
             raise KeyboardInterrupt  # the first invocation is interrupted during seed 1
