@@ -40,6 +40,9 @@ class PeriodicEval:
         self.on_best = on_best
         self.store = SnapshotStore(cfg.store_uri())
         self.best_score = best_score
+        self.best_return = float("-inf")
+        """The best snapshot's mean return: among equal driving scores (1.00 is common once it drives), the
+        one that earned more is better."""
         self.best_version: str | None = None
         self.reports: list[EvalReport] = []
         self._next = self.every
@@ -112,8 +115,8 @@ class PeriodicEval:
             "off_road_rate": report.off_road_rate, "mean_speed": report.mean_speed,
         })
         mark = ""
-        if report.driving_score > self.best_score:
-            self.best_score, self.best_version = report.driving_score, version
+        if (report.driving_score, report.mean_return) > (self.best_score, self.best_return):
+            self.best_score, self.best_return, self.best_version = report.driving_score, report.mean_return, version
             self.on_best(version, report.driving_score)
             mark = " best"
         status.last_eval = f"{version} score {report.driving_score:.2f}{mark}"

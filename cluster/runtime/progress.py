@@ -245,7 +245,7 @@ def summary_text(summary: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  error: {summary['error']}")
     final, ref = summary.get("final_eval"), summary.get("scripted_reference")
     if final:
-        lines.append(f"  final evaluation ({final['episodes']} held-out episodes): route completion "
+        lines.append(f"  final evaluation ({final['episodes']} validation episodes): route completion "
                      f"{final['route_completion']:.2f}, driving score {final['driving_score']:.2f}, "
                      f"mean speed {final['mean_speed']:.1f} m/s, return {final['mean_return']:.1f}")
         if ref:
@@ -255,7 +255,10 @@ def summary_text(summary: dict[str, Any], run_dir: Path) -> str:
         lines.append(f"  mean return of the last training episodes: {summary.get('mean_return_last_episodes')}"
                      " (no evaluation ran: eval.every_updates is 0)")
     if summary.get("best"):
-        lines.append(f"  best snapshot: {summary['best']['version']} (driving score {summary['best']['driving_score']:.2f})")
+        best = summary["best"]
+        lines.append(f"  use: {summary.get('store', '')}@best = {best['version']}, the best of the evaluated snapshots "
+                     f"on the validation episodes (driving score {best['driving_score']:.2f}"
+                     + (f", return {best['mean_return']:.1f})" if best.get("mean_return") is not None else ")"))
     health = [f"{k.replace('_', ' ')} {summary[k]}" for k in ("env_failures", "worker_restarts") if summary.get(k)]
     for lost in summary.get("node_losses") or []:
         on = [f"worker(s) {', '.join(map(str, lost['workers']))}"] if lost.get("workers") else []

@@ -169,7 +169,8 @@ def summarize(cfg: ExperimentConfig, resume: Resume | None, runner: Run, status:
         summary["error"] = str(outcome.failure)
     if evaluator is not None and evaluator.reports:
         summary["last_eval"] = status.last_eval
-        summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score}
+        summary["best"] = {"version": evaluator.best_version, "driving_score": evaluator.best_score,
+                           "mean_return": evaluator.best_return if evaluator.best_return > float("-inf") else None}
         summary["final_eval"] = eval_figures(evaluator.reports[-1])
         if cfg.run.env == "embedded":
             status.phase = "the scripted driver on the same evaluation episodes, for reference"
