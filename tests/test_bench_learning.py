@@ -112,7 +112,7 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
     monkeypatch.setattr(lb, "train_ours", fake_ours)
     monkeypatch.setattr("cluster.runtime.run.scripted_reference",
                         lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
-    argv = ["bench", "learning", "--seeds", "2", "--minutes", "10", "--baselines", "none", "--json",
+    argv = ["bench", "learning", "--seeds", "2", "--first-seed", "0", "--minutes", "10", "--baselines", "none", "--json",
             "--out", str(tmp_path)]
     assert main(argv) != 0  # interrupted (the CLI turns ^C into an exit status)
     assert [c["seed"] for c in json.loads((tmp_path / "learning.json").read_text())["curves"]] == [0]
