@@ -76,14 +76,17 @@ class LearnerConfig:
     torch_threads: int = 0
     """Intra-op threads of the learner's CPU math; 0: every core of its machine. On a CPU the update
     bounds the run and paced workers mostly wait for it (Ray would otherwise give the actor one thread)."""
+    reset_every: int = 0
+    """Every this many updates, the actor and critic heads (not the CNNs) start afresh, with their targets
+    and optimizer state, as SR-SPR and BBF do at high replay ratios; 0: never."""
 
     def __post_init__(self) -> None:
         if self.replay_ratio <= 0:
             raise ValueError("replay_ratio must be > 0")
         if self.learning_starts < 0 or self.publish_every < 1 or self.log_every < 1:
             raise ValueError("learning_starts must be >= 0; publish_every and log_every >= 1")
-        if self.torch_threads < 0:
-            raise ValueError("torch_threads must be >= 0 (0: every core)")
+        if self.torch_threads < 0 or self.reset_every < 0:
+            raise ValueError("torch_threads must be >= 0 (0: every core), reset_every >= 0 (0: never)")
 
     def threads(self) -> int:
         """The intra-op thread count the learner runs its updates with."""
@@ -212,6 +215,8 @@ class Learner:
             td_abs = metrics.pop("td_abs")
             if self.memory.cfg.prioritized:
                 self.memory.update_priorities(idx, td_abs.detach().cpu().numpy())
+            if self.cfg.reset_every and self.updates % self.cfg.reset_every == 0:
+                self.agent.reset_heads()
             if self.updates % self.cfg.log_every == 0:
                 self._record(metrics)
             if self.updates % self.cfg.publish_every == 0 or self.policy_version == 0:

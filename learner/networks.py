@@ -31,6 +31,9 @@ class NetworkConfig:
     """Steer and throttle/brake."""
     feature_norm: bool = False
     """Layer-normalise each CNN's 512 features (no parameters, so the seed's keys are unchanged)."""
+    critic_layernorm: bool = False
+    """LayerNorm after each hidden layer of both Q heads, as BRO and TD-MPC2 do (adds the keys n1.*, n2.*
+    to each head; off: the seed's critic)."""
 
     @property
     def vector_dim(self) -> int:
@@ -93,24 +96,30 @@ class Actor(nn.Module):
 
 
 class QHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, layernorm: bool = False) -> None:
         super().__init__()
         self.l1 = nn.Linear(in_dim, hidden)
         self.l2 = nn.Linear(hidden, hidden)
         self.l3 = nn.Linear(hidden, 1)
+        self.layernorm = layernorm
+        if layernorm:
+            self.n1, self.n2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.layernorm:
+            return self.l3(torch.relu(self.n2(self.l2(torch.relu(self.n1(self.l1(x))))))).squeeze(-1)
         return self.l3(torch.relu(self.l2(torch.relu(self.l1(x))))).squeeze(-1)
 
 
 class Critic(nn.Module):
     """Twin Q networks over (image features, vector, action)."""
 
-    def __init__(self, feature_dim: int, vector_dim: int, action_dim: int = 2, hidden: int = 256) -> None:
+    def __init__(self, feature_dim: int, vector_dim: int, action_dim: int = 2, hidden: int = 256,
+                 layernorm: bool = False) -> None:
         super().__init__()
         in_dim = feature_dim + vector_dim + action_dim
-        self.Q1 = QHead(in_dim, hidden)
-        self.Q2 = QHead(in_dim, hidden)
+        self.Q1 = QHead(in_dim, hidden, layernorm)
+        self.Q2 = QHead(in_dim, hidden, layernorm)
 
     def forward(
         self, features: torch.Tensor, vector: torch.Tensor, action: torch.Tensor
@@ -128,7 +137,7 @@ def build_networks(cfg: NetworkConfig) -> dict[str, nn.Module]:
         "actor_cnn": NatureCNN(cfg.frames, cfg.feature_dim, cfg.feature_norm),
         "critic_cnn": NatureCNN(cfg.frames, cfg.feature_dim, cfg.feature_norm),
         "actor": Actor(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
-        "critic": Critic(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim),
+        "critic": Critic(cfg.feature_dim, cfg.vector_dim, cfg.action_dim, cfg.hidden_dim, cfg.critic_layernorm),
     }
 
 

@@ -69,6 +69,11 @@ class TD3Config:
     """Run the CNNs' forward and backward in bf16 autocast (tensor cores on a GPU; weights, heads,
     losses and Adam stay fp32). Off by default: it changes the math by bf16 rounding (see the test
     `test_bf16_cnns_stay_within_their_documented_tolerance`), and this CPU gains nothing from it."""
+    critic_weight_decay: float = 0.0
+    """Decoupled weight decay of the critic and its CNN (AdamW, as BRO uses); 0: Adam, the seed's."""
+    augment_shift: int = 0
+    """DrQ's random shift: each image and next image of a batch moved by up to this many pixels (edges
+    replicated), drawn apart for every sample; 0: no augmentation. Not with CUDA graphs."""
     seed: int = 0
     """Seed of network initialisation and of the agent's noise generators."""
     device: str = "auto"
@@ -83,6 +88,22 @@ class TD3Config:
             raise ValueError("policy_freq and batch_size must be >= 1")
         if self.actor_encoder not in ("own", "critic"):
             raise ValueError(f"actor_encoder must be 'own' or 'critic', got {self.actor_encoder!r}")
+        if self.critic_weight_decay < 0 or not 0 <= self.augment_shift <= 16:
+            raise ValueError("critic_weight_decay must be >= 0 and augment_shift in [0, 16] pixels")
+
+
+def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ's augmentation (Kostrikov et al., 2020): every image of the batch (B, C, H, W) moved by its own
+    whole-pixel shift in [-pad, pad] on each axis, the edges replicated; same dtype and shape."""
+    b, c, h, w = images.shape
+    padded = nn.functional.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(images.device)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=generator.device).to(images.device)
+    rows = (torch.arange(h, device=images.device)[None, :] + dy[:, None])[:, None, :, None]
+    cols = (torch.arange(w, device=images.device)[None, :] + dx[:, None])[:, None, None, :]
+    batch = torch.arange(b, device=images.device)[:, None, None, None]
+    chans = torch.arange(c, device=images.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols].to(images.dtype)
 
 
 def scaled_images(image: torch.Tensor, buffers: ImageBuffers | None = None) -> torch.Tensor:
@@ -195,15 +216,25 @@ class TD3Agent:
         # so this is the same math as one optimizer over actor + actor_cnn.
         graphs = self.cfg.cuda_graphs and self.device.type == "cuda"
         fused = True if (self.cfg.fused_adam or graphs) and self.device.type in ("cpu", "cuda") else None
+        decay = self.cfg.critic_weight_decay
         for name in NETWORKS:
-            opt = torch.optim.Adam(getattr(self, name).parameters(), lr=lr[name], fused=fused,
-                                   capturable=graphs)
+            if decay > 0 and name in ("critic", "critic_cnn"):
+                opt: torch.optim.Optimizer = torch.optim.AdamW(getattr(self, name).parameters(), lr=lr[name],
+                                                               weight_decay=decay, fused=fused, capturable=graphs)
+            else:
+                opt = torch.optim.Adam(getattr(self, name).parameters(), lr=lr[name], fused=fused,
+                                       capturable=graphs)
             setattr(self, f"{name}_optimizer", reg(f"{name}_optimizer", opt))
         self.shared_encoder = self.cfg.actor_encoder == "critic"
         self.sync_actor_encoder()
         self.total_it: Counter = reg("total_it", Counter(0))
         self.noise_gen = reg("noise_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed))
         self.act_rng: np.random.Generator = reg("act_rng", np.random.default_rng(self.cfg.seed))
+        if self.cfg.augment_shift and graphs:
+            raise ValueError("agent.augment_shift draws its shifts on the host: set agent.cuda_graphs false")
+        # Only when augmenting: the default agent's state keeps the seed's parts.
+        self.aug_gen = (reg("aug_rng", torch.Generator(device=self.device).manual_seed(self.cfg.seed + 1))
+                        if self.cfg.augment_shift else None)
         self.graphed: GraphedUpdate | None = self.graphed_update() if graphs else None
         self._image_buffers = (ImageBuffers(), ImageBuffers())  # a CPU update's image, next_image
 
@@ -321,6 +352,10 @@ class TD3Agent:
         self.total_it.value += 1
         actor_step = self.total_it.value % self.cfg.policy_freq == 0
         noise = self.target_noise(batch.action.shape)
+        if self.aug_gen is not None:
+            pad = self.cfg.augment_shift
+            batch = batch._replace(image=random_shift(batch.image.to(self.device), pad, self.aug_gen),
+                                   next_image=random_shift(batch.next_image.to(self.device), pad, self.aug_gen))
         if self.graphed is not None:
             metrics = self.graphed(batch, noise, actor_step)
         else:
@@ -338,6 +373,19 @@ class TD3Agent:
             metrics.update(self.update_actor(b))
             self.update_targets()
         return metrics
+
+    @torch.no_grad()
+    def reset_heads(self) -> None:
+        """The actor and critic heads start afresh (new initial weights from torch's generator), their targets
+        become copies, and their optimizers forget their moments; the CNNs keep what they learned."""
+        for name in ("actor", "critic"):
+            net, target = getattr(self, name), getattr(self, f"{name}_target")
+            for module in net.modules():
+                if isinstance(module, (nn.Linear, nn.LayerNorm)):
+                    module.reset_parameters()
+            target.load_state_dict(net.state_dict())
+            getattr(self, f"{name}_optimizer").state.clear()
+        self.graphed = self.graphed_update() if self.graphed is not None else None
 
     def act(self, image: np.ndarray, vector: np.ndarray, noise_std: float | np.ndarray = 0.0,
             rng: np.random.Generator | None = None) -> np.ndarray:
