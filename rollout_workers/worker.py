@@ -29,8 +29,8 @@ class WorkerConfig:
     chunk_steps: int = 256
     """Env steps per chunk pushed to the replay, at most (`chunk_max_age_s` sends a chunk sooner). Each chunk
     costs the central path a fixed CPU price besides its steps' (a Ray call and an object transfer into the
-    replay actor, another out to the learner): on the 2-core bench machine the ingest ceiling was 6,087
-    env steps/s with 64-step chunks and 18,464 with 256 (docs/benchmarks.md, "The central ceiling")."""
+    replay actor, another out to the learner): on the 2-core bench machine the ingest ceiling was 5,291
+    env steps/s with 64-step chunks and 19,378 with 256 (docs/benchmarks.md, "The ceiling passes 10,000")."""
     chunk_max_age_s: float = 5.0
     """A chunk is sent once its first step is this many seconds old, full or not, also while the worker is
     held back: a simulator at 10-20 Hz would otherwise keep a 256-step chunk from the learner 13-26 s."""

@@ -213,20 +213,21 @@ class RefLog:
 
     def __init__(self) -> None:
         self._log: list[Any] = []
-        self._steps: list[int] = []
+        self._backlog = 0
+        """Steps behind the references in the log (handed out with them)."""
         self._first = 0
 
     def add(self, refs: list[Any], steps: int) -> int:
         self._log.extend(refs)
-        self._steps.extend([steps // max(len(refs), 1)] * len(refs))
+        self._backlog += steps
         return steps
 
     def backlog_steps(self) -> int:
-        return sum(self._steps)
+        return self._backlog
 
     def pull_new(self, cursor: int) -> tuple[list[Any], int]:
         """One consumer: what it has not had yet, dropped from the log once handed out (frees the objects)."""
-        refs, self._log, self._steps = self._log, [], []
+        refs, self._log, self._backlog = self._log, [], 0
         self._first += len(refs)
         return refs, self._first
 
