@@ -140,13 +140,15 @@ MANIFEST_RUN = ["train", "--local", "--steps", "600", "--set", "run.seed=3", "--
                 "--set", "learner.learning_starts=200", "--set", "agent.batch_size=16",
                 "--set", "learner.snapshot_every=100", "--set", "learner.snapshot_every_s=0",
                 "--set", "worker.weight_sync_s=1000000", "--set", "eval.every_updates=0",
-                "--set", "learner.torch_threads=1"]
-"""A short local run that depends on no clock: snapshots and weight asks by count, one thread."""
+                "--set", "learner.torch_threads=1", "--set", "worker.chunk_max_age_s=1000000"]
+"""A short local run that depends on no clock: snapshots, weight asks and chunks by count, one thread."""
 
 
 def manifest(tmp: Path) -> dict[str, Any]:
     """The latest manifest of a fixed-seed local run, without what differs between two identical runs:
-    the version's writer suffix, the save time, timings among the metrics, and the run's own paths."""
+    the version's writer suffix, the save time, timings among the metrics, the run's own paths, and the
+    worker's random stream id in the replay's header (so the header's hash, and the manifest's checksum over
+    every file's hash, are taken again over the header with each stream named by its index)."""
     fleet = [str(Path(sys.executable).parent / "fleet")]
     store, runs = tmp / "store", tmp / "runs"
     done = subprocess.run([*fleet, *MANIFEST_RUN, "--set", f"run.store={store}", "--set", f"run.runs_dir={runs}",
@@ -158,6 +160,15 @@ def manifest(tmp: Path) -> dict[str, Any]:
     body = json.loads((store / "versions" / f"{latest}.json").read_text())
     body["version"] = body["version"][:9]
     body.pop("created", None)
+    header = body.get("files", {}).get("replay/header.json")
+    if header is not None:
+        blob = store / "blobs" / "sha256" / header["sha256"][:2] / header["sha256"]
+        data = json.loads(blob.read_text())
+        for i, stream in enumerate(data.get("streams", [])):
+            stream["stream"] = i
+        header["sha256"] = _sha(json.dumps(data, sort_keys=True).encode())
+        header.pop("size", None)
+        body.pop("checksum", None)
     body["metrics"] = {k: v for k, v in body.get("metrics", {}).items()
                        if not any(t in k for t in ("_ms", "_s", "per_s", "seconds", "time"))}
     text = json.dumps(body, sort_keys=True).replace(str(tmp), "TMP")

@@ -134,7 +134,7 @@ def test_local_capacity_counts_rollout_and_evaluation_workers() -> None:
 
 
 def test_chunk_size_and_age_are_checked() -> None:
-    from cluster import experiment
+    from cluster.runtime import experiment
 
     with pytest.raises(ConfigError, match=r"worker\.chunk_steps must be >= 1 and worker\.chunk_max_age_s > 0"):
         experiment.load(None, {"worker.chunk_max_age_s": 0})

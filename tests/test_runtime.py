@@ -397,7 +397,7 @@ def test_a_sigterm_whose_raise_is_swallowed_still_stops_the_run(tmp_path, monkey
     import os
     import signal
 
-    import cluster.runtime as runtime
+    import cluster.runtime.training as runtime
 
     class Swallows:
         def __del__(self) -> None:
