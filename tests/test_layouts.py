@@ -99,6 +99,9 @@ def test_fleet_evaluate_reports_each_layout_apart_on_the_validation_seeds(tmp_pa
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == "validation" and [r["layout"] for r in out["layouts"]] == ["racetrack", "loop-2"]
     assert all(r["set"] == "training" and r["episodes"] == 1 for r in out["layouts"])
+    # Held against the scripted driver on the same episode of each layout: an untrained actor is far below it.
+    assert all(r["scripted_return"] > 50 and r["at_level"] is False for r in out["layouts"]), out["layouts"]
+    assert all(r["of_scripted_return"] == round(r["mean_return"] / r["scripted_return"], 3) for r in out["layouts"])
     assert (tmp_path / "eval" / "loop-2" / "report.json").exists()
     assert not (tmp_path / "runs" / "test-set-uses.jsonl").exists()  # no test seed was looked at
 

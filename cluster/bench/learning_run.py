@@ -25,14 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from cluster.runtime.evaluation import LEVEL_COMPLETION, LEVEL_RETURN_FRACTION, at_level
 from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
-
-LEVEL_COMPLETION = 0.9
-"""Route completion the deterministic policy must reach ..."""
-LEVEL_RETURN_FRACTION = 0.8
-"""... with at least this fraction of the scripted reference's mean return."""
 
 
 @dataclass
@@ -292,17 +288,16 @@ def _final_summary(curves: list[Curve], reference: dict[str, dict[str, float]] |
     for c in curves:
         if not c.final:
             continue
-        at_level = {layout: bool(p["route_completion"] >= LEVEL_COMPLETION
-                                 and p["mean_return"] >= LEVEL_RETURN_FRACTION * reference[layout]["mean_return"])
-                    for layout, p in c.final.items()}
+        reached_on = {layout: at_level(p["route_completion"], p["mean_return"], reference[layout]["mean_return"])
+                      for layout, p in c.final.items()}
         s = out.setdefault(c.system, {"seeds": 0, "at_level_on_every_held_out_layout": 0,
                                       "at_level_on_every_training_layout": 0, "per_seed": {}})
         s["seeds"] += 1
-        held = [v for k, v in at_level.items() if k in HELD_OUT_LAYOUTS]
-        trained = [v for k, v in at_level.items() if k not in HELD_OUT_LAYOUTS]
+        held = [v for k, v in reached_on.items() if k in HELD_OUT_LAYOUTS]
+        trained = [v for k, v in reached_on.items() if k not in HELD_OUT_LAYOUTS]
         s["at_level_on_every_held_out_layout"] += int(bool(held) and all(held))
         s["at_level_on_every_training_layout"] += int(bool(trained) and all(trained))
-        s["per_seed"][str(c.seed)] = at_level
+        s["per_seed"][str(c.seed)] = reached_on
     return out
 
 

@@ -34,6 +34,31 @@ def evaluate_snapshot(ref: str, workers: int, episodes: int, seed: int | None = 
     return summarize(_episodes([cfg], weights, seeds, workers, local, address)[0], label)
 
 
+LEVEL_COMPLETION = 0.9
+"""The learning level: route completion the deterministic policy must reach ..."""
+LEVEL_RETURN_FRACTION = 0.8
+"""... with at least this fraction of the scripted driver's mean return on the same episodes."""
+
+
+def at_level(route_completion: float, mean_return: float, scripted_return: float) -> bool:
+    return route_completion >= LEVEL_COMPLETION and mean_return >= LEVEL_RETURN_FRACTION * scripted_return
+
+
+def scripted_returns(cfg: ExperimentConfig, layouts: Sequence[str], episodes: int, seed: int | None = None,
+                     final: bool = False) -> dict[str, float]:
+    """The scripted lane follower's mean return on each layout, on the seeds `evaluate_layouts` drives: what a
+    policy's return there is held against."""
+    from rollout_workers.scripted import ScriptedDriver, run_episodes
+
+    seeds = _seeds(cfg, episodes, seed, final)
+    out = {}
+    for name in layouts:
+        c = replace(cfg, embedded=replace(cfg.embedded, layouts=(name,)))
+        eps = run_episodes(make_factory(c, 0), ScriptedDriver.for_env(c.embedded), seeds)
+        out[name] = float(sum(e["return"] for e in eps) / len(eps))
+    return out
+
+
 def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: int, seed: int | None = None,
                      local: bool = False, address: str | None = None, base: ExperimentConfig | None = None,
                      overrides: dict[str, Any] | None = None, say: Callable[[str], None] = print,
