@@ -23,6 +23,8 @@ import numpy as np
 from highway_env.road.lane import CircularLane, LineType, StraightLane
 from highway_env.road.road import RoadNetwork
 
+from learner.common.errors import ConfigError
+
 RACETRACK = "racetrack"
 TRAINING_LAYOUTS = ("racetrack", "loop-2", "loop-3", "loop-14")
 """Training draws one of these per episode; validation episodes run on them too. Chosen by their geometry
@@ -34,8 +36,8 @@ LANE_WIDTH = 5.0
 _LOOP_RE = re.compile(r"loop-(\d{1,6})")
 
 
-class LayoutError(ValueError):
-    """A layout name that names no layout."""
+class LayoutError(ConfigError):
+    """A layout name that names no layout (a ConfigError: a ValueError, and a FleetError the CLI prints)."""
 
 
 @dataclass(frozen=True)
