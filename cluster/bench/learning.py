@@ -16,14 +16,14 @@ from learner.common.errors import UserError
 
 def register(cli: Commands) -> None:
     p = cli.bench("learning", "train ours (Ray runtime) and baselines for the same wall time; curves "
-                  "of the deterministic policy on held-out episodes, time to a driving level", run)
+                  "of the deterministic policy on validation episodes, time to a driving level", run)
     p.add_argument("--seeds", type=int, default=3, help="training seeds per system (first .. first+N-1)")
     p.add_argument("--first-seed", type=int, default=10, metavar="S",
                    help="first training seed (default 10: seeds 0-2 chose the defaults; 10 and up report them)")
     p.add_argument("--minutes", type=float, default=45.0, help="training wall time per system and seed")
     p.add_argument("--eval-every", type=float, default=5.0, metavar="MIN",
                    help="minutes of training between the evaluated policies")
-    p.add_argument("--episodes", type=int, default=20, help="held-out evaluation episodes per point")
+    p.add_argument("--episodes", type=int, default=20, help="validation episodes per point")
     p.add_argument("--baselines", default="sb3-td3,sb3-sac",
                    help="comma-separated peers: sb3-td3, sb3-sac (sb3: sb3-td3), or 'none'")
     p.add_argument("--baseline-seeds", type=int, metavar="N",
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--resume needs --out, the folder of the benchmark to continue")
     out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
     seeds = cfg.eval.seeds(args.episodes)
-    lb.say(f"scripted reference on {len(seeds)} held-out episodes")
+    lb.say(f"scripted reference on {len(seeds)} validation episodes")
     reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),

@@ -8,7 +8,7 @@ Each system trains for the same wall-clock budget on the same machine, one after
   ours, and the seed-shaped networks (`sb3_arguments` lists every one).
 
 After training, the policy each system had at every mark (interval, 2 x interval, ... minutes of
-training wall time) is driven deterministically on the same held-out evaluation seeds, outside the
+training wall time) is driven deterministically on the same validation seeds, outside the
 timed training, so evaluation never takes CPU from either system while it trains.
 """
 
@@ -304,7 +304,7 @@ def _final_summary(curves: list[Curve], reference: dict[str, dict[str, float]] |
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Level: route completion >= {LEVEL_COMPLETION} and mean return >= "
              f"{result['level']['mean_return']:.1f} ({LEVEL_RETURN_FRACTION:.0%} of the scripted driver's "
-             f"{result['scripted_reference']['mean_return']:.1f}) over {result['episodes']} held-out episodes.",
+             f"{result['scripted_reference']['mean_return']:.1f}) over {result['episodes']} validation episodes.",
              "", "| system | seed | minutes | env steps | updates | route completion | driving score | return "
              "| mean speed m/s | off-road |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["curves"]:
@@ -366,7 +366,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("training wall time (min)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"deterministic policy on {result['episodes']} held-out episodes ({result['machine']})")
+    fig.suptitle(f"deterministic policy on {result['episodes']} validation episodes ({result['machine']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

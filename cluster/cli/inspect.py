@@ -15,7 +15,7 @@ def register(cli: Commands) -> None:
                     "(embedded simulator)", run)
     p.add_argument("--snapshot", required=True, metavar="URI[@VERSION]", help="store URI and version/tag")
     p.add_argument("--speeds", default="6,8,11,14", help="comma-separated speeds (m/s) the scripted driver holds")
-    p.add_argument("--episodes", type=int, default=5, help="held-out episodes per speed (20 states each)")
+    p.add_argument("--episodes", type=int, default=5, help="validation episodes per speed (20 states each)")
     p.add_argument("--config", help="experiment YAML (default: the packaged one)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (YAML value syntax)")
