@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cluster.runtime.evaluation import LEVEL_COMPLETION, LEVEL_RETURN_FRACTION, at_level
+from cluster.runtime.evaluation import LEVEL_COMPLETION, LEVEL_RETURN_FRACTION, at_level, layout_config
 from cluster.runtime.experiment import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -54,11 +54,6 @@ class Curve:
     minutes_to_level: float | None = None
     final: dict[str, dict[str, Any]] = field(default_factory=dict)
     """With --final: the run's last policy on the test seeds, per layout (training and held-out)."""
-
-
-def layout_config(cfg: ExperimentConfig, layout: str) -> ExperimentConfig:
-    """`cfg` with the embedded simulator on one road layout."""
-    return replace(cfg, embedded=replace(cfg.embedded, layouts=(layout,)))
 
 
 def final_layouts() -> tuple[str, ...]:

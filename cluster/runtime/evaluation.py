@@ -44,19 +44,21 @@ def at_level(route_completion: float, mean_return: float, scripted_return: float
     return route_completion >= LEVEL_COMPLETION and mean_return >= LEVEL_RETURN_FRACTION * scripted_return
 
 
+def layout_config(cfg: ExperimentConfig, layout: str) -> ExperimentConfig:
+    """`cfg` with the embedded simulator on one road layout."""
+    return replace(cfg, embedded=replace(cfg.embedded, layouts=(layout,)))
+
+
 def scripted_returns(cfg: ExperimentConfig, layouts: Sequence[str], episodes: int, seed: int | None = None,
                      final: bool = False) -> dict[str, float]:
-    """The scripted lane follower's mean return on each layout, on the seeds `evaluate_layouts` drives: what a
-    policy's return there is held against."""
-    from rollout_workers.scripted import ScriptedDriver, run_episodes
+    """The scripted driver's mean return (`scripted_reference`) on each layout, on the seeds `evaluate_layouts`
+    drives (`seed`, when given, is the first validation seed): what a policy's return there is held against."""
+    from cluster.runtime.run import scripted_reference
 
-    seeds = _seeds(cfg, episodes, seed, final)
-    out = {}
-    for name in layouts:
-        c = replace(cfg, embedded=replace(cfg.embedded, layouts=(name,)))
-        eps = run_episodes(make_factory(c, 0), ScriptedDriver.for_env(c.embedded), seeds)
-        out[name] = float(sum(e["return"] for e in eps) / len(eps))
-    return out
+    if seed is not None:
+        cfg = replace(cfg, eval=replace(cfg.eval, seed=seed))
+    return {name: scripted_reference(layout_config(cfg, name), episodes, final=final)["mean_return"]
+            for name in layouts}
 
 
 def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: int, seed: int | None = None,
@@ -69,7 +71,7 @@ def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: i
     if cfg.run.env != "embedded":
         raise UserError(f"road layouts are the embedded simulator's; env {cfg.run.env!r} has none")
     seeds = _seeds(cfg, episodes, seed, final)
-    cfgs = [replace(cfg, embedded=replace(cfg.embedded, layouts=(name,))) for name in layouts]
+    cfgs = [layout_config(cfg, name) for name in layouts]
     runs = _episodes(cfgs, weights, seeds, workers, local, address)
     return {name: summarize(eps, f"{label} on {name}") for name, eps in zip(layouts, runs)}
 
