@@ -144,6 +144,26 @@ def build_networks(cfg: NetworkConfig) -> dict[str, nn.Module]:
 POLICY_COMPONENTS = ("actor_cnn", "actor")
 """What a worker or evaluator needs to act: the actor and its own encoder."""
 
+POLICY_SOURCES: dict[str, tuple[str, str]] = {
+    "online": POLICY_COMPONENTS,
+    "averaged": ("actor_cnn_target", "actor_target"),
+}
+"""Which of a snapshot's two actors a policy is made of: the online actor the rollout workers act with, or
+the Polyak average of it that TD3's targets use (and its encoder's average). Both are in every snapshot."""
+
+
+def policy_components(source: str) -> tuple[str, str]:
+    """The snapshot components (encoder, actor) of policy `source` ("online" or "averaged")."""
+    try:
+        return POLICY_SOURCES[source]
+    except KeyError:
+        raise ValueError(f"policy source must be one of {sorted(POLICY_SOURCES)}, got {source!r}") from None
+
+
+def policy_weights(state: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str, dict[str, torch.Tensor]]:
+    """`Policy.load_components` weights ({"actor_cnn", "actor"}) from a snapshot state holding `source`'s."""
+    return dict(zip(POLICY_COMPONENTS, (state[name] for name in policy_components(source)), strict=True))
+
 
 class Policy(nn.Module):
     """The acting half of the agent (actor_cnn + actor), for rollout and evaluation workers."""

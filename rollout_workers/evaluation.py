@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from learner.common.interfaces import MakeEnv, PolicyParams
-from learner.networks import NetworkConfig, Policy
+from learner.networks import NetworkConfig, Policy, policy_components
 from rollout_workers.scripted import run_episodes
 
 log = logging.getLogger(__name__)
@@ -43,8 +43,15 @@ class EvalConfig:
     every_updates: int = 0
     """During training, evaluate the newest snapshot every this many learner updates, and the final one,
     tagging the best driving score `best` (0: no evaluation during training)."""
+    policy: str = "averaged"
+    """Which of a snapshot's actors every evaluation drives (during training, `fleet evaluate`, the learning
+    benchmark, videos): "averaged", the Polyak average of the actor that TD3's targets keep, or "online", the
+    actor the rollout workers act with. The online actor's speed swings by 2 m/s between snapshots 500 updates
+    apart as the critic's throttle preference flips; the average holds it (docs/benchmarks.md, "Which actor
+    to drive"). Training is the same either way."""
 
     def __post_init__(self) -> None:
+        policy_components(self.policy)  # raises on an unknown source
         if abs(self.test_seed - self.seed) < 1_000_000:
             raise ValueError(f"test_seed ({self.test_seed}) must lie at least 1,000,000 from seed ({self.seed}): "
                              "the test episodes must never be validation episodes")

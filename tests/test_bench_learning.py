@@ -127,6 +127,13 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
     assert [c["seed"] for c in result["curves"]] == [0, 1]
     assert result["systems"]["ours"]["seeds_reaching_level"] == 2
     assert len(result["resumed"]) == 1 and result["revisions"]
+    assert result["eval_policy"] == "averaged"
+    # A benchmark begun before eval.policy existed evaluated the online actor: it is not continued with another.
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    del saved["eval_policy"]
+    (tmp_path / "learning.json").write_text(json.dumps(saved))
+    assert main(argv + ["--resume"]) == 2
+    assert "evaluated the online actor, this invocation would evaluate the averaged one" in capsys.readouterr().err
 
 
 def test_an_interrupted_training_stops_the_benchmark_instead_of_becoming_a_curve(monkeypatch, tmp_path):

@@ -83,7 +83,8 @@ def _snapshot(tmp_path) -> str:
     cfg = experiment.load(None, {})
     torch.manual_seed(0)
     store = SnapshotStore(str(tmp_path / "store"))
-    store.put({name: net.state_dict() for name, net in build_networks(cfg.network).items()},
+    nets = build_networks(cfg.network)  # and their targets, as every snapshot a run writes holds them
+    store.put({f"{name}{end}": net.state_dict() for name, net in nets.items() for end in ("", "_target")},
               {"config": cfg.public_dict(), "learner_updates": 1})
     return str(tmp_path / "store")
 

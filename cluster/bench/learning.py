@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
             "peer_arguments": {b: _peer_arguments(b, cfg) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
-            "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
+            "eval_policy": cfg.eval.policy, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
     if args.final:
         from cluster.runtime.evaluation import TEST_SET_LOG, record_test_use
 
@@ -134,6 +134,10 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
     if saved.get("command") != meta["command"]:
         raise UserError(f"--resume: {path} was written by `{saved.get('command')}`, not `{meta['command']}`; "
                         "a benchmark continues only with the command that started it")
+    if saved.get("eval_policy", "online") != meta["eval_policy"]:  # before eval.policy, the online actor
+        raise UserError(f"--resume: {path} evaluated the {saved.get('eval_policy', 'online')} actor, this invocation "
+                        f"would evaluate the {meta['eval_policy']} one (eval.policy); a benchmark's points are all of "
+                        "one actor: finish it at the revision that started it, or start it again without --resume")
     curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"),
                        c.get("final", {})) for c in saved.get("curves", [])]
     # A curve with a point short of the last mark was cut by an interruption: it is trained again.
@@ -144,7 +148,7 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
         lb.say("--resume: training again what an interruption cut short: "
                + ", ".join(f"{c.system} seed {c.seed}" for c in cut))
     kept = {k: saved[k] for k in ("command", "machine", "minutes", "eval_every_min", "episodes", "started",
-                                  "peer_arguments", "final_reference") if k in saved}
+                                  "peer_arguments", "final_reference", "eval_policy") if k in saved}
     kept["revisions"] = list(saved.get("revisions", [])) + [r for r in meta["revisions"]
                                                              if r not in saved.get("revisions", [])]
     kept["resumed"] = list(saved.get("resumed", [])) + [meta["started"]]

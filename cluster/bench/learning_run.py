@@ -112,7 +112,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     from checkpoint_store.store import SnapshotStore
     from cluster.runtime.envs import make_factory
     from cluster.runtime.training import train
-    from learner.networks import POLICY_COMPONENTS
+    from learner.networks import policy_components, policy_weights
     from rollout_workers.evaluation import EvaluationWorker
 
     run_cfg = replace(
@@ -144,8 +144,8 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
         if not held:
             continue
         m = held[-1]
-        snap = store.get(m.version, components=list(POLICY_COMPONENTS))
-        worker.load({name: snap.state[name] for name in POLICY_COMPONENTS})
+        snap = store.get(m.version, components=list(policy_components(cfg.eval.policy)))
+        worker.load(policy_weights(snap.state, cfg.eval.policy))
         eps = worker.run(cfg.eval.seeds(episodes))
         curve.points.append(summarize_point(mark, m.env_steps, m.learner_updates, eps))
         say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
@@ -299,7 +299,8 @@ def _final_summary(curves: list[Curve], reference: dict[str, dict[str, float]] |
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Level: route completion >= {LEVEL_COMPLETION} and mean return >= "
              f"{result['level']['mean_return']:.1f} ({LEVEL_RETURN_FRACTION:.0%} of the scripted driver's "
-             f"{result['scripted_reference']['mean_return']:.1f}) over {result['episodes']} validation episodes.",
+             f"{result['scripted_reference']['mean_return']:.1f}) over {result['episodes']} validation episodes"
+             + (f"; ours drives its {result['eval_policy']} actor (eval.policy)." if "eval_policy" in result else "."),
              "", "| system | seed | minutes | env steps | updates | route completion | driving score | return "
              "| mean speed m/s | off-road |", "|---|---|---|---|---|---|---|---|---|---|"]
     for c in result["curves"]:

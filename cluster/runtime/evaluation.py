@@ -16,7 +16,7 @@ from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
 from cluster.runtime.ray_setup import init_ray
 from cluster.runtime.resume import Resume
 from learner.common.errors import UserError
-from learner.networks import POLICY_COMPONENTS, Policy
+from learner.networks import Policy, policy_components, policy_weights
 from rollout_workers.evaluation import EvalReport, EvaluationWorker, summarize
 
 
@@ -117,17 +117,25 @@ def video_of_snapshot(ref: str, path: Path, seed: int | None = None, base: Exper
 
 
 def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict[str, Any] | None,
-                        say: Callable[[str], None], components: Sequence[str] = POLICY_COMPONENTS,
+                        say: Callable[[str], None], components: Sequence[str] | None = None,
                         ) -> tuple[ExperimentConfig, dict[str, Any], str]:
-    """The evaluation config, the weights of `components` and a `uri@version` label of snapshot `ref`.
+    """The evaluation config, weights and a `uri@version` label of snapshot `ref`.
 
-    Loads only those components (by default the policy's); a reader never creates the store location."""
+    The weights are those of `components`, by name; by default the policy that the config's `eval.policy`
+    names, as `Policy` weights. Only those are read; a reader never creates the store location."""
     where = Resume.parse(ref)
-    snap = SnapshotStore(where.uri, create=False).get(where.version, components=list(components))
-    cfg, notes = for_evaluation(snap.manifest.config, base or load(None, overrides), overrides)
+    store = SnapshotStore(where.uri, create=False)
+    manifest = store.manifest(where.version)
+    cfg, notes = for_evaluation(manifest.config, base or load(None, overrides), overrides)
     for note in notes:
         say(note)
-    weights = {name: snap.state[name] for name in components}
+    names = list(components) if components is not None else list(policy_components(cfg.eval.policy))
+    if components is None and (missing := [n for n in names if n not in manifest.components]):
+        raise UserError(f"snapshot {redact(where.uri)}@{manifest.version} holds no {cfg.eval.policy} actor "
+                        f"(no {', '.join(missing)}); evaluate the actor it has with --set eval.policy=online")
+    snap = store.get(manifest.version, components=names)  # the resolved version: `latest` may move meanwhile
+    weights = ({name: snap.state[name] for name in names} if components is not None
+               else policy_weights(snap.state, cfg.eval.policy))
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
 
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from checkpoint_store.store import SnapshotStore
 from cluster.runtime.progress import MetricsLog, Status
-from learner.networks import POLICY_COMPONENTS
+from learner.networks import policy_components, policy_weights
 from rollout_workers.evaluation import EvalReport, summarize
 
 if TYPE_CHECKING:
@@ -97,8 +97,8 @@ class PeriodicEval:
             self._finish(version, updates, self.backend.wait(handle), status, metrics)
 
     def _start(self, version: str) -> None:
-        snap = self.store.get(version, components=list(POLICY_COMPONENTS))
-        weights = {name: snap.state[name] for name in POLICY_COMPONENTS}
+        snap = self.store.get(version, components=list(policy_components(self.cfg.eval.policy)))
+        weights = policy_weights(snap.state, self.cfg.eval.policy)
         seeds = self.cfg.eval.seeds()
         self._last_version = version
         updates = snap.manifest.learner_updates
