@@ -41,6 +41,26 @@ def test_report_writes_json_markdown_and_plot_with_the_ratio(tmp_path):
     assert (tmp_path / "learning.png").stat().st_size > 10_000
 
 
+def test_ours_other_actor_is_reported_beside_the_evaluated_one_and_kept_by_resume(monkeypatch, tmp_path, capsys):
+    # The averaged actor is evaluated; the online one drove the same snapshots: a second table, paired by mark.
+    def fake_ours(cfg, seed, minutes, every, out, episodes, final=False):
+        return lb.Curve("ours", seed, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)],
+                        other_actor=[point(5, 0.6, 120.0), point(10, 1.0, 180.0)])
+
+    monkeypatch.setattr(lb, "train_ours", fake_ours)
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "1", "--minutes", "10", "--baselines", "none", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    table = (tmp_path / "learning.md").read_text()
+    assert "driven by the online actor" in table and "| 10 | 10 | 180.0 / 7.00 | 250.0 / 7.00 |" in table
+    assert json.loads((tmp_path / "learning.json").read_text())["systems"]["ours"]["seeds_reaching_level"] == 1
+    assert main(argv + ["--resume", "--json"]) == 0  # nothing left to train: the saved curves come back whole
+    out = capsys.readouterr().out
+    curve = json.loads(out[out.index("{"):])["curves"][0]
+    assert [p["mean_return"] for p in curve["other_actor"]] == [120.0, 180.0]
+
+
 def test_marks_cover_the_budget():
     assert lb.marks(45, 5) == [5, 10, 15, 20, 25, 30, 35, 40, 45]
     assert lb.marks(1, 5) == [5]

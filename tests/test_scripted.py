@@ -127,10 +127,12 @@ def test_default_steer_noise_keeps_the_scripted_driver_on_the_road():
     from rollout_workers.envs.embedded import make_env
 
     cfg, driver = ExplorationConfig(), ScriptedDriver.for_env()
-    for std, completes in ((noise_std(cfg, 0), True), (np.float32([0.3, 0.3]), False)):
+    # On the four default layouts: the default completes all 8 episodes; steer noise 0.3 left the road in 3
+    # (mean completion 0.86), 0.4 in 7 (0.40): the counterexample, so the check can fail.
+    for std, completes in ((noise_std(cfg, 0), True), (np.float32([0.4, 0.4]), False)):
         rng = np.random.default_rng(0)
         noisy = lambda obs: np.clip(driver.act(obs) + rng.normal(0, std).astype(np.float32), -1, 1)  # noqa: B023,E731
-        eps = run_episodes(lambda s: make_env(seed=s), noisy, range(100, 104))
+        eps = run_episodes(lambda s: make_env(seed=s), noisy, range(100, 108))
         assert bool(np.mean([e["route_completion"] for e in eps]) > 0.9) is completes, std
 
 

@@ -139,7 +139,8 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
                         f"would evaluate the {meta['eval_policy']} one (eval.policy); a benchmark's points are all of "
                         "one actor: finish it at the revision that started it, or start it again without --resume")
     curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"),
-                       c.get("final", {})) for c in saved.get("curves", [])]
+                       c.get("final", {}), [lb.Point(**p) for p in c.get("other_actor", [])])
+              for c in saved.get("curves", [])]
     # A curve with a point short of the last mark was cut by an interruption: it is trained again.
     last = lb.marks(meta["minutes"], meta["eval_every_min"])[-1]
     cut = [c for c in curves if not c.points or c.points[-1].minutes < last - 1e-6]

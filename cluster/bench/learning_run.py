@@ -54,6 +54,9 @@ class Curve:
     minutes_to_level: float | None = None
     final: dict[str, dict[str, Any]] = field(default_factory=dict)
     """With --final: the run's last policy on the test seeds, per layout (training and held-out)."""
+    other_actor: list[Point] = field(default_factory=list)
+    """Ours only: the same snapshots, on the same episodes, driven by the actor `eval.policy` does not name
+    (online beside averaged): the paired comparison of the two, from every run."""
 
 
 def final_layouts() -> tuple[str, ...]:
@@ -112,7 +115,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     from checkpoint_store.store import SnapshotStore
     from cluster.runtime.envs import make_factory
     from cluster.runtime.training import train
-    from learner.networks import policy_components, policy_weights
+    from learner.networks import POLICY_SOURCES, policy_components, policy_weights
     from rollout_workers.evaluation import EvaluationWorker
 
     run_cfg = replace(
@@ -138,17 +141,20 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     manifests = sorted(store.list(), key=lambda m: m.created)
     worker = EvaluationWorker(make_factory(run_cfg, 0), run_cfg.network)
     curve = Curve("ours", seed)
+    other = next(source for source in POLICY_SOURCES if source != cfg.eval.policy)
     for mark in marks(minutes, interval_min):
         # Only this training's snapshots: a retrained seed (--resume) writes where a cut one had.
         held = [m for m in manifests if 0 <= m.created - started <= 60 * mark]
         if not held:
             continue
         m = held[-1]
-        snap = store.get(m.version, components=list(policy_components(cfg.eval.policy)))
-        worker.load(policy_weights(snap.state, cfg.eval.policy))
-        eps = worker.run(cfg.eval.seeds(episodes))
-        curve.points.append(summarize_point(mark, m.env_steps, m.learner_updates, eps))
-        say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])}")
+        for source in (other, cfg.eval.policy):  # the evaluated actor last: the worker keeps it for --final
+            snap = store.get(m.version, components=list(policy_components(source)))
+            worker.load(policy_weights(snap.state, source))
+            point = summarize_point(mark, m.env_steps, m.learner_updates, worker.run(cfg.eval.seeds(episodes)))
+            (curve.points if source == cfg.eval.policy else curve.other_actor).append(point)
+        say(f"ours, seed {seed}, {mark:g} min: {_brief(curve.points[-1])} ({other} actor: return "
+            f"{curve.other_actor[-1].mean_return:.1f}, speed {curve.other_actor[-1].mean_speed:.1f} m/s)")
     if final and curve.points:  # the worker holds the last mark's policy
         curve.final = final_points(cfg, lambda obs: worker.policy.act(obs["image"], obs["vector"]), episodes)
     return curve
@@ -330,6 +336,16 @@ def markdown(result: dict[str, Any]) -> str:
         for name, f in result["final"].items():
             lines.append(f"{name}: {f['at_level_on_every_held_out_layout']}/{f['seeds']} seeds at the level on every "
                          f"held-out layout, {f['at_level_on_every_training_layout']}/{f['seeds']} on every training one")
+    paired = [c for c in result["curves"] if c.get("other_actor")]
+    if paired:
+        other = next(s for s in ("online", "averaged") if s != result.get("eval_policy", "online"))
+        lines += ["", f"Ours, the same snapshots on the same episodes driven by the {other} actor (return / speed m/s; "
+                  "the evaluated actor's beside it):", "", "| seed | minutes | " + f"{other} | "
+                  + f"{result.get('eval_policy', 'online')} |", "|---|---|---|---|"]
+        for c in paired:
+            for p, q in zip(c["other_actor"], c["points"], strict=True):
+                lines.append(f"| {c['seed']} | {p['minutes']:g} | {p['mean_return']:.1f} / {p['mean_speed']:.2f} | "
+                             f"{q['mean_return']:.1f} / {q['mean_speed']:.2f} |")
     ratios = result.get("peer_over_ours_time_to_level", {})
     lines += [""] if ratios else []
     for name, ratio in ratios.items():
