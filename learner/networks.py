@@ -160,6 +160,12 @@ def policy_components(source: str) -> tuple[str, str]:
         raise ValueError(f"policy source must be one of {sorted(POLICY_SOURCES)}, got {source!r}") from None
 
 
+def other_policy_source(source: str) -> str:
+    """The source `source` is not ("averaged" for "online", and the reverse)."""
+    policy_components(source)
+    return next(name for name in POLICY_SOURCES if name != source)
+
+
 def policy_weights(state: dict[str, dict[str, torch.Tensor]], source: str) -> dict[str, dict[str, torch.Tensor]]:
     """`Policy.load_components` weights ({"actor_cnn", "actor"}) from a snapshot state holding `source`'s."""
     return dict(zip(POLICY_COMPONENTS, (state[name] for name in policy_components(source)), strict=True))

@@ -115,7 +115,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     from checkpoint_store.store import SnapshotStore
     from cluster.runtime.envs import make_factory
     from cluster.runtime.training import train
-    from learner.networks import POLICY_SOURCES, policy_components, policy_weights
+    from learner.networks import other_policy_source, policy_components, policy_weights
     from rollout_workers.evaluation import EvaluationWorker
 
     run_cfg = replace(
@@ -141,7 +141,7 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     manifests = sorted(store.list(), key=lambda m: m.created)
     worker = EvaluationWorker(make_factory(run_cfg, 0), run_cfg.network)
     curve = Curve("ours", seed)
-    other = next(source for source in POLICY_SOURCES if source != cfg.eval.policy)
+    other = other_policy_source(cfg.eval.policy)
     for mark in marks(minutes, interval_min):
         # Only this training's snapshots: a retrained seed (--resume) writes where a cut one had.
         held = [m for m in manifests if 0 <= m.created - started <= 60 * mark]
@@ -338,7 +338,9 @@ def markdown(result: dict[str, Any]) -> str:
                          f"held-out layout, {f['at_level_on_every_training_layout']}/{f['seeds']} on every training one")
     paired = [c for c in result["curves"] if c.get("other_actor")]
     if paired:
-        other = next(s for s in ("online", "averaged") if s != result.get("eval_policy", "online"))
+        from learner.networks import other_policy_source
+
+        other = other_policy_source(result.get("eval_policy", "online"))
         lines += ["", f"Ours, the same snapshots on the same episodes driven by the {other} actor (return / speed m/s; "
                   "the evaluated actor's beside it):", "", "| seed | minutes | " + f"{other} | "
                   + f"{result.get('eval_policy', 'online')} |", "|---|---|---|---|"]
