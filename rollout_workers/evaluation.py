@@ -88,6 +88,16 @@ class EvalReport:
 
         return json.dumps(clean(asdict(self)), indent=2, allow_nan=False)
 
+    @property
+    def crashes(self) -> int:
+        """Episodes that ended in a collision or off the road."""
+        return crashes(self.episodes)
+
+
+def crashes(episodes: Sequence[dict[str, float]]) -> int:
+    """How many of `episodes` ended in a collision or off the road."""
+    return sum(bool(ep.get("collision")) or bool(ep.get("off_road")) for ep in episodes)
+
 
 def driving_score(ep: dict[str, float]) -> float:
     return float(ep["route_completion"]) * COLLISION_PENALTY ** float(ep.get("collision", 0.0))

@@ -95,6 +95,37 @@ def test_first_seed_trains_the_seeds_after_it_and_names_itself_in_the_command(mo
     assert "--seeds 2 --first-seed 2 " in json.loads(capsys.readouterr().out)["meta"]["command"]
 
 
+
+def test_the_default_invocation_is_the_issues_three_seeds_of_ours_and_two_of_each_peer(monkeypatch, tmp_path, capsys):
+    from cluster.bench.learning_run import Curve
+    from cluster.bench.peers import rllib_sac
+
+    trained = []
+    monkeypatch.setattr(lb, "sb3_available", lambda: None)
+    monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, minutes, *a: trained.append(("ours", seed, minutes))
+                        or Curve("ours", seed))
+    monkeypatch.setattr(lb, "train_sb3", lambda cfg, seed, minutes, i, e, system, final: trained.append(
+        (system, seed, minutes)) or Curve(system, seed))
+    monkeypatch.setattr(rllib_sac, "train", lambda cfg, seed, minutes, *a: trained.append(("rllib-sac", seed, minutes))
+                        or Curve("rllib-sac", seed))
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference", lambda cfg, n: {"mean_return": 100.0})
+    monkeypatch.setattr(lb, "report", lambda curves, reference, meta, out: {"meta": meta})
+    monkeypatch.setattr(lb, "finish_curve", lambda curve, level: curve)
+    assert main(["bench", "learning", "--json", "--out", str(tmp_path)]) == 0
+    peers = ["sb3-td3", "sb3-sac", "rllib-sac"]
+    assert trained == [(s, seed, 30.0) for seed in (10, 11) for s in ["ours", *peers]] + [("ours", 12, 30.0)]
+    assert "--baselines sb3-td3,sb3-sac,rllib-sac --baseline-seeds 2" in json.loads(capsys.readouterr().out)[
+        "meta"]["command"]
+    # One seed of ours asks for at most one of each peer; `none` trains no peer and names no peer seeds.
+    trained.clear()
+    assert main(["bench", "learning", "--seeds", "1", "--json", "--out", str(tmp_path)]) == 0
+    assert [s for s, _, _ in trained] == ["ours", *peers]
+    assert "--baseline-seeds" not in json.loads(capsys.readouterr().out)["meta"]["command"]
+    trained.clear()
+    assert main(["bench", "learning", "--baselines", "none", "--json", "--out", str(tmp_path)]) == 0
+    assert [s for s, _, _ in trained] == ["ours"] * 3
+    assert "--baseline-seeds" not in json.loads(capsys.readouterr().out)["meta"]["command"]
+
 @pytest.mark.slow
 def test_sb3_baseline_trains_on_the_embedded_env_and_is_evaluated_at_each_mark():
     pytest.importorskip("stable_baselines3")
@@ -116,6 +147,11 @@ def test_a_point_summarises_its_episodes_like_fleet_evaluate():
     p = lb.summarize_point(10, 5000, 2000, eps)
     assert (p.route_completion, p.mean_return, p.mean_speed, p.collision_rate) == (0.75, 200.0, 12.0, 0.5)
     assert p.driving_score == pytest.approx((1.0 + 0.5 * 0.6) / 2)
+    # `fleet evaluate` counts crashes, episodes ended by a collision or by leaving the road, for the traffic check.
+    from rollout_workers.evaluation import summarize
+
+    off = dict(eps[0], seed=3, off_road=1.0, route_completion=0.2)
+    assert summarize(eps).crashes == 1 and summarize([*eps, off]).crashes == 2 and summarize(eps[:1]).crashes == 0
 
 
 def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatch, tmp_path, capsys):

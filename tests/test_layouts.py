@@ -103,7 +103,12 @@ def test_fleet_evaluate_reports_each_layout_apart_on_the_validation_seeds(tmp_pa
     # Held against the scripted driver on the same episode of each layout: an untrained actor is far below it.
     assert all(r["scripted_return"] > 50 and r["at_level"] is False for r in out["layouts"]), out["layouts"]
     assert all(r["of_scripted_return"] == round(r["mean_return"] / r["scripted_return"], 3) for r in out["layouts"])
-    assert (tmp_path / "eval" / "loop-2" / "report.json").exists()
+    # Crashes: its episodes that ended in a collision or off the road, as its own report holds them; the scripted
+    # driver's on the same episodes (it completes every layout, so none).
+    for r in out["layouts"]:
+        episodes = json.loads((tmp_path / "eval" / r["layout"] / "report.json").read_text())["episodes"]
+        assert r["crashes"] == sum(bool(e["collision"] or e["off_road"]) for e in episodes)
+        assert r["scripted_crashes"] == 0
     assert not (tmp_path / "runs" / "test-set-uses.jsonl").exists()  # no test seed was looked at
 
 

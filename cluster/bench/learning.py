@@ -1,4 +1,5 @@
-"""`fleet bench learning`: wall time to a driving agent, ours (Ray runtime) against SB3 TD3."""
+"""`fleet bench learning`: wall time to a driving agent, ours (Ray runtime) against the peers a user would pick
+(SB3 TD3 and SAC, RLlib SAC), on the same env, machine and budget."""
 
 from __future__ import annotations
 
@@ -13,6 +14,9 @@ from typing import Any
 from cluster.cli import Commands
 from learner.common.errors import UserError
 
+DEFAULT_PEER_SEEDS = 2
+"""Training seeds per peer by default (issue 28: 3 seeds of ours, 2 of each peer)."""
+
 
 def register(cli: Commands) -> None:
     p = cli.bench("learning", "train ours (Ray runtime) and baselines for the same wall time; curves "
@@ -20,14 +24,15 @@ def register(cli: Commands) -> None:
     p.add_argument("--seeds", type=int, default=3, help="training seeds per system (first .. first+N-1)")
     p.add_argument("--first-seed", type=int, default=10, metavar="S",
                    help="first training seed (default 10: seeds 0-2 chose the defaults; 10 and up report them)")
-    p.add_argument("--minutes", type=float, default=45.0, help="training wall time per system and seed")
+    p.add_argument("--minutes", type=float, default=30.0,
+                   help="training wall time per system and seed (default 30: issue 28's budget)")
     p.add_argument("--eval-every", type=float, default=5.0, metavar="MIN",
                    help="minutes of training between the evaluated policies")
     p.add_argument("--episodes", type=int, default=20, help="validation episodes per point")
-    p.add_argument("--baselines", default="sb3-td3,sb3-sac",
-                   help="comma-separated peers: sb3-td3, sb3-sac (sb3: sb3-td3), or 'none'")
+    p.add_argument("--baselines", default="sb3-td3,sb3-sac,rllib-sac",
+                   help="comma-separated peers: sb3-td3, sb3-sac, rllib-sac (sb3: sb3-td3), or 'none'")
     p.add_argument("--baseline-seeds", type=int, metavar="N",
-                   help="train the baselines on the first N seeds only (default: every seed)")
+                   help="train the baselines on the first N seeds only (default: 2, or --seeds if fewer)")
     p.add_argument("--config", help="experiment YAML (default: the packaged default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every system (e.g. agent.batch_size=32)")
@@ -52,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--first-seed must be >= 0")
     if args.seeds < 1 or args.minutes <= 0 or args.eval_every <= 0 or args.episodes < 1:
         raise UserError("--seeds and --episodes must be >= 1, --minutes and --eval-every > 0")
-    if args.baseline_seeds is not None and not 0 <= args.baseline_seeds <= args.seeds:
+    if args.baseline_seeds is None:
+        args.baseline_seeds = min(DEFAULT_PEER_SEEDS, args.seeds)
+    if not 0 <= args.baseline_seeds <= args.seeds:
         raise UserError(f"--baseline-seeds must be between 0 and --seeds ({args.seeds})")
     baselines = [{"sb3": "sb3-td3"}.get(b, b) for b in args.baselines.split(",") if b and b != "none"]
     known = [*lb.PEERS, "rllib-sac"]
@@ -92,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         if ("ours", seed) not in done:
             curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes, args.final)
             curves.append(lb.finish_curve(curve, level))
-        peer_seeds = args.seeds if args.baseline_seeds is None else args.baseline_seeds
+        peer_seeds = args.baseline_seeds
         for system in baselines:
             if seed - args.first_seed < peer_seeds and (system, seed) not in done:
                 if system == "rllib-sac":
@@ -177,7 +184,7 @@ def _argv(args: argparse.Namespace) -> list[str]:
     out = [f"--seeds {args.seeds}", f"--first-seed {args.first_seed}"]
     out += [f"--minutes {args.minutes:g}", f"--eval-every {args.eval_every:g}",
            f"--episodes {args.episodes}", f"--baselines {args.baselines}"]
-    if args.baseline_seeds is not None:
+    if args.baselines != "none" and args.baseline_seeds != args.seeds:  # absent where the peers train every seed
         out.append(f"--baseline-seeds {args.baseline_seeds}")
     out += [f"--set {s}" for s in args.set]
     if args.config:

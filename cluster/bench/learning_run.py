@@ -80,9 +80,9 @@ def final_points(cfg: ExperimentConfig, act: Any, episodes: int) -> dict[str, di
 
 def final_reference(cfg: ExperimentConfig, episodes: int) -> dict[str, dict[str, float]]:
     """The scripted driver on the test seeds of every layout: each layout's level is held against its own."""
-    from cluster.runtime.run import scripted_reference
+    from cluster.runtime.evaluation import scripted_references
 
-    return {layout: scripted_reference(layout_config(cfg, layout), episodes, final=True) for layout in final_layouts()}
+    return scripted_references(cfg, final_layouts(), episodes, final=True)
 
 
 def say(msg: str) -> None:

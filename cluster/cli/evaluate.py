@@ -118,7 +118,12 @@ def _record_final(base: Any, snapshot: str, layouts: list[str]) -> None:
 def _evaluate_layouts(args: argparse.Namespace, base: Any, over: dict[str, Any], layouts: list[str]) -> None:
     import json
 
-    from cluster.runtime.evaluation import LEVEL_RETURN_FRACTION, at_level, evaluate_layouts, scripted_returns
+    from cluster.runtime.evaluation import (
+        LEVEL_RETURN_FRACTION,
+        at_level,
+        evaluate_layouts,
+        scripted_references,
+    )
     from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS
     from rollout_workers.evaluation import write_report
 
@@ -127,20 +132,22 @@ def _evaluate_layouts(args: argparse.Namespace, base: Any, over: dict[str, Any],
     reports = evaluate_layouts(args.snapshot, layouts, args.workers, args.episodes, seed=args.seed, local=args.local,
                                address=args.address, base=base, overrides=over, final=args.final,
                                say=lambda line: print(line, file=sys.stderr))
-    scripted = scripted_returns(base, layouts, args.episodes, seed=args.seed, final=args.final)
+    scripted = scripted_references(base, layouts, args.episodes, seed=args.seed, final=args.final)
     label = next(iter(reports.values())).snapshot.rsplit(" on ", 1)[0]
     out = Path(args.out or f"runs/eval-{label.rsplit('@', 1)[-1]}")
     rows = []
     for name, report in reports.items():
+        ref = scripted[name]
         write_report(report, out / name)
         rows.append({"layout": name, "set": "held-out" if name in HELD_OUT_LAYOUTS else "training",
                      "episodes": len(report.episodes), "route_completion": round(report.mean_route_completion, 3),
                      "driving_score": round(report.driving_score, 3), "mean_return": round(report.mean_return, 1),
                      "mean_speed": round(report.mean_speed, 2), "off_road_rate": round(report.off_road_rate, 3),
-                     "collisions_per_km": round(report.collisions_per_km, 3),
-                     "scripted_return": round(scripted[name], 1),
-                     "of_scripted_return": round(report.mean_return / scripted[name], 3) if scripted[name] > 0 else None,
-                     "at_level": at_level(report.mean_route_completion, report.mean_return, scripted[name])})
+                     "collisions_per_km": round(report.collisions_per_km, 3), "crashes": report.crashes,
+                     "scripted_return": ref["mean_return"], "scripted_crashes": ref["crashes"],
+                     "of_scripted_return": (round(report.mean_return / ref["mean_return"], 3)
+                                            if ref["mean_return"] > 0 else None),
+                     "at_level": at_level(report.mean_route_completion, report.mean_return, ref["mean_return"])})
     seeds = "test" if args.final else "validation"
     summary = {"snapshot": label, "seeds": seeds, "layouts": rows}
     (out / "layouts.json").parent.mkdir(parents=True, exist_ok=True)
@@ -150,12 +157,14 @@ def _evaluate_layouts(args: argparse.Namespace, base: Any, over: dict[str, Any],
         return
     print(f"snapshot {label}: {args.episodes} episodes per layout, {seeds} seeds")
     print(f"  {'layout':<10} {'set':<9} {'route':>6} {'score':>6} {'return':>7} {'scripted':>8} {'of it':>6} "
-          f"{'speed':>6} {'off-road':>8} at level")
+          f"{'speed':>6} {'off-road':>8} {'crashes':>9} at level")
     for r in rows:
         share = f"{r['of_scripted_return']:.0%}" if r["of_scripted_return"] is not None else "-"
+        crashed = f"{r['crashes']} ({r['scripted_crashes']})"
         print(f"  {r['layout']:<10} {r['set']:<9} {r['route_completion']:>6.3f} {r['driving_score']:>6.3f} "
               f"{r['mean_return']:>7.1f} {r['scripted_return']:>8.1f} {share:>6} {r['mean_speed']:>6.2f} "
-              f"{r['off_road_rate']:>8.3f} {'yes' if r['at_level'] else 'no'}")
-    print(f"  (scripted: the scripted driver's mean return on the same episodes; at level: route completion >= 0.9 "
+              f"{r['off_road_rate']:>8.3f} {crashed:>9} {'yes' if r['at_level'] else 'no'}")
+    print(f"  (scripted: the scripted driver's mean return on the same episodes; crashes: episodes ended by a "
+          f"collision or off the road, the scripted driver's in brackets; at level: route completion >= 0.9 "
           f"and {LEVEL_RETURN_FRACTION:.0%} of it)")
     print(f"reports: {out}/<layout>/report.json, {out / 'layouts.json'}")

@@ -49,16 +49,15 @@ def layout_config(cfg: ExperimentConfig, layout: str) -> ExperimentConfig:
     return replace(cfg, embedded=replace(cfg.embedded, layouts=(layout,)))
 
 
-def scripted_returns(cfg: ExperimentConfig, layouts: Sequence[str], episodes: int, seed: int | None = None,
-                     final: bool = False) -> dict[str, float]:
-    """The scripted driver's mean return (`scripted_reference`) on each layout, on the seeds `evaluate_layouts`
-    drives (`seed`, when given, is the first validation seed): what a policy's return there is held against."""
+def scripted_references(cfg: ExperimentConfig, layouts: Sequence[str], episodes: int, seed: int | None = None,
+                        final: bool = False) -> dict[str, dict[str, float]]:
+    """The scripted driver (`scripted_reference`) on each layout, on the seeds `evaluate_layouts` drives
+    (`seed`, when given, is the first validation seed): what a policy's figures there are held against."""
     from cluster.runtime.run import scripted_reference
 
     if seed is not None:
         cfg = replace(cfg, eval=replace(cfg.eval, seed=seed))
-    return {name: scripted_reference(layout_config(cfg, name), episodes, final=final)["mean_return"]
-            for name in layouts}
+    return {name: scripted_reference(layout_config(cfg, name), episodes, final=final) for name in layouts}
 
 
 def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: int, seed: int | None = None,

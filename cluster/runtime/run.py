@@ -148,7 +148,7 @@ def eval_figures(report: EvalReport) -> dict[str, float]:
     return {"route_completion": round(report.mean_route_completion, 3),
             "driving_score": round(report.driving_score, 3), "mean_speed": round(report.mean_speed, 2),
             "mean_return": round(report.mean_return, 1), "off_road_rate": round(report.off_road_rate, 2),
-            "episodes": len(report.episodes)}
+            "crashes": report.crashes, "episodes": len(report.episodes)}
 
 
 def scripted_reference(cfg: ExperimentConfig, episodes: int | None = None, final: bool = False) -> dict[str, float]:
