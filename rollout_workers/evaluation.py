@@ -91,12 +91,7 @@ class EvalReport:
     @property
     def crashes(self) -> int:
         """Episodes that ended in a collision or off the road."""
-        return crashes(self.episodes)
-
-
-def crashes(episodes: Sequence[dict[str, float]]) -> int:
-    """How many of `episodes` ended in a collision or off the road."""
-    return sum(bool(ep.get("collision")) or bool(ep.get("off_road")) for ep in episodes)
+        return sum(bool(ep.get("collision")) or bool(ep.get("off_road")) for ep in self.episodes)
 
 
 def driving_score(ep: dict[str, float]) -> float:

@@ -95,7 +95,6 @@ def test_first_seed_trains_the_seeds_after_it_and_names_itself_in_the_command(mo
     assert "--seeds 2 --first-seed 2 " in json.loads(capsys.readouterr().out)["meta"]["command"]
 
 
-
 def test_the_default_invocation_is_the_issues_three_seeds_of_ours_and_two_of_each_peer(monkeypatch, tmp_path, capsys):
     from cluster.bench.learning_run import Curve
     from cluster.bench.peers import rllib_sac
@@ -125,6 +124,7 @@ def test_the_default_invocation_is_the_issues_three_seeds_of_ours_and_two_of_eac
     assert main(["bench", "learning", "--baselines", "none", "--json", "--out", str(tmp_path)]) == 0
     assert [s for s, _, _ in trained] == ["ours"] * 3
     assert "--baseline-seeds" not in json.loads(capsys.readouterr().out)["meta"]["command"]
+
 
 @pytest.mark.slow
 def test_sb3_baseline_trains_on_the_embedded_env_and_is_evaluated_at_each_mark():

@@ -99,9 +99,8 @@ def run(args: argparse.Namespace) -> int:
         if ("ours", seed) not in done:
             curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes, args.final)
             curves.append(lb.finish_curve(curve, level))
-        peer_seeds = args.baseline_seeds
         for system in baselines:
-            if seed - args.first_seed < peer_seeds and (system, seed) not in done:
+            if seed - args.first_seed < args.baseline_seeds and (system, seed) not in done:
                 if system == "rllib-sac":
                     from cluster.bench.peers import rllib_sac
 
