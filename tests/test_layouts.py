@@ -73,14 +73,14 @@ def test_an_env_draws_a_layout_per_episode_from_its_set() -> None:
     env.close()
 
 
-def _snapshot(tmp_path) -> str:
+def _snapshot(tmp_path, overrides: dict | None = None) -> str:
     import torch
 
     from checkpoint_store.store import SnapshotStore
     from cluster.runtime import experiment
     from learner.networks import build_networks
 
-    cfg = experiment.load(None, {})
+    cfg = experiment.load(None, overrides or {})
     torch.manual_seed(0)
     store = SnapshotStore(str(tmp_path / "store"))
     nets = build_networks(cfg.network)  # and their targets, as every snapshot a run writes holds them
@@ -110,6 +110,33 @@ def test_fleet_evaluate_reports_each_layout_apart_on_the_validation_seeds(tmp_pa
         assert r["crashes"] == sum(bool(e["collision"] or e["off_road"]) for e in episodes)
         assert r["scripted_crashes"] == 0
     assert not (tmp_path / "runs" / "test-set-uses.jsonl").exists()  # no test seed was looked at
+
+
+def test_the_scripted_driver_is_held_on_the_snapshots_simulator_not_the_users_config(tmp_path, capsys) -> None:
+    """A snapshot trained on 150 m routes is held against the scripted driver on 150 m routes (its own
+    episodes), though the user's config says 300 m; a --set reaches both (the twice-the-traffic check)."""
+    import json
+    from dataclasses import replace
+
+    from cluster.cli import main
+    from cluster.runtime import experiment
+    from cluster.runtime.evaluation import layout_config
+    from cluster.runtime.run import scripted_reference
+
+    store = _snapshot(tmp_path, {"embedded.route_length_m": 150.0})
+    runs = ["--set", f"run.runs_dir={tmp_path / 'runs'}"]
+    base = experiment.load(None, {})
+
+    def scripted(route_m: float, vehicles: int) -> float:
+        embedded = replace(base.embedded, route_length_m=route_m, vehicles_count=vehicles)
+        return scripted_reference(layout_config(replace(base, embedded=embedded), "racetrack"), 1)["mean_return"]
+
+    for extra, vehicles in (([], base.embedded.vehicles_count), (["--set", "embedded.vehicles_count=12"], 12)):
+        assert main(["evaluate", "--snapshot", store, "--local", "--episodes", "1", "--layouts", "racetrack",
+                     "--out", str(tmp_path / "eval"), "--json", *runs, *extra]) == 0
+        row = json.loads(capsys.readouterr().out)["layouts"][0]
+        assert row["scripted_return"] == scripted(150.0, vehicles)
+    assert scripted(150.0, base.embedded.vehicles_count) < 0.75 * scripted(300.0, base.embedded.vehicles_count)
 
 
 def test_held_out_layouts_and_test_seeds_need_the_final_flag_and_each_use_is_recorded(tmp_path, capsys) -> None:

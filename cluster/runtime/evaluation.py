@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_store.fs import redact
+from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from cluster.runtime.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
@@ -122,9 +123,7 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
 
     The weights are those of `components`, by name; by default the policy that the config's `eval.policy`
     names, as `Policy` weights. Only those are read; a reader never creates the store location."""
-    where = Resume.parse(ref)
-    store = SnapshotStore(where.uri, create=False)
-    manifest = store.manifest(where.version)
+    where, store, manifest = _manifest(ref)
     cfg, notes = for_evaluation(manifest.config, base or load(None, overrides), overrides)
     for note in notes:
         say(note)
@@ -136,6 +135,21 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
     weights = ({name: snap.state[name] for name in names} if components is not None
                else policy_weights(snap.state, cfg.eval.policy))
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
+
+
+def evaluation_config(ref: str, base: ExperimentConfig | None = None,
+                      overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """The config snapshot `ref` is evaluated on (`load_for_evaluation`'s, without its weights): the user's
+    config with the snapshot's network and simulator parameters, the user's `--set` over them. A reference
+    driven beside the snapshot (the scripted driver) runs on this one, so both see the same episodes."""
+    return for_evaluation(_manifest(ref)[2].config, base or load(None, overrides), overrides)[0]
+
+
+def _manifest(ref: str) -> tuple[Resume, SnapshotStore, Manifest]:
+    """`ref`'s store (never created by a reader) and the manifest of the version it names."""
+    where = Resume.parse(ref)
+    store = SnapshotStore(where.uri, create=False)
+    return where, store, store.manifest(where.version)
 
 
 def _on_ray(cfgs: Sequence[ExperimentConfig], weights: dict[str, Any], seeds: list[int], workers: int,
