@@ -38,6 +38,14 @@ def test_report_writes_json_markdown_and_plot_with_the_ratio(tmp_path):
     assert saved["level"]["mean_return"] == pytest.approx(232.0)
     table = (tmp_path / "learning.md").read_text()
     assert "| ours | 0 | 10 |" in table and "| sb3 | 1/1 | 20 |" in table
+    # How each run ended: its last mark against its best (a run that peaks and falls back shows it).
+    fell = lb.Curve("ours", 1, [point(5, 1.0, 400.0), point(10, 1.0, 300.0)])
+    result = lb.report([ours, fell], ref, meta, tmp_path)
+    assert result["systems"]["ours"]["endings"]["0"]["last_over_best"] == 1.0
+    assert result["systems"]["ours"]["endings"]["1"] == {"last_return": 300.0, "last_speed": 7.0,
+                                                         "best_return": 400.0, "best_minutes": 5,
+                                                         "last_over_best": 0.75}
+    assert "| ours | 1 | 300.0 (7.00) | 400.0 (5) | 75% |" in (tmp_path / "learning.md").read_text()
     assert (tmp_path / "learning.png").stat().st_size > 10_000
 
 
@@ -190,6 +198,96 @@ def test_resume_keeps_finished_curves_and_trains_only_what_is_missing(monkeypatc
     (tmp_path / "learning.json").write_text(json.dumps(saved))
     assert main(argv + ["--resume"]) == 2
     assert "evaluated the online actor, this invocation would evaluate the averaged one" in capsys.readouterr().err
+
+
+def test_an_interruption_during_a_peer_keeps_the_curves_finished_before_it(monkeypatch, tmp_path, capsys):
+    """Each system's curve is saved when it ends, not when its seed's last peer does: a benchmark stopped
+    during a peer's half hour continues from that peer."""
+    from cluster.bench.learning_run import Curve
+
+    trained = []
+    curve = [point(5, 0.5, 100.0), point(10, 0.95, 250.0)]
+
+    def fake_sb3(cfg, seed, minutes, every, episodes, system, final):
+        trained.append((system, seed))
+        if system == "sb3-sac" and trained.count(("sb3-sac", 0)) == 1:
+            raise KeyboardInterrupt  # the first invocation is stopped during seed 0's second peer
+        return Curve(system, seed, list(curve))
+
+    monkeypatch.setattr(lb, "sb3_available", lambda: None)
+    monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, *a: trained.append(("ours", seed))
+                        or Curve("ours", seed, list(curve)))
+    monkeypatch.setattr(lb, "train_sb3", fake_sb3)
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "1", "--first-seed", "0", "--minutes", "10", "--baselines",
+            "sb3-td3,sb3-sac", "--json", "--out", str(tmp_path)]
+    assert main(argv) != 0
+    saved = json.loads((tmp_path / "learning.json").read_text())["curves"]
+    assert [(c["system"], c["seed"]) for c in saved] == [("ours", 0), ("sb3-td3", 0)]
+    assert main(argv + ["--resume"]) == 0
+    assert trained == [("ours", 0), ("sb3-td3", 0), ("sb3-sac", 0), ("sb3-sac", 0)]  # only the cut one again
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [(c["system"], c["seed"]) for c in result["curves"]] == [("ours", 0), ("sb3-td3", 0), ("sb3-sac", 0)]
+
+
+def test_a_peer_learns_on_our_learners_threads_not_on_the_one_an_evaluation_left(monkeypatch):
+    import os
+
+    import torch
+
+    from cluster.runtime import experiment
+    from rollout_workers.evaluation import EvaluationWorker
+
+    cfg = experiment.load(None, {"learner.torch_threads": 2})
+    before = torch.get_num_threads()
+    try:
+        EvaluationWorker(lambda seed: None, cfg.network)  # what ours' evaluation leaves in this process
+        assert torch.get_num_threads() == 1
+        assert lb.peer_threads(cfg) == 2 == torch.get_num_threads()
+        # By default every core, as our learner: learner.torch_threads 0.
+        assert lb.peer_threads(experiment.load(None, {})) == (os.cpu_count() or 1)
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_the_machine_names_its_cpu_its_vector_instructions_and_our_mkl_kernels(monkeypatch):
+    from cluster.bench.learning import _machine
+
+    monkeypatch.delenv("FLEET_MKL_AVX512", raising=False)
+    zen4 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 fma avx512f "
+            "avx512dq avx512cd avx512bw avx512vl\n")
+    assert "(AMD EPYC 9R14, AVX-512, our learner on MKL's AVX-512 kernels)" in _machine(zen4)
+    zen3 = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma\n"
+    assert "(AMD EPYC 7B13, AVX2 only)" in _machine(zen3)
+    monkeypatch.setenv("FLEET_MKL_AVX512", "0")  # turned off: the learner keeps MKL's own kernels, and says so
+    assert "(AMD EPYC 9R14, AVX-512)" in _machine(zen4)
+
+
+def test_a_benchmark_resumed_on_another_machine_names_each_runs_machine(monkeypatch, tmp_path, capsys):
+    from cluster.bench import learning as bench
+    from cluster.bench.learning_run import Curve
+
+    machines = iter(["machine A", "machine B"])
+    monkeypatch.setattr(bench, "_machine", lambda: next(machines))
+
+    def fake_ours(cfg, seed, *a):
+        if seed == 1 and not (tmp_path / "stopped").exists():
+            (tmp_path / "stopped").touch()
+            raise KeyboardInterrupt
+        return Curve("ours", seed, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)])
+
+    monkeypatch.setattr(lb, "train_ours", fake_ours)
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "2", "--first-seed", "0", "--minutes", "10", "--baselines", "none",
+            "--json", "--out", str(tmp_path)]
+    assert main(argv) != 0
+    assert main(argv + ["--resume"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [c["machine"] for c in result["curves"]] == ["machine A", "machine B"]
+    assert result["machine"] == "machine A"  # where it began; each run names its own
+    assert "| ours | 1 | machine B |" in (tmp_path / "learning.md").read_text()
 
 
 def test_an_interrupted_training_stops_the_benchmark_instead_of_becoming_a_curve(monkeypatch, tmp_path):

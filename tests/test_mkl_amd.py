@@ -149,6 +149,7 @@ def test_the_command_line_decides_which_commands_run_a_learner():
 
     assert runs_a_learner(["train", "--local"]) and runs_a_learner(["-v", "train", "--steps", "9", "--local"])
     assert runs_a_learner(["bench", "learner", "--batch", "64"])
+    assert runs_a_learner(["bench", "learning", "--final"])  # the peers learn in its process, as ours does on Ray
     for argv in (["train"], ["train", "--local", "--help"], ["-h"], [], ["evaluate", "--local", "--snapshot", "x"],
                  ["inspect", "--snapshot", "x"], ["snapshots", "list", "x"], ["config", "--show"],
                  ["import-legacy", "f.pth", "--store", "x"], ["bench", "replay"]):

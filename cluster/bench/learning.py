@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     lb.say(f"scripted reference on {len(seeds)} validation episodes")
     reference = scripted_reference(cfg, len(seeds))
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
-    meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": _machine(),
+    here = _machine()
+    meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": here,
             "peer_arguments": {b: _peer_arguments(b, cfg) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "eval_policy": cfg.eval.policy, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
@@ -96,20 +97,14 @@ def run(args: argparse.Namespace) -> int:
         meta, curves = _resumed(out, meta)
     done = {(c.system, c.seed) for c in curves}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
-        if ("ours", seed) not in done:
-            curve = lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes, args.final)
+        peers = baselines if seed - args.first_seed < args.baseline_seeds else []
+        for system in ["ours", *peers]:
+            if (system, seed) in done:
+                continue
+            curve = _train(system, cfg, seed, args, out)
+            curve.machine = here  # a benchmark resumed elsewhere may run on another machine: each run says
             curves.append(lb.finish_curve(curve, level))
-        for system in baselines:
-            if seed - args.first_seed < args.baseline_seeds and (system, seed) not in done:
-                if system == "rllib-sac":
-                    from cluster.bench.peers import rllib_sac
-
-                    curve = rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes, args.final)
-                else:
-                    curve = lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system,
-                                         args.final)
-                curves.append(lb.finish_curve(curve, level))
-        lb.report(curves, reference, meta, out)  # a partial report survives an interrupted benchmark
+            lb.report(curves, reference, meta, out)  # each finished curve survives an interrupted benchmark
     result = lb.report(curves, reference, meta, out)
     if args.json:
         print(json.dumps(result))
@@ -117,6 +112,19 @@ def run(args: argparse.Namespace) -> int:
         print((out / "learning.md").read_text())
         print(f"written: {out / 'learning.json'}, {out / 'learning.md'}, {out / 'learning.png'}")
     return 0
+
+
+def _train(system: str, cfg: Any, seed: int, args: argparse.Namespace, out: Path) -> Any:
+    """One system's training on one seed, its policy evaluated at every mark: a `learning_run.Curve`."""
+    from cluster.bench import learning_run as lb
+
+    if system == "ours":
+        return lb.train_ours(cfg, seed, args.minutes, args.eval_every, out, args.episodes, args.final)
+    if system == "rllib-sac":
+        from cluster.bench.peers import rllib_sac
+
+        return rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes, args.final)
+    return lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system, args.final)
 
 
 def _peer_arguments(system: str, cfg: Any) -> dict[str, Any]:
@@ -145,7 +153,7 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
                         f"would evaluate the {meta['eval_policy']} one (eval.policy); a benchmark's points are all of "
                         "one actor: finish it at the revision that started it, or start it again without --resume")
     curves = [lb.Curve(c["system"], c["seed"], [lb.Point(**p) for p in c["points"]], c.get("minutes_to_level"),
-                       c.get("final", {}), [lb.Point(**p) for p in c.get("other_actor", [])])
+                       c.get("final", {}), [lb.Point(**p) for p in c.get("other_actor", [])], c.get("machine", ""))
               for c in saved.get("curves", [])]
     # A curve with a point short of the last mark was cut by an interruption: it is trained again.
     last = lb.marks(meta["minutes"], meta["eval_every_min"])[-1]
@@ -191,8 +199,28 @@ def _argv(args: argparse.Namespace) -> list[str]:
     return out
 
 
-def _machine() -> str:
+def _machine(cpuinfo: str | None = None) -> str:
+    """The machine in words, with what decides a CPU learner's speed here: the CPU model, its widest vector
+    instructions, and whether our learner gets MKL's AVX-512 kernels (learner/common/mkl_amd.py; the
+    peers, which this process or RLlib's actors run, keep MKL's own choice)."""
     import torch
 
-    return (f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}, "
-            f"torch {torch.__version__}, CPU")
+    from learner.common import mkl_amd
+
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    model, flags = platform.processor() or "unknown CPU", set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            model = value.strip()
+        elif key.strip() == "flags" and not flags:
+            flags = set(value.split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
+    mkl = (", our learner on MKL's AVX-512 kernels" if mkl_amd.cpu_qualifies(cpuinfo or None) and mkl_amd.enabled()
+           else "")
+    return (f"{platform.machine()} {os.cpu_count()} cores ({model}, {isa}{mkl}), Python "
+            f"{platform.python_version()}, torch {torch.__version__}, CPU")

@@ -57,6 +57,9 @@ class Curve:
     other_actor: list[Point] = field(default_factory=list)
     """Ours only: the same snapshots, on the same episodes, driven by the actor `eval.policy` does not name
     (online beside averaged): the paired comparison of the two, from every run."""
+    machine: str = ""
+    """The machine it trained on (the benchmark's `_machine`): a benchmark resumed in another session may
+    continue on another machine, and each run says which."""
 
 
 def final_layouts() -> tuple[str, ...]:
@@ -160,6 +163,17 @@ def train_ours(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: f
     return curve
 
 
+def peer_threads(cfg: ExperimentConfig) -> int:
+    """Give a peer's learner what ours has: the torch threads our learner updates with (`learner.threads()`,
+    every core by default), set in this process, where the SB3 peers and RLlib's learner run (an evaluation
+    worker before them leaves it on one). The MKL kernels are alike too: `fleet bench learning` loads
+    learner/common/mkl_amd.py's library into this process where our learner gets it on its node."""
+    import torch
+
+    torch.set_num_threads(cfg.learner.threads())
+    return torch.get_num_threads()
+
+
 def sb3_available() -> str | None:
     """None when Stable-Baselines3 can be imported, else why not."""
     try:
@@ -215,8 +229,9 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
                 held.append((todo.pop(0), self.model.num_timesteps, self.model._n_updates, state))
             return bool(todo)
 
+    threads = peer_threads(cfg)
     say(f"{system}, seed {seed}: training {minutes:g} min ({PEERS[system]} MultiInputPolicy, one process, "
-        f"{torch.get_num_threads()} torch threads; not SB3's defaults: {json.dumps(arguments, default=str)})")
+        f"{threads} torch threads{mkl_note()}; not SB3's defaults: {json.dumps(arguments, default=str)})")
     model.learn(total_timesteps=10**9, callback=Marks())
     curve = Curve(system, seed)
     for mark, steps, updates, state in held:
@@ -228,6 +243,12 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
     if final and held:  # the actor holds the last mark's state
         curve.final = final_points(cfg, lambda obs: model.predict(obs, deterministic=True)[0], episodes)
     return curve
+
+
+def mkl_note() -> str:
+    from learner.common import mkl_amd
+
+    return ", MKL's AVX-512 kernels" if mkl_amd.active() else ""
 
 
 def _brief(p: Point) -> str:
@@ -254,6 +275,7 @@ def report(curves: list[Curve], reference: dict[str, float], meta: dict[str, Any
             "seeds": len(cs),
             "median_minutes_to_level": statistics.median(times) if all(t is not None for t in times) else None,
             "best_point": asdict(best) if best else None,
+            "endings": {str(c.seed): ending([asdict(p) for p in c.points]) for c in cs},
         }
     ours = systems.get("ours", {})
     # Each peer's median time to the level over ours (above 1: ours is faster); None where either never got there.
@@ -302,6 +324,17 @@ def _final_summary(curves: list[Curve], reference: dict[str, dict[str, float]] |
     return out
 
 
+def ending(points: list[dict[str, Any]]) -> dict[str, float] | None:
+    """How a run ended: its last mark's return and speed against its best mark's return (issue 28: a default
+    run's product is its last policy, which should hold 95% of its best). None for a run with no point."""
+    if not points:
+        return None
+    last, best = points[-1], max(points, key=lambda p: p["mean_return"])
+    share = last["mean_return"] / best["mean_return"] if best["mean_return"] > 0 else 0.0
+    return {"last_return": last["mean_return"], "last_speed": last["mean_speed"], "best_return": best["mean_return"],
+            "best_minutes": best["minutes"], "last_over_best": share}
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [f"Level: route completion >= {LEVEL_COMPLETION} and mean return >= "
              f"{result['level']['mean_return']:.1f} ({LEVEL_RETURN_FRACTION:.0%} of the scripted driver's "
@@ -319,6 +352,18 @@ def markdown(result: dict[str, Any]) -> str:
         per = ", ".join("not reached" if c["minutes_to_level"] is None else f"{c['minutes_to_level']:g}"
                         for c in result["curves"] if c["system"] == c_sys)
         lines.append(f"| {c_sys} | {s['seeds_reaching_level']}/{s['seeds']} | {per} |")
+    if len({c.get("machine", "") for c in result["curves"]}) > 1:
+        lines += ["", "The runs were made on more than one machine (compare a peer with ours on the same one):", "",
+                  "| system | seed | machine |", "|---|---|---|"]
+        lines += [f"| {c['system']} | {c['seed']} | {c.get('machine') or 'not recorded'} |" for c in result["curves"]]
+    ended = [(c, e) for c in result["curves"] if (e := ending(c["points"]))]
+    if ended:
+        lines += ["", "How each run ended (its last mark against its best, on the validation episodes):", "",
+                  "| system | seed | last mark: return (speed m/s) | best: return (minute) | last / best |",
+                  "|---|---|---|---|---|"]
+        for c, e in ended:
+            lines.append(f"| {c['system']} | {c['seed']} | {e['last_return']:.1f} ({e['last_speed']:.2f}) | "
+                         f"{e['best_return']:.1f} ({e['best_minutes']:g}) | {e['last_over_best']:.0%} |")
     if result.get("final"):
         from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS
 

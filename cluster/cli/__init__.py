@@ -91,14 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def runs_a_learner(argv: Sequence[str]) -> bool:
     """Whether the command in `argv` runs a CPU learner in this process (`train --local`, `bench
-    learner`): the only commands that load learner/common/mkl_amd.py's library, which must happen before the
-    command modules import torch, so before `argv` is parsed. A Ray run's learner gets it on its node."""
+    learner`, and `bench learning`, whose peers learn in its process): the only commands that load
+    learner/common/mkl_amd.py's library, which must happen before the command modules import torch, so before
+    `argv` is parsed. A Ray run's learner gets it on its node."""
     if "-h" in argv or "--help" in argv:
         return False
     words = [a for a in argv if not a.startswith("-")]  # the top level has no option taking a value
     if words[:1] == ["train"]:
         return "--local" in argv
-    return words[:2] == ["bench", "learner"]
+    return words[:2] in (["bench", "learner"], ["bench", "learning"])
 
 
 def _main(argv: Sequence[str] | None = None) -> int:

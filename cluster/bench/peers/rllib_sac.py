@@ -10,7 +10,7 @@ Dict of four stacked 84x84 frames and a 23-value vector. What had to be written 
 
 The class defaults hold but for what `rllib_arguments` lists: the replay's capacity, the batch, the replay
 ratio (as `training_intensity`) and the warm-up length, as ours. One env runner process samples; the learner
-runs in the driver process.
+runs in the driver process, on our learner's torch threads and MKL kernels (`learning_run.peer_threads`).
 """
 
 from __future__ import annotations
@@ -134,12 +134,23 @@ def train(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float,
     same validation episodes as every system (outside the timed training)."""
     import ray
 
-    from cluster.bench.learning_run import Curve, _brief, final_points, marks, say, summarize_point
+    from cluster.bench.learning_run import (
+        Curve,
+        _brief,
+        final_points,
+        marks,
+        mkl_note,
+        peer_threads,
+        say,
+        summarize_point,
+    )
     from cluster.runtime.envs import make_factory
     from rollout_workers.scripted import run_episodes
 
+    threads = peer_threads(cfg)
     say(f"rllib-sac, seed {seed}: training {minutes:g} min (SAC, new API stack, 1 env runner process + the "
-        f"learner in the driver; not RLlib's defaults: {rllib_arguments(cfg)})")
+        f"learner in the driver on {threads} torch threads{mkl_note()}; not RLlib's defaults: "
+        f"{rllib_arguments(cfg)})")
     started_ray = not ray.is_initialized()
     algo = build(cfg, seed)
     todo, held = marks(minutes, interval_min), []
