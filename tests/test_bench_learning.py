@@ -257,10 +257,10 @@ def test_the_machine_names_its_cpu_its_vector_instructions_and_our_mkl_kernels(m
     monkeypatch.delenv("FLEET_MKL_AVX512", raising=False)
     zen4 = ("vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 fma avx512f "
             "avx512dq avx512cd avx512bw avx512vl\n")
-    assert "(AMD EPYC 9R14, AVX-512, our learner on MKL's AVX-512 kernels)" in _machine(zen4)
+    assert "(AMD EPYC 9R14, AVX-512, the learners on MKL's AVX-512 kernels)" in _machine(zen4)
     zen3 = "vendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx2 fma\n"
     assert "(AMD EPYC 7B13, AVX2 only)" in _machine(zen3)
-    monkeypatch.setenv("FLEET_MKL_AVX512", "0")  # turned off: the learner keeps MKL's own kernels, and says so
+    monkeypatch.setenv("FLEET_MKL_AVX512", "0")  # turned off: the learners keep MKL's own kernels, and it says so
     assert "(AMD EPYC 9R14, AVX-512)" in _machine(zen4)
 
 

@@ -201,8 +201,8 @@ def _argv(args: argparse.Namespace) -> list[str]:
 
 def _machine(cpuinfo: str | None = None) -> str:
     """The machine in words, with what decides a CPU learner's speed here: the CPU model, its widest vector
-    instructions, and whether our learner gets MKL's AVX-512 kernels (learner/common/mkl_amd.py; the
-    peers, which this process or RLlib's actors run, keep MKL's own choice)."""
+    instructions, and whether the learners get MKL's AVX-512 kernels (learner/common/mkl_amd.py: ours on
+    its Ray node, the peers in this process, which `fleet bench learning` loads it into)."""
     import torch
 
     from learner.common import mkl_amd
@@ -220,7 +220,7 @@ def _machine(cpuinfo: str | None = None) -> str:
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
     isa = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
-    mkl = (", our learner on MKL's AVX-512 kernels" if mkl_amd.cpu_qualifies(cpuinfo or None) and mkl_amd.enabled()
+    mkl = (", the learners on MKL's AVX-512 kernels" if mkl_amd.cpu_qualifies(cpuinfo or None) and mkl_amd.enabled()
            else "")
     return (f"{platform.machine()} {os.cpu_count()} cores ({model}, {isa}{mkl}), Python "
             f"{platform.python_version()}, torch {torch.__version__}, CPU")

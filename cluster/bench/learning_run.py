@@ -5,7 +5,13 @@ Each system trains for the same wall-clock budget on the same machine, one after
   snapshotting every `interval` seconds of training;
 - Stable-Baselines3 TD3 and SAC (`MultiInputPolicy`), what a user would pick instead on one machine: the
   class defaults but for the replay's size, the batch, the replay ratio and the warm-up length, which are
-  ours, and the seed-shaped networks (`sb3_arguments` lists every one).
+  ours, and the seed-shaped networks (`sb3_arguments` lists every one);
+- RLlib's SAC on its new API stack, the peer a Ray user would pick (cluster/bench/peers/rllib_sac.py).
+
+Every learner gets the same hardware terms: the torch threads ours updates with (every core by default) and,
+on an AMD CPU with AVX-512, MKL's AVX-512 kernels (`peer_threads`). What differs is each library's own design:
+ours acts in 2 worker processes beside its learner; SB3 acts and learns in turn in one process; RLlib samples
+in 1 env runner process while its learner runs in this one.
 
 After training, the policy each system had at every mark (interval, 2 x interval, ... minutes of
 training wall time) is driven deterministically on the same validation seeds, outside the
