@@ -122,20 +122,15 @@ def _evaluate_layouts(args: argparse.Namespace, base: Any, over: dict[str, Any],
         LEVEL_RETURN_FRACTION,
         at_level,
         evaluate_layouts,
-        evaluation_config,
-        scripted_references,
     )
     from rollout_workers.envs.layouts import HELD_OUT_LAYOUTS
     from rollout_workers.evaluation import write_report
 
     if args.final:
         _record_final(base, args.snapshot, layouts)
-    reports = evaluate_layouts(args.snapshot, layouts, args.workers, args.episodes, seed=args.seed, local=args.local,
-                               address=args.address, base=base, overrides=over, final=args.final,
-                               say=lambda line: print(line, file=sys.stderr))
-    # On the snapshot's simulator parameters (route, traffic, reward), as the policy was: the same episodes.
-    scripted = scripted_references(evaluation_config(args.snapshot, base, over), layouts, args.episodes,
-                                   seed=args.seed, final=args.final)
+    reports, scripted = evaluate_layouts(args.snapshot, layouts, args.workers, args.episodes, seed=args.seed,
+                                         local=args.local, address=args.address, base=base, overrides=over,
+                                         final=args.final, say=lambda line: print(line, file=sys.stderr))
     label = next(iter(reports.values())).snapshot.rsplit(" on ", 1)[0]
     out = Path(args.out or f"runs/eval-{label.rsplit('@', 1)[-1]}")
     rows = []

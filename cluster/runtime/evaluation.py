@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from checkpoint_store.fs import redact
-from checkpoint_store.manifest import Manifest
 from checkpoint_store.store import SnapshotStore
 from cluster.runtime.envs import make_factory
 from cluster.runtime.experiment import ExperimentConfig, for_evaluation, load
@@ -64,16 +63,19 @@ def scripted_references(cfg: ExperimentConfig, layouts: Sequence[str], episodes:
 def evaluate_layouts(ref: str, layouts: Sequence[str], workers: int, episodes: int, seed: int | None = None,
                      local: bool = False, address: str | None = None, base: ExperimentConfig | None = None,
                      overrides: dict[str, Any] | None = None, say: Callable[[str], None] = print,
-                     final: bool = False) -> dict[str, EvalReport]:
+                     final: bool = False) -> tuple[dict[str, EvalReport], dict[str, dict[str, float]]]:
     """`evaluate_snapshot` on each road layout of the embedded simulator apart: the same `episodes` seeds on
-    every layout, one report per layout (training and held-out layouts are never averaged together here)."""
+    every layout, one report per layout (training and held-out layouts are never averaged together here),
+    and the scripted driver's figures on the same episodes (`scripted_references`), on the same config: the
+    snapshot's simulator parameters with the user's `--set` over them."""
     cfg, weights, label = load_for_evaluation(ref, base, overrides, say)
     if cfg.run.env != "embedded":
         raise UserError(f"road layouts are the embedded simulator's; env {cfg.run.env!r} has none")
     seeds = _seeds(cfg, episodes, seed, final)
     cfgs = [layout_config(cfg, name) for name in layouts]
     runs = _episodes(cfgs, weights, seeds, workers, local, address)
-    return {name: summarize(eps, f"{label} on {name}") for name, eps in zip(layouts, runs)}
+    reports = {name: summarize(eps, f"{label} on {name}") for name, eps in zip(layouts, runs)}
+    return reports, scripted_references(cfg, layouts, episodes, seed=seed, final=final)
 
 
 def _seeds(cfg: ExperimentConfig, episodes: int, seed: int | None, final: bool) -> list[int]:
@@ -123,7 +125,9 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
 
     The weights are those of `components`, by name; by default the policy that the config's `eval.policy`
     names, as `Policy` weights. Only those are read; a reader never creates the store location."""
-    where, store, manifest = _manifest(ref)
+    where = Resume.parse(ref)
+    store = SnapshotStore(where.uri, create=False)
+    manifest = store.manifest(where.version)
     cfg, notes = for_evaluation(manifest.config, base or load(None, overrides), overrides)
     for note in notes:
         say(note)
@@ -135,21 +139,6 @@ def load_for_evaluation(ref: str, base: ExperimentConfig | None, overrides: dict
     weights = ({name: snap.state[name] for name in names} if components is not None
                else policy_weights(snap.state, cfg.eval.policy))
     return cfg, weights, f"{redact(where.uri)}@{snap.manifest.version}"
-
-
-def evaluation_config(ref: str, base: ExperimentConfig | None = None,
-                      overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """The config snapshot `ref` is evaluated on (`load_for_evaluation`'s, without its weights): the user's
-    config with the snapshot's network and simulator parameters, the user's `--set` over them. A reference
-    driven beside the snapshot (the scripted driver) runs on this one, so both see the same episodes."""
-    return for_evaluation(_manifest(ref)[2].config, base or load(None, overrides), overrides)[0]
-
-
-def _manifest(ref: str) -> tuple[Resume, SnapshotStore, Manifest]:
-    """`ref`'s store (never created by a reader) and the manifest of the version it names."""
-    where = Resume.parse(ref)
-    store = SnapshotStore(where.uri, create=False)
-    return where, store, store.manifest(where.version)
 
 
 def _on_ray(cfgs: Sequence[ExperimentConfig], weights: dict[str, Any], seeds: list[int], workers: int,
