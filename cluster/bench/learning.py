@@ -207,20 +207,9 @@ def _machine(cpuinfo: str | None = None) -> str:
 
     from learner.common import mkl_amd
 
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            cpuinfo = ""
-    model, flags = platform.processor() or "unknown CPU", set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
+    cpu = mkl_amd.cpu_fields(cpuinfo)
+    model, flags = cpu["model name"] or platform.processor() or "unknown CPU", cpu["flags"]
     isa = "AVX-512" if "avx512f" in flags else "AVX2 only" if "avx2" in flags else "no AVX2"
-    mkl = (", the learners on MKL's AVX-512 kernels" if mkl_amd.cpu_qualifies(cpuinfo or None) and mkl_amd.enabled()
-           else "")
+    mkl = ", the learners on MKL's AVX-512 kernels" if mkl_amd.cpu_qualifies(cpuinfo) and mkl_amd.enabled() else ""
     return (f"{platform.machine()} {os.cpu_count()} cores ({model}, {isa}{mkl}), Python "
             f"{platform.python_version()}, torch {torch.__version__}, CPU")

@@ -362,7 +362,8 @@ def markdown(result: dict[str, Any]) -> str:
         lines += ["", "The runs were made on more than one machine (compare a peer with ours on the same one):", "",
                   "| system | seed | machine |", "|---|---|---|"]
         lines += [f"| {c['system']} | {c['seed']} | {c.get('machine') or 'not recorded'} |" for c in result["curves"]]
-    ended = [(c, e) for c in result["curves"] if (e := ending(c["points"]))]
+    ended = [(c, e) for c in result["curves"]
+             if (e := result["systems"][c["system"]]["endings"].get(str(c["seed"])))]
     if ended:
         lines += ["", "How each run ended (its last mark against its best, on the validation episodes):", "",
                   "| system | seed | last mark: return (speed m/s) | best: return (minute) | last / best |",

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ENV = "FLEET_MKL_AVX512"
 """Set to 0 to keep MKL's own kernel choice."""
@@ -56,24 +57,29 @@ LD_PRELOAD."""
 REQUIRED_FLAGS = frozenset({"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"})
 
 
-def cpu_qualifies(cpuinfo: str | None = None) -> bool:
-    """An AMD x86-64 CPU (Linux) with the AVX-512 subsets MKL's AVX-512 kernels need."""
+def cpu_fields(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The first core's `vendor_id`, `model name` (str) and `flags` (a set) of `cpuinfo` (default: this
+    machine's /proc/cpuinfo on Linux x86-64; empty fields elsewhere or when it cannot be read)."""
     if cpuinfo is None:
-        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-            return False
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    vendor, flags = "", set()
+        cpuinfo = ""
+        if platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64"):
+            try:
+                cpuinfo = Path("/proc/cpuinfo").read_text()
+            except OSError:
+                pass
+    fields: dict[str, Any] = {"vendor_id": "", "model name": "", "flags": set()}
     for line in cpuinfo.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
-        if key == "vendor_id" and not vendor:
-            vendor = value.strip()
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-    return vendor == "AuthenticAMD" and REQUIRED_FLAGS <= flags
+        if key in fields and not fields[key]:  # one block per core: the first one is read
+            fields[key] = set(value.split()) if key == "flags" else value.strip()
+    return fields
+
+
+def cpu_qualifies(cpuinfo: str | None = None) -> bool:
+    """An AMD x86-64 CPU (Linux) with the AVX-512 subsets MKL's AVX-512 kernels need."""
+    cpu = cpu_fields(cpuinfo)
+    return cpu["vendor_id"] == "AuthenticAMD" and REQUIRED_FLAGS <= cpu["flags"]
 
 
 def enabled(setting: str | None = None) -> bool:
