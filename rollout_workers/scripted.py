@@ -24,6 +24,9 @@ Observation = Mapping[str, np.ndarray]
 PolicyFn = Callable[[Observation], np.ndarray]
 """A policy as the runner sees it: contract observation -> action (2,)."""
 
+SATURATED = 0.99
+"""|action| from which an episode's step counts as pinned at the action box's edge."""
+
 
 @dataclass(frozen=True)
 class DriverConfig:
@@ -98,7 +101,8 @@ def run_episodes(
     `policy` maps a contract observation to an action (for a learner `Policy`:
     `lambda obs: policy.act(obs["image"], obs["vector"])`). Per episode: seed, return,
     steps, route_completion, collision, off_road, distance_m, mean_speed, the keys
-    `rollout_workers.evaluation.summarize` reads. `max_steps` guards against an env
+    `rollout_workers.evaluation.summarize` reads, and what the policy did (mean_abs_steer, mean_throttle,
+    steer_saturated, throttle_saturated). `max_steps` guards against an env
     that never ends its episodes.
     """
     act = policy.act if isinstance(policy, ScriptedDriver) else policy
@@ -115,9 +119,15 @@ def run_episodes(
 def _episode(env: gym.Env, act: PolicyFn, seed: int, max_steps: int) -> dict[str, float]:
     obs, info = env.reset(seed=seed)
     total, steps, speed_sum = 0.0, 0, 0.0
+    actions = np.zeros(2)  # sums of |steer| and throttle_brake
+    pinned = np.zeros(2)  # steps with |steer|, |throttle_brake| at the box's edge
     done = False
     while not done:
-        obs, reward, terminated, truncated, info = env.step(act(obs))
+        action = act(obs)
+        obs, reward, terminated, truncated, info = env.step(action)
+        a = np.asarray(action, dtype=np.float64).reshape(-1)[:2]
+        actions += (abs(a[0]), a[1])
+        pinned += np.abs(a) >= SATURATED
         total += float(reward)
         steps += 1
         speed_sum += float(info.get("speed", 0.0))
@@ -129,6 +139,10 @@ def _episode(env: gym.Env, act: PolicyFn, seed: int, max_steps: int) -> dict[str
         "route_completion": float(info["route_completion"]), "collision": float(info["collision"]),
         "off_road": float(info["off_road"]), "distance_m": float(info["distance_m"]),
         "mean_speed": speed_sum / max(steps, 1),
+        # What the policy did, to tell a policy pinned at the action box's edge (a saturated tanh) from one
+        # that drives: mean |steer|, mean throttle_brake (< 0 brakes) and the share of steps at |a| >= 0.99.
+        "mean_abs_steer": float(actions[0]) / max(steps, 1), "mean_throttle": float(actions[1]) / max(steps, 1),
+        "steer_saturated": float(pinned[0]) / max(steps, 1), "throttle_saturated": float(pinned[1]) / max(steps, 1),
     }
     log.debug("episode seed %d: %s", seed, result)
     return result

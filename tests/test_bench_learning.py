@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from cluster.bench import learning_run as lb
@@ -111,7 +112,7 @@ def test_the_default_invocation_is_the_issues_three_seeds_of_ours_and_two_of_eac
     monkeypatch.setattr(lb, "sb3_available", lambda: None)
     monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, minutes, *a: trained.append(("ours", seed, minutes))
                         or Curve("ours", seed))
-    monkeypatch.setattr(lb, "train_sb3", lambda cfg, seed, minutes, i, e, system, final: trained.append(
+    monkeypatch.setattr(lb, "train_sb3", lambda cfg, seed, minutes, i, e, system, final, *rest: trained.append(
         (system, seed, minutes)) or Curve(system, seed))
     monkeypatch.setattr(rllib_sac, "train", lambda cfg, seed, minutes, *a: trained.append(("rllib-sac", seed, minutes))
                         or Curve("rllib-sac", seed))
@@ -208,7 +209,7 @@ def test_an_interruption_during_a_peer_keeps_the_curves_finished_before_it(monke
     trained = []
     curve = [point(5, 0.5, 100.0), point(10, 0.95, 250.0)]
 
-    def fake_sb3(cfg, seed, minutes, every, episodes, system, final):
+    def fake_sb3(cfg, seed, minutes, every, episodes, system, final, action_noise=None):
         trained.append((system, seed))
         if system == "sb3-sac" and trained.count(("sb3-sac", 0)) == 1:
             raise KeyboardInterrupt  # the first invocation is stopped during seed 0's second peer
@@ -362,3 +363,68 @@ def test_the_final_report_holds_each_layout_against_its_own_scripted_return(tmp_
     assert ours["at_level_on_every_held_out_layout"] == 1 and ours["per_seed"]["4"]["loop-22"] is False
     table = (tmp_path / "learning.md").read_text()
     assert "| ours | 4 | loop-22 | held-out | 0.950 | 310.0 | 400.0 | no |" in table
+
+
+def test_a_point_says_what_the_policy_did_and_a_pinned_actor_shows(tmp_path):
+    """A saturated tanh actor (steer pinned at the box's edge) is told apart from a driver by the actions the
+    evaluation records, per episode and per point, in the log line and the report."""
+    from rollout_workers.envs.embedded import make_env
+    from rollout_workers.scripted import ScriptedDriver, run_episodes
+
+    pinned = run_episodes(lambda s: make_env(seed=s), lambda obs: np.float32([1.0, -0.5]), [3])[0]
+    assert (pinned["steer_saturated"], pinned["throttle_saturated"]) == (1.0, 0.0)
+    assert (pinned["mean_abs_steer"], pinned["mean_throttle"]) == (1.0, -0.5)
+    driven = run_episodes(lambda s: make_env(seed=s), ScriptedDriver.for_env(), [3])
+    p = lb.summarize_point(5, 1000, 400, driven)
+    assert p.actions is not None and p.actions["steer_saturated"] < 0.05 and p.actions["mean_abs_steer"] < 0.5
+    stuck = lb.summarize_point(5, 1000, 400, [pinned])
+    assert "at the box's edge: steer 100%, throttle 0%" in lb._brief(stuck)
+    ref = {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0}
+    lb.report([lb.Curve("ours", 0, [p]), lb.Curve("sb3-td3", 0, [stuck])], ref,
+              {"command": "c", "machine": "m", "episodes": 1, "minutes": 5}, tmp_path)
+    table = (tmp_path / "learning.md").read_text()
+    assert "| sb3-td3 | 0 | 5 | 1.00 | -0.50 | 100% | 0% |" in table
+    # A record from before the actions were measured still loads and reports.
+    assert lb.summarize_point(5, 1, 1, [{k: v for k, v in pinned.items() if k != "mean_throttle"}]).actions is None
+
+
+def test_td3_action_noise_is_listed_and_given_as_sb3s_noise_object():
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    from cluster.runtime import experiment
+
+    cfg = experiment.load(None, {})
+    assert "action_noise" not in lb.sb3_arguments(cfg)  # the comparison: TD3's class default, no noise
+    arguments = lb.sb3_arguments(cfg, 0.1)
+    assert arguments["action_noise"] == {"NormalActionNoise": {"mean": 0.0, "sigma": 0.1}}
+    json.dumps(arguments)  # listed in learning.json as it is
+    noise = lb._sb3_kwargs(arguments, 2)["action_noise"]
+    assert isinstance(noise, NormalActionNoise) and noise._sigma.tolist() == [0.1, 0.1]
+
+
+def test_peers_only_trains_no_ours_and_td3_noise_goes_to_td3_alone(monkeypatch, tmp_path, capsys):
+    from cluster.bench.learning_run import Curve
+
+    trained = []
+
+    def fake_sb3(cfg, seed, minutes, every, episodes, system, final, action_noise=None):
+        trained.append((system, seed, action_noise))
+        return Curve(system, seed, [point(5, 0.5, 100.0)])
+
+    monkeypatch.setattr(lb, "sb3_available", lambda: None)
+    monkeypatch.setattr(lb, "train_ours", lambda *a, **k: pytest.fail("ours trained under --peers-only"))
+    monkeypatch.setattr(lb, "train_sb3", fake_sb3)
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "1", "--first-seed", "11", "--minutes", "5", "--baselines",
+            "sb3-td3,sb3-sac", "--peers-only", "--td3-action-noise", "0.1", "--json", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    assert trained == [("sb3-td3", 11, 0.1), ("sb3-sac", 11, None)]
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["command"].endswith("--peers-only --td3-action-noise 0.1")
+    assert "action_noise" in result["peer_arguments"]["sb3-td3"]
+    assert "action_noise" not in result["peer_arguments"]["sb3-sac"]
+    # Noise for a TD3 that is not trained is a mistake, said before anything trains.
+    assert main(argv[:9] + ["sb3-sac", "--td3-action-noise", "0.1", "--out", str(tmp_path / "x")]) == 2
+    assert "--td3-action-noise needs" in capsys.readouterr().err
+

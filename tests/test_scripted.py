@@ -11,7 +11,7 @@ from rollout_workers.scripted import DriverConfig, ScriptedDriver, run_episodes
 from tests.env_double import TinyDrive
 
 EPISODE_KEYS = {"seed", "return", "steps", "route_completion", "collision", "off_road", "distance_m",
-                "mean_speed"}
+                "mean_speed", "mean_abs_steer", "mean_throttle", "steer_saturated", "throttle_saturated"}
 
 
 def test_scripted_driver_completes_the_route_on_most_seeds():

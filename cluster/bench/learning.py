@@ -33,6 +33,13 @@ def register(cli: Commands) -> None:
                    help="comma-separated peers: sb3-td3, sb3-sac, rllib-sac (sb3: sb3-td3), or 'none'")
     p.add_argument("--baseline-seeds", type=int, metavar="N",
                    help="train the baselines on the first N seeds only (default: 2, or --seeds if fewer)")
+    p.add_argument("--peers-only", action="store_true",
+                   help="train the baselines only, not ours (to look into a peer; the level is still the scripted "
+                        "driver's)")
+    p.add_argument("--td3-action-noise", type=float, metavar="STD",
+                   help="give SB3 TD3 Gaussian action noise of this standard deviation after its warm-up "
+                        "(NormalActionNoise, as SB3's documentation does; its class default is none, a "
+                        "deterministic policy): a diagnosis of the peer, not its comparison setting")
     p.add_argument("--config", help="experiment YAML (default: the packaged default)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key for every system (e.g. agent.batch_size=32)")
@@ -72,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = experiment.load(args.config, overrides(args))
     if cfg.run.env != "embedded":
         raise UserError("fleet bench learning runs on the embedded simulator (run.env = embedded)")
+    if args.td3_action_noise is not None and (args.td3_action_noise <= 0 or "sb3-td3" not in baselines):
+        raise UserError("--td3-action-noise needs a standard deviation > 0 and sb3-td3 among --baselines")
+    if args.peers_only and not (baselines and args.baseline_seeds):
+        raise UserError("--peers-only needs a baseline to train (--baselines, --baseline-seeds)")
     if args.resume and not args.out:
         raise UserError("--resume needs --out, the folder of the benchmark to continue")
     out = Path(args.out or Path(cfg.run.runs_dir) / time.strftime("bench-learning-%Y%m%d-%H%M%S"))
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     level = lb.LEVEL_RETURN_FRACTION * reference["mean_return"]
     here = _machine()
     meta = {"command": "fleet bench learning " + " ".join(_argv(args)), "machine": here,
-            "peer_arguments": {b: _peer_arguments(b, cfg) for b in baselines},
+            "peer_arguments": {b: _peer_arguments(b, cfg, args) for b in baselines},
             "minutes": args.minutes, "eval_every_min": args.eval_every, "episodes": args.episodes,
             "eval_policy": cfg.eval.policy, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "revisions": [_revision()]}
     if args.final:
@@ -98,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     done = {(c.system, c.seed) for c in curves}
     for seed in range(args.first_seed, args.first_seed + args.seeds):
         peers = baselines if seed - args.first_seed < args.baseline_seeds else []
-        for system in ["ours", *peers]:
+        for system in ([] if args.peers_only else ["ours"]) + peers:
             if (system, seed) in done:
                 continue
             curve = _train(system, cfg, seed, args, out)
@@ -124,17 +135,18 @@ def _train(system: str, cfg: Any, seed: int, args: argparse.Namespace, out: Path
         from cluster.bench.peers import rllib_sac
 
         return rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes, args.final)
-    return lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system, args.final)
+    return lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system, args.final,
+                        args.td3_action_noise if system == "sb3-td3" else None)
 
 
-def _peer_arguments(system: str, cfg: Any) -> dict[str, Any]:
+def _peer_arguments(system: str, cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
     from cluster.bench import learning_run as lb
 
     if system == "rllib-sac":
         from cluster.bench.peers import rllib_sac
 
         return rllib_sac.rllib_arguments(cfg)
-    return lb.sb3_arguments(cfg)
+    return lb.sb3_arguments(cfg, args.td3_action_noise if system == "sb3-td3" else None)
 
 
 def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
@@ -203,6 +215,10 @@ def _argv(args: argparse.Namespace) -> list[str]:
            f"--episodes {args.episodes}", f"--baselines {args.baselines}"]
     if args.baselines != "none" and args.baseline_seeds != args.seeds:  # absent where the peers train every seed
         out.append(f"--baseline-seeds {args.baseline_seeds}")
+    if args.peers_only:
+        out.append("--peers-only")
+    if args.td3_action_noise is not None:
+        out.append(f"--td3-action-noise {args.td3_action_noise:g}")
     out += [f"--set {s}" for s in args.set]
     if args.config:
         out.append(f"--config {args.config}")

@@ -50,6 +50,12 @@ class Point:
     mean_speed: float
     off_road_rate: float
     collision_rate: float
+    actions: dict[str, float] | None = None
+    """What the policy did on those episodes (`ACTION_KEYS`: mean |steer|, mean throttle_brake, the share of
+    steps pinned at the action box's edge per action); None in records from before it was measured."""
+
+
+ACTION_KEYS = ("mean_abs_steer", "mean_throttle", "steer_saturated", "throttle_saturated")
 
 
 @dataclass
@@ -105,7 +111,9 @@ def summarize_point(minutes: float, env_steps: int, updates: int, episodes: list
     return Point(minutes=round(minutes, 2), env_steps=int(env_steps), updates=int(updates),
                  route_completion=r.mean_route_completion, driving_score=r.driving_score,
                  mean_return=r.mean_return, mean_speed=r.mean_speed, off_road_rate=r.off_road_rate,
-                 collision_rate=float(np.mean([e["collision"] for e in episodes])))
+                 collision_rate=float(np.mean([e["collision"] for e in episodes])),
+                 actions={k: round(float(np.mean([e[k] for e in episodes])), 4) for k in ACTION_KEYS}
+                 if all(k in e for e in episodes for k in ACTION_KEYS) else None)
 
 
 def reached(p: Point, level_return: float) -> bool:
@@ -193,23 +201,39 @@ PEERS = {"sb3-td3": "TD3", "sb3-sac": "SAC"}
 """The single-process peers a user would pick instead: Stable-Baselines3's TD3 and SAC."""
 
 
-def sb3_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
+def sb3_arguments(cfg: ExperimentConfig, action_noise: float | None = None) -> dict[str, Any]:
     """Every argument the peers get that is not the class default: the replay's size, the batch, the replay
     ratio and the warm-up length, as ours; the seed-shaped networks (separate Nature CNNs of
     `network.feature_dim` features, heads of 256 x 256). Nothing else: SB3's own learning rate, gamma, tau,
-    noise and uniform warm-up over the whole action box."""
+    noise and uniform warm-up over the whole action box. `action_noise` (TD3 only, `--td3-action-noise`): the
+    standard deviation of a `NormalActionNoise` after the warm-up, where TD3's class default has none."""
     t = cfg.learner
     # One gradient step every 1/ratio env steps: SB3's train_freq is in whole steps.
     every = max(int(round(1 / t.replay_ratio)), 1)
     steps_per = max(int(round(t.replay_ratio)), 1)
-    return {"buffer_size": min(cfg.replay.capacity, 200_000), "batch_size": cfg.agent.batch_size,
-            "learning_starts": t.learning_starts, "train_freq": (every, "step"), "gradient_steps": steps_per,
-            "policy_kwargs": {"net_arch": [256, 256], "share_features_extractor": False,
-                              "features_extractor_kwargs": {"cnn_output_dim": cfg.network.feature_dim}}}
+    arguments: dict[str, Any] = {
+        "buffer_size": min(cfg.replay.capacity, 200_000), "batch_size": cfg.agent.batch_size,
+        "learning_starts": t.learning_starts, "train_freq": (every, "step"), "gradient_steps": steps_per,
+        "policy_kwargs": {"net_arch": [256, 256], "share_features_extractor": False,
+                          "features_extractor_kwargs": {"cnn_output_dim": cfg.network.feature_dim}}}
+    if action_noise is not None:
+        arguments["action_noise"] = {"NormalActionNoise": {"mean": 0.0, "sigma": action_noise}}
+    return arguments
+
+
+def _sb3_kwargs(arguments: dict[str, Any], n_actions: int) -> dict[str, Any]:
+    """`sb3_arguments` as the SB3 constructor takes them: the action noise as its object."""
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    kwargs = dict(arguments)
+    if "action_noise" in kwargs:
+        sigma = kwargs["action_noise"]["NormalActionNoise"]["sigma"]
+        kwargs["action_noise"] = NormalActionNoise(np.zeros(n_actions), np.full(n_actions, sigma))
+    return kwargs
 
 
 def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float, episodes: int,
-              system: str = "sb3-td3", final: bool = False) -> Curve:
+              system: str = "sb3-td3", final: bool = False, action_noise: float | None = None) -> Curve:
     """A Stable-Baselines3 peer (`MultiInputPolicy`) on the same env for `minutes` of wall time, with the class
     defaults but for `sb3_arguments`."""
     import stable_baselines3
@@ -221,8 +245,10 @@ def train_sb3(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: fl
 
     algo = getattr(stable_baselines3, PEERS[system])
     factory = make_factory(cfg, 0)
-    arguments = sb3_arguments(cfg)
-    model = algo("MultiInputPolicy", factory(seed), seed=seed, device="cpu", verbose=0, **arguments)
+    arguments = sb3_arguments(cfg, action_noise)
+    env = factory(seed)
+    model = algo("MultiInputPolicy", env, seed=seed, device="cpu", verbose=0,
+                 **_sb3_kwargs(arguments, env.action_space.shape[0]))
     todo = marks(minutes, interval_min)
     held: list[tuple[float, int, int, dict[str, torch.Tensor]]] = []
     started = time.monotonic()
@@ -258,8 +284,11 @@ def mkl_note() -> str:
 
 
 def _brief(p: Point) -> str:
+    acted = "" if p.actions is None else (
+        f"; mean |steer| {p.actions['mean_abs_steer']:.2f}, throttle {p.actions['mean_throttle']:+.2f}, "
+        f"at the box's edge: steer {p.actions['steer_saturated']:.0%}, throttle {p.actions['throttle_saturated']:.0%}")
     return (f"completion {p.route_completion:.2f}, return {p.mean_return:.1f}, speed {p.mean_speed:.1f} m/s, "
-            f"{p.env_steps:,} env steps, {p.updates:,} updates")
+            f"{p.env_steps:,} env steps, {p.updates:,} updates{acted}")
 
 
 def finish_curve(curve: Curve, level_return: float) -> Curve:
@@ -353,6 +382,15 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {c['system']} | {c['seed']} | {p['minutes']:g} | {p['env_steps']:,} | {p['updates']:,} "
                          f"| {p['route_completion']:.3f} | {p['driving_score']:.3f} | {p['mean_return']:.1f} "
                          f"| {p['mean_speed']:.2f} | {p['off_road_rate']:.2f} |")
+    acted = [(c, p) for c in result["curves"] for p in c["points"] if p.get("actions")]
+    if acted:
+        lines += ["", "What each policy did on those episodes (the share of steps pinned at the action box's edge, "
+                  "|a| >= 0.99, tells a saturated actor):", "",
+                  "| system | seed | minutes | mean abs steer | mean throttle_brake | steer at the edge "
+                  "| throttle_brake at the edge |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['system']} | {c['seed']} | {p['minutes']:g} | {p['actions']['mean_abs_steer']:.2f} | "
+                  f"{p['actions']['mean_throttle']:+.2f} | {p['actions']['steer_saturated']:.0%} | "
+                  f"{p['actions']['throttle_saturated']:.0%} |" for c, p in acted]
     lines += ["", "| system | seeds at level | time to level (min), per seed |", "|---|---|---|"]
     for c_sys, s in result["systems"].items():
         per = ", ".join("not reached" if c["minutes_to_level"] is None else f"{c['minutes_to_level']:g}"
