@@ -231,6 +231,42 @@ def test_an_interruption_during_a_peer_keeps_the_curves_finished_before_it(monke
     assert [(c["system"], c["seed"]) for c in result["curves"]] == [("ours", 0), ("sb3-td3", 0), ("sb3-sac", 0)]
 
 
+def test_resume_with_a_peers_corrected_arguments_keeps_the_earlier_ones_in_the_record(monkeypatch, tmp_path, capsys):
+    """A peer's setting fixed mid-benchmark (RLlib's training_intensity): the record names the arguments the
+    runs from the resume on use, and keeps those the earlier revisions gave."""
+    from cluster.bench.learning_run import Curve
+
+    calls = []
+
+    def fake_sb3(cfg, seed, minutes, every, episodes, system, final, *rest):
+        calls.append(seed)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return Curve(system, seed, [point(5, 0.5, 100.0), point(10, 0.95, 250.0)])
+
+    monkeypatch.setattr(lb, "sb3_available", lambda: None)
+    monkeypatch.setattr(lb, "train_ours", lambda cfg, seed, *a: Curve("ours", seed, [point(10, 0.95, 250.0)]))
+    monkeypatch.setattr(lb, "train_sb3", fake_sb3)
+    monkeypatch.setattr("cluster.runtime.run.scripted_reference",
+                        lambda cfg, n: {"mean_return": 290.0, "route_completion": 1.0, "mean_speed": 8.0})
+    argv = ["bench", "learning", "--seeds", "1", "--first-seed", "0", "--minutes", "10", "--baselines", "sb3-td3",
+            "--json", "--out", str(tmp_path)]
+    monkeypatch.setattr(lb, "sb3_arguments", lambda cfg, *a: {"train_freq": (2, "step"), "gradient_steps": 2})
+    assert main(argv) != 0
+    monkeypatch.setattr(lb, "sb3_arguments", lambda cfg, *a: {"train_freq": (2, "step"), "gradient_steps": 1})
+    assert main(argv + ["--resume"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["peer_arguments"] == {"sb3-td3": {"train_freq": [2, "step"], "gradient_steps": 1}}
+    assert [b["peer_arguments"] for b in result["peer_arguments_before"]] == [
+        {"sb3-td3": {"train_freq": [2, "step"], "gradient_steps": 2}}]
+    # The same arguments again (a tuple read back from JSON as a list included) add nothing to the record.
+    saved = json.loads((tmp_path / "learning.json").read_text())
+    saved["curves"] = saved["curves"][:1]
+    (tmp_path / "learning.json").write_text(json.dumps(saved))
+    assert main(argv + ["--resume"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(again["peer_arguments_before"]) == 1 and again["peer_arguments"] == result["peer_arguments"]
+
 def test_a_peer_learns_on_our_learners_threads_not_on_the_one_an_evaluation_left(monkeypatch):
     import os
 

@@ -163,7 +163,17 @@ def _resumed(out: Path, meta: dict) -> tuple[dict, list]:
         lb.say("--resume: training again what an interruption cut short: "
                + ", ".join(f"{c.system} seed {c.seed}" for c in cut))
     kept = {k: saved[k] for k in ("command", "machine", "minutes", "eval_every_min", "episodes", "started",
-                                  "peer_arguments", "final_reference", "eval_policy") if k in saved}
+                                  "peer_arguments", "peer_arguments_before", "final_reference", "eval_policy")
+            if k in saved}
+    if saved.get("peer_arguments") != json.loads(json.dumps(meta["peer_arguments"], default=str)):
+        # A peer's settings corrected between the revisions (RLlib's training_intensity, 0b4202f): the runs
+        # from here have this invocation's, and the record keeps what the earlier revisions gave.
+        kept["peer_arguments_before"] = [*saved.get("peer_arguments_before", []),
+                                         {"revisions": saved.get("revisions", []),
+                                          "peer_arguments": saved.get("peer_arguments")}]
+        kept["peer_arguments"] = meta["peer_arguments"]
+        lb.say("--resume: the peers' arguments differ from the record's; the runs from here use this "
+               "revision's, the earlier ones are kept as peer_arguments_before")
     kept["revisions"] = list(saved.get("revisions", [])) + [r for r in meta["revisions"]
                                                              if r not in saved.get("revisions", [])]
     kept["resumed"] = list(saved.get("resumed", [])) + [meta["started"]]

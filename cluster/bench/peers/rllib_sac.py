@@ -9,7 +9,8 @@ Dict of four stacked 84x84 frames and a 23-value vector. What had to be written 
   heads, the target networks, the squashed Gaussian, the entropy temperature.
 
 The class defaults hold but for what `rllib_arguments` lists: the replay's capacity, the batch, the replay
-ratio (as `training_intensity`) and the warm-up length, as ours. One env runner process samples; the learner
+ratio (as `training_intensity`, see `training_intensity` for how RLlib reads it) and the warm-up length, as
+ours. One env runner process samples; the learner
 runs in the driver process, on our learner's torch threads and MKL kernels (`learning_run.peer_threads`).
 """
 
@@ -83,14 +84,32 @@ class FleetSACCatalog(SACCatalog):
         return super()._get_encoder_config(observation_space, model_config_dict, action_space)
 
 
+ENV_RUNNERS = 1
+"""Env runner processes sampling for RLlib's SAC (its learner runs in the benchmark's process)."""
+
+
 def rllib_arguments(cfg: ExperimentConfig) -> dict[str, Any]:
     """Every setting not RLlib's SAC default: capacity, batch, replay ratio, warm-up, as ours."""
     batch = cfg.agent.batch_size
     return {"replay_buffer_capacity": min(cfg.replay.capacity, 200_000), "train_batch_size_per_learner": batch,
-            # RLlib's training_intensity is env steps trained on per env step sampled: batch x updates per step.
-            "training_intensity": batch * cfg.learner.replay_ratio,
+            "training_intensity": training_intensity(batch, cfg.learner.replay_ratio, ENV_RUNNERS),
             "num_steps_sampled_before_learning_starts": cfg.learner.learning_starts,
-            "num_env_runners": 1, "num_learners": 0}
+            "num_env_runners": ENV_RUNNERS, "num_learners": 0}
+
+
+def training_intensity(batch: int, replay_ratio: float, env_runners: int) -> float:
+    """RLlib's `training_intensity` that makes `replay_ratio` gradient updates per env step sampled.
+
+    RLlib documents it as rows trained on per env step sampled, which would be `batch x replay_ratio`. But
+    its round robin of sampling and updating (`dqn.calculate_rr_weights`, SAC's training step) divides it by
+    a "native ratio" of batch / (steps per sampling round / env runners x (env runners + 1)), counting a
+    local env runner that does not sample beside remote ones: with 1 env runner, `batch x replay_ratio`
+    made twice the updates asked (measured at 0b4202f: 1,101 updates after 3,100 env steps, 2,000 of them
+    warm-up, at a ratio of 0.5). Updates per sampling round are intensity / native ratio, so the ratio
+    needs `batch x replay_ratio x env_runners / (env_runners + 1)`; tests/test_rllib_peer.py checks the
+    round robin and a real run's updates per env step."""
+    runners = max(env_runners, 1)
+    return batch * replay_ratio * runners / (runners + 1)
 
 
 def build(cfg: ExperimentConfig, seed: int) -> Any:
@@ -163,8 +182,10 @@ def train(cfg: ExperimentConfig, seed: int, minutes: float, interval_min: float,
                 module = algo.get_module()
                 state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 steps = int(result.get("num_env_steps_sampled_lifetime", 0) or 0)
-                updates = int(result.get("learners", {}).get("__all_modules__", {})
-                              .get("num_module_steps_trained_lifetime", 0) or 0)
+                # RLlib counts rows trained on (module steps); a gradient update trains on one batch of them.
+                rows = int(result.get("learners", {}).get("__all_modules__", {})
+                           .get("num_module_steps_trained_lifetime", 0) or 0)
+                updates = rows // cfg.agent.batch_size
                 held.append((todo.pop(0), steps, updates, state))
         module = algo.get_module()
         curve = Curve("rllib-sac", seed)
