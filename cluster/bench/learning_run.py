@@ -10,8 +10,8 @@ Each system trains for the same wall-clock budget on the same machine, one after
 
 Every learner gets the same hardware terms: the torch threads ours updates with (every core by default) and,
 on an AMD CPU with AVX-512, MKL's AVX-512 kernels (`peer_threads`). What differs is each library's own design:
-ours acts in 2 worker processes beside its learner; SB3 acts and learns in turn in one process; RLlib samples
-in 1 env runner process while its learner runs in this one.
+ours acts in 2 worker processes while its learner updates; SB3 acts and learns in turn in one process; RLlib
+samples in 1 env runner process and updates in this one, also in turn (its training step waits for the sample).
 
 After training, the policy each system had at every mark (interval, 2 x interval, ... minutes of
 training wall time) is driven deterministically on the same validation seeds, outside the
