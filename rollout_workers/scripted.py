@@ -134,15 +134,16 @@ def _episode(env: gym.Env, act: PolicyFn, seed: int, max_steps: int) -> dict[str
         done = bool(terminated or truncated)
         if steps >= max_steps and not done:
             raise RuntimeError(f"episode with seed {seed} did not end within {max_steps} steps")
+    n = max(steps, 1)
     result = {
         "seed": float(seed), "return": total, "steps": float(steps),
         "route_completion": float(info["route_completion"]), "collision": float(info["collision"]),
         "off_road": float(info["off_road"]), "distance_m": float(info["distance_m"]),
-        "mean_speed": speed_sum / max(steps, 1),
+        "mean_speed": speed_sum / n,
         # What the policy did, to tell a policy pinned at the action box's edge (a saturated tanh) from one
         # that drives: mean |steer|, mean throttle_brake (< 0 brakes) and the share of steps at |a| >= 0.99.
-        "mean_abs_steer": float(actions[0]) / max(steps, 1), "mean_throttle": float(actions[1]) / max(steps, 1),
-        "steer_saturated": float(pinned[0]) / max(steps, 1), "throttle_saturated": float(pinned[1]) / max(steps, 1),
+        "mean_abs_steer": float(actions[0]) / n, "mean_throttle": float(actions[1]) / n,
+        "steer_saturated": float(pinned[0]) / n, "throttle_saturated": float(pinned[1]) / n,
     }
     log.debug("episode seed %d: %s", seed, result)
     return result

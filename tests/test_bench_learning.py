@@ -268,6 +268,7 @@ def test_resume_with_a_peers_corrected_arguments_keeps_the_earlier_ones_in_the_r
     again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(again["peer_arguments_before"]) == 1 and again["peer_arguments"] == result["peer_arguments"]
 
+
 def test_a_peer_learns_on_our_learners_threads_not_on_the_one_an_evaluation_left(monkeypatch):
     import os
 

@@ -55,7 +55,7 @@ def test_rllib_sac_updates_at_our_replay_ratio_not_twice_it():
     from cluster.bench.peers import rllib_sac
     from cluster.runtime import experiment
 
-    def updates_per_env_step(intensity: float) -> float:
+    def updates_per_env_step(a: dict, intensity: float) -> float:
         config = (SACConfig().env_runners(num_env_runners=a["num_env_runners"]).learners(num_learners=0)
                   .training(train_batch_size_per_learner=a["train_batch_size_per_learner"],
                             training_intensity=intensity))
@@ -66,5 +66,5 @@ def test_rllib_sac_updates_at_our_replay_ratio_not_twice_it():
     for ratio in (0.5, 0.25, 1.0):
         cfg = experiment.load(None, {"learner.replay_ratio": ratio})
         a = rllib_sac.rllib_arguments(cfg)
-        assert updates_per_env_step(a["training_intensity"]) == pytest.approx(ratio)
-    assert updates_per_env_step(64 * 0.5) == pytest.approx(1.0)  # the documented reading: twice the ratio
+        assert updates_per_env_step(a, a["training_intensity"]) == pytest.approx(ratio)
+    assert updates_per_env_step(a, 64 * 0.5) == pytest.approx(1.0)  # the documented reading: twice the ratio

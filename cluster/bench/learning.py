@@ -136,7 +136,7 @@ def _train(system: str, cfg: Any, seed: int, args: argparse.Namespace, out: Path
 
         return rllib_sac.train(cfg, seed, args.minutes, args.eval_every, args.episodes, args.final)
     return lb.train_sb3(cfg, seed, args.minutes, args.eval_every, args.episodes, system, args.final,
-                        args.td3_action_noise if system == "sb3-td3" else None)
+                        _action_noise(system, args))
 
 
 def _peer_arguments(system: str, cfg: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -146,7 +146,12 @@ def _peer_arguments(system: str, cfg: Any, args: argparse.Namespace) -> dict[str
         from cluster.bench.peers import rllib_sac
 
         return rllib_sac.rllib_arguments(cfg)
-    return lb.sb3_arguments(cfg, args.td3_action_noise if system == "sb3-td3" else None)
+    return lb.sb3_arguments(cfg, _action_noise(system, args))
+
+
+def _action_noise(system: str, args: argparse.Namespace) -> float | None:
+    """The `--td3-action-noise` an SB3 peer trains with: TD3's alone."""
+    return args.td3_action_noise if system == "sb3-td3" else None
 
 
 def _resumed(out: Path, meta: dict) -> tuple[dict, list]:

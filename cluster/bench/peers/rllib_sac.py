@@ -10,8 +10,8 @@ Dict of four stacked 84x84 frames and a 23-value vector. What had to be written 
 
 The class defaults hold but for what `rllib_arguments` lists: the replay's capacity, the batch, the replay
 ratio (as `training_intensity`, see `training_intensity` for how RLlib reads it) and the warm-up length, as
-ours. One env runner process samples; the learner
-runs in the driver process, on our learner's torch threads and MKL kernels (`learning_run.peer_threads`).
+ours. One env runner process samples; the learner runs in the driver process, on our learner's torch
+threads and MKL kernels (`learning_run.peer_threads`).
 """
 
 from __future__ import annotations
